@@ -1,0 +1,258 @@
+"""``sagepipe``: run the pipeline, look at what it made, talk to its endpoints.
+
+    sagepipe run [--env local] [--set gate.margin=0.01] [--commit SHA] [--force]
+    sagepipe invoke <endpoint> <file|-> [--content-type text/csv]
+    sagepipe status
+    sagepipe data push <file> | --example      sagepipe data versions
+    sagepipe logs <job>
+    sagepipe down
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+
+from flows.config import PipelineConfig, load_config
+from tasks.data import parse_s3_uri, push_dataset
+from tasks.endpoints import invoke as invoke_endpoint
+from tasks.errors import PipelineError
+from tasks.runtime import get_clients
+from tasks.status import endpoint_rows, job_log_lines, model_rows, run_rows
+from tasks.storage import ensure_local_resources
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="From git push to a safely deployed SageMaker endpoint.")
+data_app = typer.Typer(no_args_is_help=True, help="Dataset versions.")
+app.add_typer(data_app, name="data")
+
+EnvOption = typer.Option("local", "--env", "-e",
+                         help="settings in deployments/settings/<env>.yaml, or a YAML path")
+SetOption = typer.Option(None, "--set", "-s", help="override a setting: key.sub=value (YAML)")
+
+
+def _overrides(pairs: list[str] | None) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise typer.BadParameter(f"{pair!r}: use key=value, e.g. gate.margin=0.01")
+        path, raw = pair.split("=", 1)
+        node = result
+        parts = path.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return result
+
+
+def _config(env: str, pairs: list[str] | None = None) -> PipelineConfig:
+    return load_config(env, _overrides(pairs))
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _table(rows: list[dict[str, Any]], empty: str) -> None:
+    if not rows:
+        typer.echo(f"  {empty}")
+        return
+    columns = list(rows[0])
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    typer.echo("  " + "  ".join(c.ljust(widths[c]) for c in columns))
+    for row in rows:
+        typer.echo("  " + "  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns))
+
+
+@app.command()
+def run(env: str = EnvOption, set_: list[str] = SetOption,
+        commit: str = typer.Option(None, help="the git commit this run is for"),
+        force: bool = typer.Option(False, help="ignore cached steps and run every job")) -> None:
+    """Run the whole pipeline once and print what it decided."""
+    from flows.pipeline import ml_pipeline  # importing Prefect flows is slow: only here
+
+    try:
+        config = _config(env, set_)
+    except PipelineError as exc:
+        _fail(str(exc), 2)
+    try:
+        record = ml_pipeline(config=config, commit=commit, force=force)
+    except PipelineError as exc:
+        _fail(f"Run failed: {exc}")
+    typer.secho(f"\nRun {record['run_name'] or record['run_id']}: {record['summary']}",
+                fg=typer.colors.GREEN if record["outcome"] != "failed" else typer.colors.RED)
+    typer.echo(f"Record: {record['record_uri']}")
+    endpoint = config.endpoint.name
+    if record["outcome"] in ("deployed", "unchanged", "rejected"):
+        sample = (record.get("endpoint") or {}).get("smoke_test")
+        try:
+            rows = _sample_rows(config)
+            answer = invoke_endpoint(get_clients(config.runtime), endpoint, rows)
+        except (PipelineError, LookupError) as exc:
+            typer.echo(f"Endpoint {endpoint}: not answering ({exc})")
+            return
+        typer.echo(f"Endpoint {endpoint} answers: {answer.strip()}" if not sample else
+                   f"Endpoint {endpoint} is live; sample prediction: {answer.strip()}")
+        typer.echo(f"Try: sagepipe invoke {endpoint} - <<< '{rows.splitlines()[0]}'")
+
+
+def _sample_rows(config: PipelineConfig) -> str:
+    from tasks.storage import list_run_records, sample_rows
+
+    clients = get_clients(config.runtime)
+    for record in list_run_records(clients, config.artifacts_uri):
+        test = ((record.get("steps") or {}).get("preprocess") or {}).get("outputs", {}).get("test")
+        if test:
+            return sample_rows(clients, test, config.label_column, rows=1)
+    raise LookupError("no run has produced a test split yet")
+
+
+@app.command()
+def invoke(endpoint: str, source: str = typer.Argument(..., help="a file, or - for stdin"),
+           content_type: str = typer.Option("text/csv", "--content-type", "-t"),
+           accept: str = typer.Option("application/json", "--accept"),
+           env: str = EnvOption) -> None:
+    """Send a payload to an endpoint and print the answer."""
+    config = _config(env)
+    if source == "-":
+        body = sys.stdin.buffer.read()
+    else:
+        path = Path(source)
+        if not path.is_file():
+            _fail(f"No file {source}; give a payload file or - to read standard input.", 2)
+        body = path.read_bytes()
+    try:
+        typer.echo(invoke_endpoint(get_clients(config.runtime), endpoint, body,
+                                   content_type=content_type, accept=accept).rstrip())
+    except PipelineError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def status(env: str = EnvOption,
+           limit: int = typer.Option(10, help="how many runs to show")) -> None:
+    """Recent runs, model versions and endpoints."""
+    config = _config(env)
+    clients = get_clients(config.runtime)
+    typer.secho("Runs (newest first)", bold=True)
+    _table(run_rows(clients, config.artifacts_uri, limit), "no runs yet: sagepipe run")
+    typer.secho(f"\nModel versions ({config.model_package_group})", bold=True)
+    _table(model_rows(clients, config.model_package_group), "no model registered yet")
+    typer.secho("\nEndpoints", bold=True)
+    _table(endpoint_rows(clients), "no endpoints")
+
+
+@app.command()
+def logs(job: str, env: str = EnvOption) -> None:
+    """Print a job's log."""
+    config = _config(env)
+    lines = job_log_lines(get_clients(config.runtime), job)
+    if not lines:
+        _fail(f"No logs for job {job!r}. `sagepipe status` shows the jobs of recent runs.")
+    for line in lines:
+        typer.echo(line)
+
+
+@app.command()
+def down(env: str = EnvOption) -> None:
+    """Stop every local endpoint and job (data, models and records are kept)."""
+    config = _config(env)
+    if config.runtime.kind != "local":
+        _fail("`sagepipe down` stops the local runtime's processes; on AWS delete endpoints in "
+              "the console or with `aws sagemaker delete-endpoint`.", 2)
+    from tasks.local import teardown
+
+    root = Path(config.runtime.state_dir).resolve()
+    if not (root / "state.db").exists():
+        typer.echo("Nothing is running (no local state yet).")
+        return
+    stopped = teardown(root)
+    typer.echo(f"Deleted endpoints: {', '.join(stopped['endpoints']) or 'none'}; "
+               f"stopped jobs: {', '.join(stopped['jobs']) or 'none'}.")
+
+
+@data_app.command("push")
+def data_push(file: Path = typer.Argument(None, help="a CSV file with a header row"),
+              example: bool = typer.Option(False, help="push the example breast-cancer data"),
+              if_missing: bool = typer.Option(False, help="do nothing if the dataset exists"),
+              env: str = EnvOption, set_: list[str] = SetOption) -> None:
+    """Store a new version of the dataset (checked first; bad data is refused)."""
+    config = _config(env, set_)
+    clients = get_clients(config.runtime)
+    if config.runtime.kind == "local":
+        ensure_local_resources(config.runtime, parse_s3_uri(config.dataset_uri)[0],
+                               f"{config.project}-events")
+    if if_missing and _dataset_exists(clients, config.dataset_uri):
+        typer.echo(f"{config.dataset_uri} already has data; not pushing.")
+        return
+    if example == (file is not None):
+        _fail("Give a CSV file or --example (one of them).", 2)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = file if file is not None else _write_example(Path(tmp) / "breast_cancer.csv")
+        if not path.is_file():
+            _fail(f"No file {path}.", 2)
+        try:
+            version = push_dataset(clients, path, config.dataset_uri, config.label_column)
+        except PipelineError as exc:
+            _fail(f"Refused: {exc}", 2)
+    typer.echo(f"Stored {config.dataset_uri} version {version}")
+
+
+def _dataset_exists(clients: Any, uri: str) -> bool:
+    from botocore.exceptions import ClientError
+
+    bucket, key = parse_s3_uri(uri)
+    try:
+        clients.s3.head_object(Bucket=bucket, Key=key)
+    except ClientError:
+        return False
+    return True
+
+
+def _write_example(path: Path) -> Path:
+    """sklearn's breast cancer data with snake_case columns and a 0/1 ``target``."""
+    from sklearn.datasets import load_breast_cancer
+
+    frame = load_breast_cancer(as_frame=True).frame
+    frame.columns = [c.replace(" ", "_") for c in frame.columns]
+    frame.to_csv(path, index=False)
+    return path
+
+
+@data_app.command("versions")
+def data_versions(env: str = EnvOption) -> None:
+    """The stored versions of the dataset, newest first."""
+    from tasks.status import dataset_rows
+
+    config = _config(env)
+    _table(dataset_rows(get_clients(config.runtime), config.dataset_uri), "no versions")
+
+
+@app.command()
+def config(env: str = EnvOption, set_: list[str] = SetOption) -> None:
+    """Print the effective config (settings file plus --set overrides)."""
+    try:
+        typer.echo(json.dumps(_config(env, set_).model_dump(), indent=2))
+    except PipelineError as exc:
+        _fail(str(exc), 2)
+
+
+def main() -> None:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    try:
+        app()
+    except PipelineError as exc:  # config and data errors are the user's to fix: no traceback
+        typer.secho(str(exc), fg=typer.colors.RED, err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

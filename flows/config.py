@@ -1,0 +1,162 @@
+"""The pipeline's configuration: one pydantic model, a flow parameter.
+
+Because ``PipelineConfig`` is the flow's parameter, the Prefect UI renders it as
+a form; per-environment defaults live in ``deployments/settings/<env>.yaml``.
+Unknown keys and out-of-range values are refused before anything runs, with
+the path of the bad key, what is allowed, and a guess when a key is misspelt.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tasks.endpoints import EndpointSettings
+from tasks.errors import ConfigError
+from tasks.gate import LOWER_IS_BETTER, Metric
+from tasks.runtime import RuntimeSettings
+from tasks.steps import JobSettings
+
+__all__ = ["GateSettings", "PipelineConfig", "SplitSettings", "load_config", "settings_path"]
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SETTINGS_DIR = PROJECT_ROOT / "deployments" / "settings"
+
+
+class SplitSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    validation_fraction: float = Field(0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(0.15, gt=0, lt=0.5)
+    seed: int = Field(42, ge=0)
+
+
+class GateSettings(BaseModel):
+    """Deploy only a model that clears ``threshold`` and beats the live one by ``margin``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    metric: Metric = "roc_auc"
+    threshold: float = Field(0.9, ge=0, description="absolute bar (a maximum for log_loss)")
+    margin: float = Field(0.001, ge=0, le=1, description="required improvement over the live model")
+    approval: Literal["auto", "manual"] = Field(
+        "auto", description="manual: pause for a person's approval in the Prefect UI")
+    approval_timeout_seconds: int = Field(3600, ge=60, le=7 * 24 * 3600)
+
+    @model_validator(mode="after")
+    def _threshold_in_range(self) -> GateSettings:
+        if self.metric not in LOWER_IS_BETTER and self.threshold > 1:
+            raise ValueError(f"gate.threshold {self.threshold} is out of range for "
+                             f"{self.metric}, which lies in [0, 1]")
+        return self
+
+
+class NotificationSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    topic_arn: str | None = Field(None, description="SNS topic; the local runtime makes one")
+
+
+class PipelineConfig(BaseModel):
+    """Everything a run needs. Defaults run the example on the local runtime."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    project: str = Field("sagepipe-demo", pattern=r"^[a-z0-9][a-z0-9-]{0,30}[a-z0-9]$",
+                         description="names the model package group, images and jobs")
+    runtime: RuntimeSettings = RuntimeSettings()
+    dataset_uri: str = Field("s3://sagepipe-local/datasets/breast-cancer/data.csv",
+                             pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")
+    artifacts_uri: str = Field("s3://sagepipe-local/pipeline",
+                               pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")
+    label_column: str = Field("target", min_length=1)
+    containers_dir: str = Field("containers", description="folder with one folder per step")
+    image_repository_prefix: str = Field("sagepipe", pattern=r"^[a-z0-9][a-z0-9._/-]*$")
+    build_project: str = Field("sagepipe-images", description="CodeBuild project for images")
+    split: SplitSettings = SplitSettings()
+    hyperparameters: dict[str, str | int | float | bool] = Field(
+        default_factory=lambda: {"model": "logistic_regression", "C": 1.0, "max_iter": 1000})
+    jobs: JobSettings = JobSettings()
+    gate: GateSettings = GateSettings()
+    endpoint: EndpointSettings = EndpointSettings()
+    notifications: NotificationSettings = NotificationSettings()
+
+    @model_validator(mode="after")
+    def _checks(self) -> PipelineConfig:
+        if self.split.validation_fraction + self.split.test_fraction >= 0.8:
+            raise ValueError("split.validation_fraction + split.test_fraction must leave at "
+                             "least 20% of the rows for training")
+        return self
+
+    @property
+    def model_package_group(self) -> str:
+        return self.project
+
+    @property
+    def containers_path(self) -> Path:
+        path = Path(self.containers_dir)
+        return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def settings_path(env: str) -> Path:
+    return SETTINGS_DIR / f"{env}.yaml"
+
+
+def _describe_errors(exc: ValidationError, source: str) -> str:
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            parent: Any = PipelineConfig
+            for part in error["loc"][:-1]:
+                field = parent.model_fields.get(str(part)) if hasattr(parent, "model_fields") \
+                    else None
+                parent = field.annotation if field is not None else None
+            known = list(parent.model_fields) if hasattr(parent, "model_fields") else []
+            guess = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
+            hint = f" Did you mean {guess[0]!r}?" if guess else ""
+            lines.append(f"- unknown key {where!r}.{hint} Known keys here: "
+                         f"{', '.join(known)}")
+        else:
+            lines.append(f"- {where}: {error['msg']} (got {error.get('input')!r})")
+    return f"Invalid pipeline config in {source}:\n" + "\n".join(lines)
+
+
+def build_config(data: dict[str, Any], source: str = "the given values") -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe_errors(exc, source)) from None
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(env_or_path: str = "local", overrides: dict[str, Any] | None = None
+                ) -> PipelineConfig:
+    """Settings file (an env name under deployments/settings/, or a path) plus overrides."""
+    path = Path(env_or_path)
+    if not path.suffix:
+        path = settings_path(env_or_path)
+    if not path.exists():
+        known = sorted(p.stem for p in SETTINGS_DIR.glob("*.yaml"))
+        raise ConfigError(f"No settings file {path}. Environments: {', '.join(known)}; or give "
+                          "the path of a YAML file.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings, not {type(data).__name__}")
+    return build_config(_merge(data, overrides or {}), str(path))

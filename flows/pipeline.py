@@ -1,0 +1,230 @@
+"""The ml-pipeline flow: it reads like the diagram in DESIGN.md.
+
+    pin data -> images -> preprocess -> train -> evaluate -> gate -> register -> deploy -> notify
+
+Every AWS call lives in ``tasks/``; this module decides what runs and records
+why. A run ends in one of: deployed, rejected (registered as Rejected, live
+endpoint untouched), unchanged (the trained model is already the live one), or
+failed (the reason reaches the flow's error, the run record and the
+notification; nothing is deployed).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.context import get_run_context
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+
+from flows.config import PipelineConfig
+from flows.report import publish_artifacts
+from tasks.data import pin_data
+from tasks.endpoints import deploy_model
+from tasks.errors import DeployRolledBack, PipelineError
+from tasks.gate import GateDecision, decide
+from tasks.images import build_images
+from tasks.jobs import PROCESSING, TRAINING, stop_job
+from tasks.notify import console_links, notify
+from tasks.registry import get_champion, register_model, update_approval
+from tasks.runtime import get_clients
+from tasks.steps import plan_evaluate, plan_preprocess, plan_train, run_step
+from tasks.storage import ensure_local_resources, read_json, sample_rows, save_run_record
+
+__all__ = ["ml_pipeline"]
+
+FLOW_RUN_TAG = "sagepipe:flow-run-id"
+
+
+class Approval(RunInput):
+    approve: bool
+    note: str = ""
+
+
+def _stop_jobs_of_run(flow: Any, flow_run: Any, state: Any) -> None:
+    """on_cancellation / on_crashed hook: stop the SageMaker jobs this run started."""
+    config = PipelineConfig.model_validate(flow_run.parameters.get("config") or {})
+    clients = get_clients(config.runtime)
+    for kind, lister in ((TRAINING, clients.sagemaker.list_training_jobs),
+                         (PROCESSING, clients.sagemaker.list_processing_jobs)):
+        for summary in lister(StatusEquals="InProgress")[f"{kind.noun}JobSummaries"]:
+            tags = clients.sagemaker.list_tags(ResourceArn=summary[f"{kind.noun}JobArn"])["Tags"]
+            if {"Key": FLOW_RUN_TAG, "Value": str(flow_run.id)} in tags:
+                stop_job(clients, kind, summary[f"{kind.noun}JobName"])
+
+
+def _run_id() -> tuple[str, str | None]:
+    context = get_run_context()
+    flow_run = getattr(context, "flow_run", None)
+    if flow_run is None:
+        return f"adhoc-{int(time.time())}", None
+    return str(flow_run.id), flow_run.name
+
+
+@flow(name="ml-pipeline", on_cancellation=[_stop_jobs_of_run], on_crashed=[_stop_jobs_of_run],
+      log_prints=True)
+def ml_pipeline(config: PipelineConfig = PipelineConfig(),  # noqa: B008 - a Prefect parameter
+                commit: str | None = None, force: bool = False) -> dict[str, Any]:
+    """Train, judge and (maybe) deploy a model; returns the run record."""
+    log = get_run_logger()
+    run_id, run_name = _run_id()
+    runtime = config.runtime
+    record: dict[str, Any] = {"run_id": run_id, "run_name": run_name, "commit": commit,
+                              "project": config.project, "runtime": runtime.kind,
+                              "started": time.time(), "steps": {}, "outcome": "running"}
+    topic = config.notifications.topic_arn
+    try:
+        if runtime.kind == "local":
+            bucket = config.artifacts_uri[5:].split("/", 1)[0]
+            topic = topic or ensure_local_resources(runtime, bucket, f"{config.project}-events")
+        tags = {FLOW_RUN_TAG: run_id, "sagepipe:project": config.project,
+                **({"sagepipe:commit": commit} if commit else {})}
+
+        pin = pin_data(runtime, config.dataset_uri, config.artifacts_uri, config.label_column)
+        record["data"] = pin.model_dump()
+        images = build_images(runtime, str(config.containers_path),
+                              config.image_repository_prefix, config.build_project,
+                              config.artifacts_uri)
+        record["images"] = {n: {"uri": i.uri, "built": i.built} for n, i in images.items()}
+
+        common = {"project": config.project, "runtime": runtime,
+                  "artifacts_uri": config.artifacts_uri, "settings": config.jobs}
+        pre_plan = plan_preprocess(**common, pin=pin, image=images["preprocess"],
+                                   label_column=config.label_column,
+                                   validation_fraction=config.split.validation_fraction,
+                                   test_fraction=config.split.test_fraction,
+                                   seed=config.split.seed)
+        pre = _step(record, "preprocess", _runner("preprocess", force),
+                    runtime, pre_plan, config, tags)
+        train_plan = plan_train(**common, splits=pre.outputs, image=images["train"],
+                                label_column=config.label_column,
+                                hyperparameters=config.hyperparameters)
+        trained = _step(record, "train", _runner("train", force),
+                        runtime, train_plan, config, tags)
+        model_uri = trained.outputs["model"]
+
+        champion = get_champion(runtime, config.endpoint.name)
+        record["champion"] = champion.model_dump() if champion else None
+        if champion is not None and champion.model_data_url == model_uri:
+            record.update(outcome="unchanged", decision={
+                "passed": None, "reasons": ["the trained model is the one already live; "
+                                            "nothing to evaluate or deploy"]})
+            log.info("The trained model is already live on %s: nothing to do",
+                     config.endpoint.name)
+            return _finish(config, record, topic, "unchanged")
+
+        eval_plan = plan_evaluate(**common, model_uri=model_uri,
+                                  champion_model_uri=champion.model_data_url if champion
+                                  else None,
+                                  test_uri=pre.outputs["test"], image=images["evaluate"])
+        evaluated = _step(record, "evaluate", _runner("evaluate", force),
+                          runtime, eval_plan, config, tags)
+        evaluation_uri = evaluated.outputs["evaluation"]
+        evaluation = read_json(get_clients(runtime), evaluation_uri)
+        record["evaluation"] = evaluation
+        decision = decide(evaluation, metric=config.gate.metric,
+                          threshold=config.gate.threshold, margin=config.gate.margin,
+                          has_champion=champion is not None)
+        record["decision"] = decision.model_dump() | {"summary": decision.summary}
+        log.info("Gate: %s", decision.summary)
+
+        approval = "approved" if decision.passed else "rejected"
+        if decision.passed and config.gate.approval == "manual":
+            approval = "pending"
+        package_arn = register_model(
+            runtime, group=config.model_package_group, idempotency_key=trained.job_name,
+            image=images["serve"].uri, model_data_url=model_uri, evaluation_uri=evaluation_uri,
+            approval=approval, description=decision.summary,
+            metadata={"commit": commit or "", "data_digest": pin.digest,
+                      "dataset_uri": pin.source_uri, "flow_run_id": run_id,
+                      "training_job": trained.job_name,
+                      f"{decision.metric}": f"{decision.challenger:.6f}"},
+            instance_type=config.endpoint.instance_type)
+        record["model_package"] = {"arn": package_arn, "approval": approval}
+        if approval == "pending":
+            approval = _ask_for_approval(config, decision, package_arn)
+            record["model_package"]["approval"] = approval
+        if approval != "approved":
+            record["outcome"] = "rejected"
+            return _finish(config, record, topic, "rejected")
+
+        payload = sample_rows(get_clients(runtime), pre.outputs["test"], config.label_column)
+        deployed = deploy_model(runtime, config.endpoint, package_arn, config.jobs.role_arn,
+                                payload, tags)
+        record["endpoint"] = deployed.model_dump()
+        record["outcome"] = "deployed"
+        return _finish(config, record, topic, "deployed")
+    except BaseException as exc:
+        outcome = "rolled_back" if isinstance(exc, DeployRolledBack) else "failed"
+        record.update(outcome=outcome, error={"type": type(exc).__name__, "message": str(exc)})
+        if isinstance(exc, Exception):
+            try:
+                _finish(config, record, topic, outcome)
+            except Exception:  # the original error matters more than the bookkeeping
+                log.exception("Could not record or notify the failure")
+        raise
+
+
+def _runner(step: str, force: bool) -> Any:
+    return run_step.with_options(task_run_name=step, refresh_cache=force or None)
+
+
+def _step(record: dict[str, Any], step: str, runner: Any, runtime: Any, plan: Any,
+          config: PipelineConfig, tags: dict[str, str]) -> Any:
+    record["steps"][step] = {"job": plan.name, "key": plan.key, "status": "running"}
+    state = runner(runtime, plan, config.jobs, tags, return_state=True)
+    try:
+        outcome = state.result()
+    except PipelineError as exc:
+        record["steps"][step].update(status="failed", reason=str(exc))
+        raise
+    # a cache hit returns the outcome stored by the run that did the work
+    how = "cached" if state.name == "Cached" else outcome.how
+    record["steps"][step].update(status="completed", job=outcome.job_name, how=how,
+                                 seconds=outcome.seconds, outputs=outcome.outputs)
+    return outcome
+
+
+def _ask_for_approval(config: PipelineConfig, decision: GateDecision, package_arn: str) -> str:
+    log = get_run_logger()
+    log.info("Waiting up to %d s for approval of %s in the Prefect UI (%s)",
+             config.gate.approval_timeout_seconds, package_arn, decision.summary)
+    answer = pause_flow_run(wait_for_input=Approval,
+                            timeout=config.gate.approval_timeout_seconds)
+    approval = "approved" if answer.approve else "rejected"
+    update_approval(config.runtime, package_arn, approval,
+                    f"{'Approved' if answer.approve else 'Rejected'} by a person: {answer.note}")
+    return approval
+
+
+def _finish(config: PipelineConfig, record: dict[str, Any], topic: str | None,
+            outcome: str) -> dict[str, Any]:
+    record["ended"] = time.time()
+    record["seconds"] = round(record["ended"] - record["started"], 2)
+    record["links"] = console_links(config.runtime.region,
+                                    endpoint=config.endpoint.name if outcome == "deployed"
+                                    else None, group=config.model_package_group,
+                                    flow_run_url=None)
+    record["record_uri"] = save_run_record(config.runtime, config.artifacts_uri,
+                                           record["run_id"], record)
+    publish_artifacts(record)
+    summary = _summary(record)
+    record["summary"] = summary
+    notify(config.runtime, topic, outcome, project=config.project, summary=summary,
+           details={k: record.get(k) for k in ("run_id", "commit", "decision", "model_package",
+                                               "endpoint", "error", "links")})
+    return record
+
+
+def _summary(record: dict[str, Any]) -> str:
+    outcome = record["outcome"]
+    if outcome == "deployed":
+        return (f"deployed {record['model_package']['arn']} to "
+                f"{record['endpoint']['endpoint']}")
+    if outcome == "rejected":
+        return f"rejected: {record['decision']['summary']}"
+    if outcome == "unchanged":
+        return "unchanged: the trained model is already live"
+    return f"{outcome}: {record.get('error', {}).get('message', '')}"

@@ -1,0 +1,209 @@
+"""Deploying a registered model to an endpoint, blue/green, and proving it serves.
+
+``deploy_package`` is idempotent (deterministic model and config names, describe
+before create) so a retried task never doubles anything. After the wait it checks
+that the endpoint really serves the new config: a failed SageMaker update leaves
+the endpoint InService on the old config with FailureReason set, which a plain
+waiter would call success. Then a smoke test invokes it; if that fails after an
+update, the endpoint is put back on the previous config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+from botocore.exceptions import ClientError
+from prefect import get_run_logger, task
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import DeployFailed, DeployRolledBack, EndpointError
+from .runtime import Clients, RuntimeSettings, get_clients, is_not_found, retry_transient
+
+__all__ = ["DeployResult", "EndpointSettings", "deploy_model", "deploy_package",
+           "deployment_config", "invoke"]
+
+_TRANSITIONAL = ("Creating", "Updating", "SystemUpdating", "RollingBack")
+Strategy = Literal["all_at_once", "canary", "linear"]
+
+
+class EndpointSettings(BaseModel):
+    """The production endpoint and how a new model reaches it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field("sagepipe-demo", pattern=r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+    instance_type: str = "ml.m5.large"
+    instance_count: int = Field(1, ge=1, le=100)
+    strategy: Strategy = "all_at_once"
+    canary_percent: int = Field(10, ge=1, le=50)
+    linear_step_percent: int = Field(25, ge=1, le=50)
+    wait_seconds: int = Field(300, ge=0, le=3600, description="bake time between traffic shifts")
+    alarms: list[str] = Field(default_factory=list,
+                              description="CloudWatch alarms that roll a deployment back")
+    timeout_seconds: float = Field(3600, gt=0)
+
+
+class DeployResult(BaseModel):
+    endpoint: str
+    endpoint_config: str
+    model_name: str
+    action: Literal["created", "updated", "unchanged"]
+    previous_config: str | None
+    smoke_test: str
+
+
+def deployment_config(strategy: Strategy, *, canary_percent: int, linear_step_percent: int,
+                      wait_seconds: int, alarms: list[str]) -> dict[str, Any]:
+    """BlueGreenUpdatePolicy from config; auto-rollback on the configured alarms."""
+    routing: dict[str, Any] = {"Type": strategy.upper(), "WaitIntervalInSeconds": wait_seconds}
+    if strategy == "canary":
+        routing["CanarySize"] = {"Type": "CAPACITY_PERCENT", "Value": canary_percent}
+    elif strategy == "linear":
+        routing["LinearStepSize"] = {"Type": "CAPACITY_PERCENT", "Value": linear_step_percent}
+    config: dict[str, Any] = {"BlueGreenUpdatePolicy": {
+        "TrafficRoutingConfiguration": routing, "TerminationWaitInSeconds": 0}}
+    if alarms:
+        config["AutoRollbackConfiguration"] = {"Alarms": [{"AlarmName": a} for a in alarms]}
+    return config
+
+
+def _names(endpoint: str, package_arn: str) -> tuple[str, str]:
+    digest = hashlib.sha256(package_arn.encode()).hexdigest()[:10]
+    version = package_arn.rsplit("/", 1)[-1]
+    stem = f"{endpoint[:40]}-v{version}-{digest}"
+    return stem, f"{stem}-cfg"
+
+
+def _exists(describe: Callable[..., Any], **params: Any) -> bool:
+    try:
+        describe(**params)
+    except ClientError as exc:
+        if is_not_found(exc):
+            return False
+        raise
+    return True
+
+
+def wait_endpoint(clients: Clients, name: str, *, timeout: float,
+                  sleep: Callable[[float], None] = time.sleep,
+                  first_poll: float = 1.0, max_poll: float = 30.0) -> dict[str, Any]:
+    start, interval = time.monotonic(), first_poll
+    while True:
+        described: dict[str, Any] = clients.sagemaker.describe_endpoint(EndpointName=name)
+        if described["EndpointStatus"] not in _TRANSITIONAL:
+            return described
+        if time.monotonic() - start > timeout:
+            raise DeployFailed(name, f"Endpoint {name} still {described['EndpointStatus']} "
+                               f"after {timeout:.0f} s. Check it in the SageMaker console; "
+                               "raise endpoint.timeout_seconds if it needs longer.")
+        sleep(interval)
+        interval = min(interval * 1.5, max_poll)
+
+
+def deploy_package(clients: Clients, *, endpoint: str, package_arn: str, role_arn: str,
+                   instance_type: str, instance_count: int, deploy_config: dict[str, Any],
+                   smoke_payload: str, timeout: float,
+                   log: logging.Logger | logging.LoggerAdapter[Any],
+                   tags: list[dict[str, str]] | None = None,
+                   sleep: Callable[[float], None] = time.sleep) -> DeployResult:
+    model_name, config_name = _names(endpoint, package_arn)
+    sm = clients.sagemaker
+    if not _exists(sm.describe_model, ModelName=model_name):
+        sm.create_model(ModelName=model_name, ExecutionRoleArn=role_arn,
+                        PrimaryContainer={"ModelPackageName": package_arn}, Tags=tags or [])
+    if not _exists(sm.describe_endpoint_config, EndpointConfigName=config_name):
+        sm.create_endpoint_config(EndpointConfigName=config_name, Tags=tags or [],
+                                  ProductionVariants=[{
+                                      "VariantName": "AllTraffic", "ModelName": model_name,
+                                      "InitialInstanceCount": instance_count,
+                                      "InstanceType": instance_type}])
+    try:
+        current = sm.describe_endpoint(EndpointName=endpoint)
+    except ClientError as exc:
+        if not is_not_found(exc):
+            raise
+        current = None
+    previous: str | None = None
+    if current is None:
+        log.info("Creating endpoint %s with %s", endpoint, config_name)
+        sm.create_endpoint(EndpointName=endpoint, EndpointConfigName=config_name, Tags=tags or [])
+        action: Literal["created", "updated", "unchanged"] = "created"
+    else:
+        if current["EndpointStatus"] in _TRANSITIONAL:  # a retry, or somebody else's update
+            current = wait_endpoint(clients, endpoint, timeout=timeout, sleep=sleep)
+        previous = current["EndpointConfigName"]
+        if previous == config_name and current["EndpointStatus"] == "InService":
+            action = "unchanged"
+        elif current["EndpointStatus"] == "Failed":
+            raise DeployFailed(endpoint, f"Endpoint {endpoint} is Failed "
+                               f"({current.get('FailureReason', 'no reason given')}); it cannot "
+                               "be updated. Delete it (sagepipe down) and run again.")
+        else:
+            log.info("Updating endpoint %s: %s -> %s (blue/green)", endpoint, previous,
+                     config_name)
+            sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=config_name,
+                               DeploymentConfig=deploy_config)
+            action = "updated"
+    final = wait_endpoint(clients, endpoint, timeout=timeout, sleep=sleep)
+    if final["EndpointStatus"] != "InService":
+        raise DeployFailed(endpoint, f"Endpoint {endpoint} ended {final['EndpointStatus']}: "
+                           f"{final.get('FailureReason', 'no reason given')}")
+    if final["EndpointConfigName"] != config_name:
+        raise DeployRolledBack(
+            endpoint, f"Update of {endpoint} to {config_name} was rolled back; it still serves "
+            f"{final['EndpointConfigName']}. Reason: {final.get('FailureReason', 'not given')}")
+    try:
+        answer = invoke(clients, endpoint, smoke_payload, content_type="text/csv")
+    except EndpointError as exc:
+        if previous and previous != config_name:
+            log.error("Smoke test failed (%s); rolling %s back to %s", exc, endpoint, previous)
+            sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=previous,
+                               DeploymentConfig=deploy_config)
+            wait_endpoint(clients, endpoint, timeout=timeout, sleep=sleep)
+            raise DeployRolledBack(endpoint, f"Smoke test of {endpoint} on {config_name} "
+                                   f"failed ({exc}); rolled back to {previous}.") from exc
+        raise DeployFailed(endpoint, f"Smoke test of {endpoint} failed: {exc}") from exc
+    return DeployResult(endpoint=endpoint, endpoint_config=config_name, model_name=model_name,
+                        action=action, previous_config=previous, smoke_test=answer[:200])
+
+
+def invoke(clients: Clients, endpoint: str, body: bytes | str, *,
+           content_type: str = "text/csv", accept: str = "application/json") -> str:
+    """Invoke ``endpoint``; EndpointError says what went wrong in the caller's terms."""
+    try:
+        response = clients.sagemaker_runtime.invoke_endpoint(
+            EndpointName=endpoint, Body=body, ContentType=content_type, Accept=accept)
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        code, message = error.get("Code"), error.get("Message", str(exc))
+        if code == "ValidationError" and "not found" in message:
+            raise EndpointError(endpoint, f"No endpoint named {endpoint!r}. `sagepipe status` "
+                                "lists the endpoints.") from exc
+        status = exc.response.get("OriginalStatusCode")
+        if code == "ModelError" and status:
+            original = exc.response.get("OriginalMessage", message)
+            raise EndpointError(endpoint, f"{endpoint} refused the request ({status}): "
+                                f"{original}", status=int(status)) from exc
+        raise EndpointError(endpoint, f"Invoking {endpoint} failed: {code}: {message}") from exc
+    return str(response["Body"].read().decode())
+
+
+@task(name="deploy-model", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_transient)
+def deploy_model(runtime: RuntimeSettings, settings: EndpointSettings, package_arn: str,
+                 role_arn: str, smoke_payload: str, tags: dict[str, str]) -> DeployResult:
+    config = deployment_config(settings.strategy, canary_percent=settings.canary_percent,
+                               linear_step_percent=settings.linear_step_percent,
+                               wait_seconds=settings.wait_seconds, alarms=settings.alarms)
+    result = deploy_package(
+        get_clients(runtime), endpoint=settings.name, package_arn=package_arn,
+        role_arn=role_arn, instance_type=settings.instance_type,
+        instance_count=settings.instance_count, deploy_config=config,
+        smoke_payload=smoke_payload, timeout=settings.timeout_seconds, log=get_run_logger(),
+        tags=[{"Key": k, "Value": v[:256]} for k, v in tags.items()])
+    get_run_logger().info("Endpoint %s %s: serves %s; smoke test answered %s", result.endpoint,
+                          result.action, result.endpoint_config, result.smoke_test)
+    return result

@@ -1,0 +1,81 @@
+"""The pipeline's exceptions: one small tree, meant to be caught by its bases.
+
+    PipelineError
+    ├── ConfigError          bad pipeline config: nothing was started
+    ├── DataError            bad dataset: nothing was started (or preprocess refused it)
+    ├── ImageBuildFailed     the image build did not succeed
+    ├── JobFailed            a SageMaker job ended Failed or Stopped (reason: AWS's FailureReason)
+    │   └── JobTimeout       the wait gave up; the job was stopped
+    ├── GateRejected         the new model did not clear the gate (raised only when asked to)
+    ├── DeployFailed         the endpoint did not reach InService with the new config
+    │   └── DeployRolledBack the update was rolled back: the old config still serves
+    └── EndpointError        invoking an endpoint failed (unknown endpoint, model error)
+
+Messages say what happened, to what, and what to do. Lower-layer errors
+(botocore's ClientError) are chained with ``from``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "DeployFailed",
+    "DeployRolledBack",
+    "EndpointError",
+    "GateRejected",
+    "ImageBuildFailed",
+    "JobFailed",
+    "JobTimeout",
+    "PipelineError",
+]
+
+
+class PipelineError(Exception):
+    """Base of every error the pipeline raises on purpose."""
+
+
+class ConfigError(PipelineError):
+    pass
+
+
+class DataError(PipelineError):
+    pass
+
+
+class ImageBuildFailed(PipelineError):
+    pass
+
+
+class JobFailed(PipelineError):
+    def __init__(self, job: str, status: str, reason: str | None, *, kind: str = "job") -> None:
+        self.job, self.status, self.reason, self.kind = job, status, reason, kind
+        super().__init__(f"{kind} {job} ended {status}: {reason or 'no reason given'}")
+
+
+class JobTimeout(JobFailed):
+    def __init__(self, job: str, waited: float, *, kind: str = "job") -> None:
+        self.waited = waited
+        super().__init__(job, "Stopped",
+                         f"still running after {waited:.0f} s, the configured timeout; it was "
+                         "stopped. Raise jobs.timeout_seconds if it needs longer.", kind=kind)
+
+
+class GateRejected(PipelineError):
+    pass
+
+
+class DeployFailed(PipelineError):
+    def __init__(self, endpoint: str, message: str) -> None:
+        self.endpoint = endpoint
+        super().__init__(message)
+
+
+class DeployRolledBack(DeployFailed):
+    pass
+
+
+class EndpointError(PipelineError):
+    def __init__(self, endpoint: str, message: str, *, status: int | None = None) -> None:
+        self.endpoint, self.status = endpoint, status
+        super().__init__(message)

@@ -1,0 +1,211 @@
+"""SageMaker processing and training jobs: start or re-attach, wait, tail logs.
+
+Prefect retries re-run a whole task, so starting a job must be idempotent. A
+job's name is ``<prefix>-<step>-<key>``, where ``key`` hashes the job's content
+(image digest, inputs, arguments). A retried task describes that name first:
+
+* not found -> create it;
+* InProgress -> attach and wait;
+* Completed -> reuse its outputs;
+* Failed / Stopped -> a new attempt under ``<name>-r<N>``.
+
+Waits poll Describe with capped exponential backoff, copy the job's log stream
+into the Prefect task log, give up after a timeout (stopping the job), and stop
+the job if the wait itself is interrupted (flow cancelled, Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from .errors import JobFailed, JobTimeout
+from .runtime import Clients, is_not_found
+
+__all__ = ["JobKind", "WaitPolicy", "content_key", "job_name", "run_job", "stop_job"]
+
+_MAX_ATTEMPTS = 9
+_NAME_LIMIT = 63
+
+
+def content_key(*parts: Any) -> str:
+    """A short stable hash of JSON-able content."""
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def job_name(prefix: str, step: str, key: str, attempt: int = 1) -> str:
+    """Deterministic and valid for SageMaker: <=63 chars of [a-zA-Z0-9-]."""
+    clean = "".join(c if c.isalnum() else "-" for c in prefix).strip("-") or "sagepipe"
+    # room is kept for an attempt suffix (-r2 .. -r9), so retries stay within the limit
+    head = f"{clean}-{step}"[: _NAME_LIMIT - len(key) - 1 - 3].rstrip("-")
+    return f"{head}-{key}" + ("" if attempt == 1 else f"-r{attempt}")
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """The per-kind spelling of the same API (training vs processing)."""
+
+    noun: str  # "Training" or "Processing"
+
+    @property
+    def name_key(self) -> str:
+        return f"{self.noun}JobName"
+
+    @property
+    def status_key(self) -> str:
+        return f"{self.noun}JobStatus"
+
+    @property
+    def log_group(self) -> str:
+        return f"/aws/sagemaker/{self.noun}Jobs"
+
+    def call(self, clients: Clients, verb: str, **params: Any) -> dict[str, Any]:
+        method = getattr(clients.sagemaker, f"{verb}_{self.noun.lower()}_job")
+        return dict(method(**params))
+
+
+TRAINING = JobKind("Training")
+PROCESSING = JobKind("Processing")
+
+
+@dataclass(frozen=True)
+class WaitPolicy:
+    first_poll: float = 2.0
+    max_poll: float = 30.0
+    factor: float = 1.5
+    timeout: float = 24 * 3600.0
+
+
+def _describe(clients: Clients, kind: JobKind, name: str) -> dict[str, Any] | None:
+    try:
+        return kind.call(clients, "describe", **{kind.name_key: name})
+    except ClientError as exc:
+        if is_not_found(exc):
+            return None
+        raise
+
+
+def start_or_attach(clients: Clients, kind: JobKind, request: dict[str, Any],
+                    log: logging.Logger | logging.LoggerAdapter[Any]) -> tuple[str, str]:
+    """(job name, how) where how is 'created', 'attached' or 'reused'."""
+    base = request[kind.name_key]
+    for attempt in range(1, _MAX_ATTEMPTS + 1):
+        name = base if attempt == 1 else f"{base}-r{attempt}"
+        found = _describe(clients, kind, name)
+        if found is None:
+            kind.call(clients, "create", **{**request, kind.name_key: name})
+            log.info("Started %s job %s", kind.noun.lower(), name)
+            return name, "created"
+        status = found[kind.status_key]
+        if status in ("InProgress", "Stopping"):
+            log.info("Re-attached to %s job %s (%s)", kind.noun.lower(), name, status)
+            return name, "attached"
+        if status == "Completed":
+            log.info("Reusing completed %s job %s", kind.noun.lower(), name)
+            return name, "reused"
+        log.info("%s job %s ended %s earlier; starting attempt %d", kind.noun, name, status,
+                 attempt + 1)
+    raise JobFailed(base, "Failed", f"{_MAX_ATTEMPTS} attempts already failed; fix the cause "
+                    "shown in the job logs, then run again", kind=kind.noun.lower())
+
+
+class LogTail:
+    """Copies new lines of a job's CloudWatch log streams into a logger."""
+
+    def __init__(self, clients: Clients, group: str, job: str,
+                 emit: Callable[[str], None]) -> None:
+        self.clients, self.group, self.job, self.emit = clients, group, job, emit
+        self.tokens: dict[str, str | None] = {}
+
+    def poll(self) -> None:
+        try:
+            streams = self.clients.logs.describe_log_streams(
+                logGroupName=self.group, logStreamNamePrefix=f"{self.job}/")["logStreams"]
+            for stream in streams:
+                name = stream["logStreamName"]
+                while True:
+                    kwargs: dict[str, Any] = {"logGroupName": self.group, "logStreamName": name,
+                                              "startFromHead": True}
+                    if self.tokens.get(name):
+                        kwargs["nextToken"] = self.tokens[name]
+                    page = self.clients.logs.get_log_events(**kwargs)
+                    for event in page["events"]:
+                        self.emit(event["message"])
+                    if page["nextForwardToken"] == self.tokens.get(name):
+                        break  # CloudWatch returns the same token at the end of a stream
+                    self.tokens[name] = page["nextForwardToken"]
+                    if not page["events"]:
+                        break
+        except ClientError as exc:  # logs are a convenience: never fail a job over them
+            code = exc.response.get("Error", {}).get("Code")
+            if code != "ResourceNotFoundException":
+                self.emit(f"(could not read job logs: {code})")
+
+
+def stop_job(clients: Clients, kind: JobKind, name: str) -> bool:
+    """Stop ``name`` if it still runs; True if a stop was sent."""
+    found = _describe(clients, kind, name)
+    if found is None or found[kind.status_key] != "InProgress":
+        return False
+    try:
+        kind.call(clients, "stop", **{kind.name_key: name})
+    except ClientError as exc:  # it may have ended between describe and stop
+        if exc.response.get("Error", {}).get("Code") != "ValidationException":
+            raise
+        return False
+    return True
+
+
+def run_job(clients: Clients, kind: JobKind, request: dict[str, Any], *,
+            policy: WaitPolicy, log: logging.Logger | logging.LoggerAdapter[Any],
+            clock: Callable[[], float] = time.monotonic,
+            sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+    """Start (or re-attach to) a job and wait for it; returns the final Describe.
+
+    Raises JobFailed (with AWS's FailureReason) on Failed or Stopped, and
+    JobTimeout after stopping a job that outlived ``policy.timeout``.
+    """
+    name, how = start_or_attach(clients, kind, request, log)
+    tail = LogTail(clients, kind.log_group, name, lambda line: log.info("[%s] %s", name, line))
+    started = clock()
+    interval = policy.first_poll
+    finished = False
+    try:
+        while True:
+            described = _describe(clients, kind, name)
+            if described is None:
+                raise JobFailed(name, "Missing", "the job disappeared while being watched",
+                                kind=kind.noun.lower())
+            status = described[kind.status_key]
+            if how != "reused":
+                tail.poll()
+            if status in ("Completed", "Failed", "Stopped"):
+                finished = True
+                if status != "Completed":
+                    raise JobFailed(name, status, described.get("FailureReason"),
+                                    kind=kind.noun.lower())
+                described["_how"] = how
+                return described
+            waited = clock() - started
+            if waited >= policy.timeout:
+                finished = True
+                stop_job(clients, kind, name)
+                raise JobTimeout(name, waited, kind=kind.noun.lower())
+            sleep(min(interval, max(policy.timeout - waited, 0.0)))
+            interval = min(interval * policy.factor, policy.max_poll)
+    finally:
+        if not finished:  # interrupted: cancelled flow run, Ctrl-C, crash of the waiter
+            try:
+                if stop_job(clients, kind, name):
+                    log.warning("Stopped %s job %s because its wait was interrupted",
+                                kind.noun.lower(), name)
+            except Exception:  # never mask the interruption itself
+                log.exception("Could not stop %s job %s", kind.noun.lower(), name)

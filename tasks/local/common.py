@@ -1,0 +1,68 @@
+"""Small pieces every local client shares: account, ARNs, times, response metadata."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from .validation import validate_request
+
+ACCOUNT = "000000000000"
+"""The local runtime's account id (AWS's documentation placeholder)."""
+
+
+def now() -> float:
+    return time.time()
+
+
+def to_datetime(epoch: float | None) -> dt.datetime | None:
+    """boto3 returns timestamps as aware datetimes; state keeps epoch seconds."""
+    return None if epoch is None else dt.datetime.fromtimestamp(epoch, tz=dt.UTC)
+
+
+def request_id() -> str:
+    return str(uuid.uuid4())
+
+
+def metadata(status: int = 200) -> dict[str, Any]:
+    return {"ResponseMetadata": {"RequestId": request_id(), "HTTPStatusCode": status,
+                                 "RetryAttempts": 0}}
+
+
+def arn(region: str, service: str, resource: str) -> str:
+    return f"arn:aws:{service}:{region}:{ACCOUNT}:{resource}"
+
+
+def pid_alive(pid: int | None) -> bool:
+    """True while ``pid`` runs and is not a zombie waiting to be reaped."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        # state is the field after the parenthesised command name
+        state = stat.read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
+class LocalClient:
+    """Base of the local clients: botocore validation on every call."""
+
+    service: str = ""
+
+    def __init__(self, *, region: str) -> None:
+        self.region = region
+
+    def _validate(self, operation: str, params: dict[str, Any]) -> None:
+        validate_request(self.service, operation, params)

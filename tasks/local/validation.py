@@ -1,0 +1,125 @@
+"""Validate local requests against botocore's own service models.
+
+Two layers, as with the real service:
+
+* client side: botocore's ``ParamValidator`` (types, required members, minimum
+  lengths) raises ``ParamValidationError`` exactly as a boto3 client would;
+* server side: the checks AWS does after the request arrives (maximum lengths,
+  ``pattern``, ``enum``, numeric ranges) raise a ``ClientError`` with code
+  ``ValidationException``, the error a real endpoint would return.
+
+So a request that AWS would reject is rejected locally too, before any work.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from typing import Any
+
+import botocore.session
+from botocore.exceptions import ClientError, ParamValidationError
+from botocore.model import OperationModel, ServiceModel, Shape
+from botocore.validate import ParamValidator
+
+__all__ = ["client_error", "operation_model", "validate_request"]
+
+
+@cache
+def _session() -> botocore.session.Session:
+    return botocore.session.get_session()
+
+
+@cache
+def service_model(service: str) -> ServiceModel:
+    return _session().get_service_model(service)
+
+
+@cache
+def operation_model(service: str, operation: str) -> OperationModel:
+    """``operation`` in the model's spelling, e.g. ``CreateTrainingJob``."""
+    return service_model(service).operation_model(operation)
+
+
+@cache
+def _pattern(regex: str) -> re.Pattern[str] | None:
+    try:
+        return re.compile(regex)
+    except re.error:  # a few model patterns use Java-only syntax; skip those
+        return None
+
+
+def validate_request(service: str, operation: str, params: dict[str, Any]) -> None:
+    """Raise as boto3 + AWS would for an invalid request to ``operation``."""
+    op = operation_model(service, operation)
+    shape = op.input_shape
+    if shape is None:
+        return
+    report = ParamValidator().validate(params, shape)
+    if report.has_errors():
+        raise ParamValidationError(report=report.generate_report())
+    problems: list[str] = []
+    _check_server_side(params, shape, operation, problems, path=shape.name)
+    if problems:
+        raise client_error(
+            operation,
+            "ValidationException",
+            f"{len(problems)} validation error(s) detected: " + "; ".join(problems[:5]),
+        )
+
+
+def _check_server_side(
+    value: Any, shape: Shape, operation: str, problems: list[str], *, path: str
+) -> None:
+    type_name = shape.type_name
+    meta = shape.metadata
+    if type_name == "structure" and isinstance(value, dict):
+        members = shape.members  # type: ignore[attr-defined]
+        for name, member_value in value.items():
+            if name in members:
+                _check_server_side(
+                    member_value, members[name], operation, problems, path=f"{path}.{name}"
+                )
+    elif type_name == "list" and isinstance(value, list):
+        if "max" in meta and len(value) > meta["max"]:
+            problems.append(f"Value at '{path}' failed to satisfy constraint: "
+                            f"Member must have length less than or equal to {meta['max']}")
+        member = shape.member  # type: ignore[attr-defined]
+        for i, item in enumerate(value):
+            _check_server_side(item, member, operation, problems, path=f"{path}.{i + 1}")
+    elif type_name == "map" and isinstance(value, dict):
+        if "max" in meta and len(value) > meta["max"]:
+            problems.append(f"Value at '{path}' failed to satisfy constraint: "
+                            f"Map must have at most {meta['max']} entries")
+        for key, item in value.items():
+            _check_server_side(key, shape.key, operation, problems, path=f"{path}.key")  # type: ignore[attr-defined]
+            _check_server_side(item, shape.value, operation, problems, path=f"{path}.{key}")  # type: ignore[attr-defined]
+    elif type_name == "string" and isinstance(value, str):
+        if "max" in meta and len(value) > meta["max"]:
+            problems.append(f"Value '{value[:40]}' at '{path}' failed to satisfy constraint: "
+                            f"Member must have length less than or equal to {meta['max']}")
+        enum = shape.enum  # type: ignore[attr-defined]
+        if enum and value not in enum:
+            problems.append(f"Value '{value}' at '{path}' failed to satisfy constraint: "
+                            f"Member must satisfy enum value set: [{', '.join(enum)}]")
+        regex = meta.get("pattern")
+        compiled = _pattern(regex) if regex else None
+        if compiled is not None and not compiled.fullmatch(value):
+            problems.append(f"Value '{value[:60]}' at '{path}' failed to satisfy constraint: "
+                            f"Member must satisfy regular expression pattern: {regex}")
+    elif type_name in ("integer", "long", "float", "double") and isinstance(value, int | float):
+        if "max" in meta and value > meta["max"]:
+            problems.append(f"Value '{value}' at '{path}' failed to satisfy constraint: "
+                            f"Member must have value less than or equal to {meta['max']}")
+
+
+def client_error(operation: str, code: str, message: str, *, status: int = 400,
+                 extra: dict[str, Any] | None = None) -> ClientError:
+    """A ``ClientError`` shaped like the one botocore builds from an AWS reply."""
+    response: dict[str, Any] = {
+        "Error": {"Code": code, "Message": message},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
+    if extra:
+        response.update(extra)
+    return ClientError(response, operation)  # type: ignore[arg-type]

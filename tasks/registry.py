@@ -1,0 +1,135 @@
+"""The SageMaker Model Registry: one package group per model, one package per run.
+
+The *champion* is the approved package the production endpoint serves: the
+endpoint's config names a model, and that model was created from a package
+(``PrimaryContainer.ModelPackageName``). A model package carries its metrics
+(``evaluation.json`` in S3) and lineage (commit, data pin, images, flow run).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from botocore.exceptions import ClientError
+from prefect import get_run_logger, task
+from pydantic import BaseModel
+
+from .runtime import Clients, RuntimeSettings, get_clients, is_not_found, retry_transient
+
+__all__ = ["Champion", "ensure_group", "find_champion", "get_champion", "register_model",
+           "register_package", "set_approval", "update_approval"]
+
+APPROVAL = {"approved": "Approved", "rejected": "Rejected", "pending": "PendingManualApproval"}
+
+
+class Champion(BaseModel):
+    package_arn: str
+    version: int
+    model_data_url: str
+    image: str
+    endpoint_config: str
+
+
+def ensure_group(clients: Clients, group: str, description: str) -> None:
+    try:
+        clients.sagemaker.describe_model_package_group(ModelPackageGroupName=group)
+    except ClientError as exc:
+        if not is_not_found(exc):
+            raise
+        clients.sagemaker.create_model_package_group(ModelPackageGroupName=group,
+                                                     ModelPackageGroupDescription=description)
+
+
+def find_champion(clients: Clients, endpoint_name: str) -> Champion | None:
+    """The package behind the live endpoint, or None before the first deploy."""
+    try:
+        endpoint = clients.sagemaker.describe_endpoint(EndpointName=endpoint_name)
+    except ClientError as exc:
+        if is_not_found(exc):
+            return None
+        raise
+    if endpoint["EndpointStatus"] not in ("InService", "Updating"):
+        return None
+    config = clients.sagemaker.describe_endpoint_config(
+        EndpointConfigName=endpoint["EndpointConfigName"])
+    model = clients.sagemaker.describe_model(
+        ModelName=config["ProductionVariants"][0]["ModelName"])
+    container = model.get("PrimaryContainer") or model["Containers"][0]
+    package_arn = container.get("ModelPackageName")
+    if not package_arn:
+        return None  # deployed outside the registry: nothing to compare against
+    package = clients.sagemaker.describe_model_package(ModelPackageName=package_arn)
+    spec = package["InferenceSpecification"]["Containers"][0]
+    return Champion(package_arn=package_arn, version=int(package["ModelPackageVersion"]),
+                    model_data_url=spec["ModelDataUrl"], image=spec["Image"],
+                    endpoint_config=endpoint["EndpointConfigName"])
+
+
+def register_package(clients: Clients, *, group: str, idempotency_key: str, image: str,
+                     model_data_url: str, evaluation_uri: str, approval: str,
+                     description: str, metadata: dict[str, str],
+                     instance_type: str) -> str:
+    """Create the run's model package (a retry with the same key returns the same one)."""
+    token = str(uuid.uuid5(uuid.NAMESPACE_URL, f"sagepipe:{group}:{idempotency_key}"))
+    response = clients.sagemaker.create_model_package(
+        ModelPackageGroupName=group,
+        ModelPackageDescription=description[:1024],
+        ClientToken=token,
+        ModelApprovalStatus=APPROVAL[approval],
+        InferenceSpecification={
+            "Containers": [{"Image": image, "ModelDataUrl": model_data_url}],
+            "SupportedContentTypes": ["text/csv", "application/json"],
+            "SupportedResponseMIMETypes": ["application/json", "text/csv"],
+            "SupportedRealtimeInferenceInstanceTypes": [instance_type],
+        },
+        ModelMetrics={"ModelQuality": {"Statistics": {
+            "ContentType": "application/json", "S3Uri": evaluation_uri}}},
+        CustomerMetadataProperties={k: str(v)[:256] for k, v in metadata.items() if v},
+    )
+    return str(response["ModelPackageArn"])
+
+
+def set_approval(clients: Clients, package_arn: str, approval: str, reason: str) -> None:
+    clients.sagemaker.update_model_package(ModelPackageArn=package_arn,
+                                           ModelApprovalStatus=APPROVAL[approval],
+                                           ApprovalDescription=reason[:1024])
+
+
+def package_summary(clients: Clients, package_arn: str) -> dict[str, Any]:
+    described: dict[str, Any] = clients.sagemaker.describe_model_package(
+        ModelPackageName=package_arn)
+    return described
+
+
+@task(name="find-champion", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient)
+def get_champion(runtime: RuntimeSettings, endpoint_name: str) -> Champion | None:
+    champion = find_champion(get_clients(runtime), endpoint_name)
+    log = get_run_logger()
+    if champion is None:
+        log.info("No live model on %s yet: this run can only be judged on the threshold",
+                 endpoint_name)
+    else:
+        log.info("Champion: %s (config %s)", champion.package_arn, champion.endpoint_config)
+    return champion
+
+
+@task(name="register-model", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient)
+def register_model(runtime: RuntimeSettings, *, group: str, idempotency_key: str, image: str,
+                   model_data_url: str, evaluation_uri: str, approval: str, description: str,
+                   metadata: dict[str, str], instance_type: str) -> str:
+    clients = get_clients(runtime)
+    ensure_group(clients, group, f"Models of the sagepipe project {group}")
+    arn = register_package(clients, group=group, idempotency_key=idempotency_key, image=image,
+                           model_data_url=model_data_url, evaluation_uri=evaluation_uri,
+                           approval=approval, description=description, metadata=metadata,
+                           instance_type=instance_type)
+    get_run_logger().info("Registered %s as %s", arn, APPROVAL[approval])
+    return arn
+
+
+@task(name="update-approval", retries=2, retry_delay_seconds=5,
+      retry_condition_fn=retry_transient)
+def update_approval(runtime: RuntimeSettings, package_arn: str, approval: str,
+                    reason: str) -> None:
+    set_approval(get_clients(runtime), package_arn, approval, reason)

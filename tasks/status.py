@@ -1,0 +1,95 @@
+"""What ``sagepipe status`` shows: runs, model versions, endpoints, job logs, data versions."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from .data import parse_s3_uri
+from .runtime import Clients, is_not_found
+from .storage import list_run_records
+
+__all__ = ["dataset_rows", "endpoint_rows", "job_log_lines", "model_rows", "run_rows"]
+
+
+def _when(value: Any) -> str:
+    if isinstance(value, int | float):
+        value = dt.datetime.fromtimestamp(value, tz=dt.UTC)
+    if isinstance(value, dt.datetime):
+        return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    return str(value or "")
+
+
+def run_rows(clients: Clients, artifacts_uri: str, limit: int) -> list[dict[str, Any]]:
+    rows = []
+    for record in list_run_records(clients, artifacts_uri, limit):
+        decision = record.get("decision") or {}
+        metric = decision.get("metric")
+        rows.append({
+            "started": _when(record.get("started")),
+            "run": record.get("run_name") or record["run_id"],
+            "outcome": record["outcome"],
+            "metric": f"{metric}={decision['challenger']:.4f}" if metric else "",
+            "jobs": " ".join(f"{n}:{s.get('how', s.get('status'))}"
+                             for n, s in (record.get("steps") or {}).items()),
+            "seconds": record.get("seconds", ""),
+        })
+    return rows
+
+
+def model_rows(clients: Clients, group: str) -> list[dict[str, Any]]:
+    try:
+        packages = clients.sagemaker.list_model_packages(
+            ModelPackageGroupName=group, SortBy="CreationTime", SortOrder="Descending",
+            MaxResults=20)["ModelPackageSummaryList"]
+    except ClientError as exc:
+        if is_not_found(exc):
+            return []
+        raise
+    return [{"version": p["ModelPackageVersion"], "approval": p["ModelApprovalStatus"],
+             "created": _when(p["CreationTime"]),
+             "description": (p.get("ModelPackageDescription") or "")[:70]} for p in packages]
+
+
+def endpoint_rows(clients: Clients) -> list[dict[str, Any]]:
+    rows = []
+    for summary in clients.sagemaker.list_endpoints(SortBy="CreationTime")["Endpoints"]:
+        described = clients.sagemaker.describe_endpoint(EndpointName=summary["EndpointName"])
+        rows.append({"endpoint": summary["EndpointName"], "status": described["EndpointStatus"],
+                     "config": described["EndpointConfigName"],
+                     "updated": _when(described["LastModifiedTime"]),
+                     "failure": (described.get("FailureReason") or "")[:60]})
+    return rows
+
+
+def job_log_lines(clients: Clients, job: str) -> list[str]:
+    lines: list[str] = []
+    for group in ("/aws/sagemaker/TrainingJobs", "/aws/sagemaker/ProcessingJobs"):
+        try:
+            streams = clients.logs.describe_log_streams(
+                logGroupName=group, logStreamNamePrefix=f"{job}/")["logStreams"]
+        except ClientError:
+            continue
+        for stream in streams:
+            token = None
+            while True:
+                kwargs: dict[str, Any] = {"logGroupName": group, "startFromHead": True,
+                                          "logStreamName": stream["logStreamName"]}
+                if token:
+                    kwargs["nextToken"] = token
+                page = clients.logs.get_log_events(**kwargs)
+                lines += [e["message"] for e in page["events"]]
+                if not page["events"] or page["nextForwardToken"] == token:
+                    break
+                token = page["nextForwardToken"]
+    return lines
+
+
+def dataset_rows(clients: Clients, uri: str) -> list[dict[str, Any]]:
+    bucket, key = parse_s3_uri(uri)
+    versions = clients.s3.list_object_versions(Bucket=bucket, Prefix=key).get("Versions", [])
+    return [{"key": v["Key"], "version": v["VersionId"], "latest": v["IsLatest"],
+             "bytes": v["Size"], "modified": _when(v["LastModified"])}
+            for v in versions if v["Key"] == key or key.endswith("/")]

@@ -1,0 +1,201 @@
+"""The pipeline's three jobs (preprocess, train, evaluate) as plans and Prefect tasks.
+
+A :class:`JobPlan` is the exact SageMaker request a step will send, its content
+key and where its outputs will land. Planning is pure, so ``sagepipe plan`` can
+show it and the cache key is known before anything runs. Output locations are
+derived from the key (``<artifacts>/jobs/<step>-<key>/``), so identical inputs
+always mean identical outputs, and Prefect's cache (keyed on the same content)
+can skip a step without a single AWS call.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, Literal
+
+from prefect import get_run_logger, task
+from prefect.context import TaskRunContext
+from pydantic import BaseModel, ConfigDict, Field
+
+from .data import DataPin
+from .images import ImageRef
+from .jobs import PROCESSING, TRAINING, WaitPolicy, content_key, job_name, run_job
+from .runtime import RuntimeSettings, get_clients, retry_transient, runtime_identity
+
+__all__ = ["JobOutcome", "JobPlan", "JobSettings", "plan_evaluate", "plan_preprocess",
+           "plan_train", "run_step"]
+
+_PROC = "/opt/ml/processing"
+METRICS = ("roc_auc", "accuracy", "f1", "log_loss")
+
+
+class JobSettings(BaseModel):
+    """Compute and waiting for the SageMaker jobs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role_arn: str = Field("arn:aws:iam::000000000000:role/sagepipe-sagemaker-execution",
+                          description="SageMaker execution role the jobs run as")
+    processing_instance_type: str = "ml.m5.large"
+    training_instance_type: str = "ml.m5.large"
+    instance_count: int = Field(1, ge=1, le=1, description="the example scripts use one node")
+    volume_size_gb: int = Field(30, ge=1, le=16384)
+    max_runtime_seconds: int = Field(3600, ge=60, le=28 * 24 * 3600)
+    timeout_seconds: float = Field(7200, gt=0, description="give up waiting (and stop the job)")
+    poll_first_seconds: float = Field(2.0, gt=0, le=300)
+    poll_max_seconds: float = Field(30.0, gt=0, le=600)
+    environment: dict[str, str] = Field(default_factory=dict)
+
+    def wait_policy(self) -> WaitPolicy:
+        return WaitPolicy(first_poll=self.poll_first_seconds, max_poll=self.poll_max_seconds,
+                          timeout=self.timeout_seconds)
+
+
+class JobPlan(BaseModel):
+    step: str
+    kind: Literal["processing", "training"]
+    key: str
+    name: str
+    request: dict[str, Any]
+    outputs: dict[str, str]
+
+
+class JobOutcome(BaseModel):
+    step: str
+    job_name: str
+    how: str  # created | attached | reused
+    outputs: dict[str, str]
+    seconds: float | None
+
+
+def _processing(name: str, image: ImageRef, args: list[str], inputs: dict[str, str],
+                outputs: dict[str, str], settings: JobSettings) -> dict[str, Any]:
+    return {
+        "ProcessingJobName": name,
+        "RoleArn": settings.role_arn,
+        "AppSpecification": {"ImageUri": image.uri, "ContainerArguments": args},
+        "ProcessingInputs": [
+            {"InputName": n, "S3Input": {"S3Uri": uri, "LocalPath": f"{_PROC}/input/{n}",
+                                         "S3DataType": "S3Prefix", "S3InputMode": "File"}}
+            for n, uri in inputs.items()],
+        "ProcessingOutputConfig": {"Outputs": [
+            {"OutputName": n, "S3Output": {"S3Uri": uri, "LocalPath": f"{_PROC}/output/{n}",
+                                           "S3UploadMode": "EndOfJob"}}
+            for n, uri in outputs.items()]},
+        "ProcessingResources": {"ClusterConfig": {
+            "InstanceCount": settings.instance_count,
+            "InstanceType": settings.processing_instance_type,
+            "VolumeSizeInGB": settings.volume_size_gb}},
+        "StoppingCondition": {"MaxRuntimeInSeconds": settings.max_runtime_seconds},
+        "Environment": dict(settings.environment),
+    }
+
+
+def _finish(step: str, kind: Literal["processing", "training"], project: str,
+            runtime: RuntimeSettings, artifacts_uri: str, build: Any) -> JobPlan:
+    """Key the request on its content, then name the job and its outputs by that key."""
+    draft_outputs_root = "{out}"
+    draft = build("{name}", draft_outputs_root)
+    key = content_key(runtime_identity(runtime), step, draft)
+    name = job_name(project, step, key)
+    out = f"{artifacts_uri.rstrip('/')}/jobs/{step}-{key}"
+    request = build(name, out)
+    outputs = request.pop("_outputs")
+    return JobPlan(step=step, kind=kind, key=key, name=name, request=request, outputs=outputs)
+
+
+def plan_preprocess(*, project: str, runtime: RuntimeSettings, artifacts_uri: str,
+                    pin: DataPin, image: ImageRef, label_column: str,
+                    validation_fraction: float, test_fraction: float, seed: int,
+                    settings: JobSettings) -> JobPlan:
+    def build(name: str, out: str) -> dict[str, Any]:
+        outputs = {s: f"{out}/{s}" for s in ("train", "validation", "test", "schema")}
+        args = ["--input-dir", f"{_PROC}/input/data", "--output-dir", f"{_PROC}/output",
+                "--label-column", label_column, "--validation-fraction",
+                str(validation_fraction), "--test-fraction", str(test_fraction),
+                "--seed", str(seed)]
+        request = _processing(name, image, args, {"data": pin.snapshot_uri}, outputs, settings)
+        return {**request, "_outputs": outputs}
+    return _finish("preprocess", "processing", project, runtime, artifacts_uri, build)
+
+
+def plan_train(*, project: str, runtime: RuntimeSettings, artifacts_uri: str,
+               splits: dict[str, str], image: ImageRef, label_column: str,
+               hyperparameters: dict[str, Any], settings: JobSettings) -> JobPlan:
+    hps = {k: _hp(v) for k, v in hyperparameters.items()}
+    hps["label_column"] = label_column
+
+    def build(name: str, out: str) -> dict[str, Any]:
+        channels = [{"ChannelName": ch, "ContentType": "text/csv", "InputMode": "File",
+                     "DataSource": {"S3DataSource": {
+                         "S3DataType": "S3Prefix", "S3Uri": splits[ch] + "/",
+                         "S3DataDistributionType": "FullyReplicated"}}}
+                    for ch in ("train", "validation")]
+        request = {
+            "TrainingJobName": name,
+            "RoleArn": settings.role_arn,
+            "AlgorithmSpecification": {
+                "TrainingImage": image.uri, "TrainingInputMode": "File",
+                "MetricDefinitions": [{"Name": f"validation:{m}",
+                                       "Regex": f"validation:{m}=([0-9.eE+-]+);"}
+                                      for m in METRICS]},
+            "HyperParameters": hps,
+            "InputDataConfig": channels,
+            "OutputDataConfig": {"S3OutputPath": out},
+            "ResourceConfig": {"InstanceType": settings.training_instance_type,
+                               "InstanceCount": settings.instance_count,
+                               "VolumeSizeInGB": settings.volume_size_gb},
+            "StoppingCondition": {"MaxRuntimeInSeconds": settings.max_runtime_seconds},
+            "Environment": dict(settings.environment),
+        }
+        outputs = {"model": f"{out}/{name}/output/model.tar.gz"}
+        return {**request, "_outputs": outputs}
+    return _finish("train", "training", project, runtime, artifacts_uri, build)
+
+
+def plan_evaluate(*, project: str, runtime: RuntimeSettings, artifacts_uri: str,
+                  model_uri: str, champion_model_uri: str | None, test_uri: str,
+                  image: ImageRef, settings: JobSettings) -> JobPlan:
+    def build(name: str, out: str) -> dict[str, Any]:
+        inputs = {"model": model_uri, "test": test_uri + "/"}
+        args = ["--model-dir", f"{_PROC}/input/model", "--test-dir", f"{_PROC}/input/test",
+                "--output-dir", f"{_PROC}/output/evaluation"]
+        if champion_model_uri:
+            inputs["champion"] = champion_model_uri
+            args += ["--champion-dir", f"{_PROC}/input/champion"]
+        outputs = {"evaluation": f"{out}/evaluation"}
+        request = _processing(name, image, args, inputs, outputs, settings)
+        return {**request, "_outputs": {"evaluation": f"{out}/evaluation/evaluation.json"}}
+    return _finish("evaluate", "processing", project, runtime, artifacts_uri, build)
+
+
+def _hp(value: Any) -> str:
+    """SageMaker hyperparameters are strings; booleans the way Python scripts parse them."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    plan: JobPlan = parameters["plan"]
+    return f"sagepipe-job-{plan.key}"
+
+
+@task(name="run-job", cache_key_fn=_cache_key, persist_result=True,
+      cache_expiration=timedelta(days=365), retries=2, retry_delay_seconds=5,
+      retry_condition_fn=retry_transient)
+def run_step(runtime: RuntimeSettings, plan: JobPlan, settings: JobSettings,
+             tags: dict[str, str]) -> JobOutcome:
+    """Run one planned job to completion (re-attaching after a retry); cached on content."""
+    log = get_run_logger()
+    kind = PROCESSING if plan.kind == "processing" else TRAINING
+    request = {**plan.request, "Tags": [{"Key": k, "Value": v[:256]} for k, v in tags.items()]}
+    final = run_job(get_clients(runtime), kind, request, policy=settings.wait_policy(), log=log)
+    prefix = "Training" if plan.kind == "training" else "Processing"
+    start, end = final.get(f"{prefix}StartTime"), final.get(f"{prefix}EndTime")
+    seconds = (end - start).total_seconds() if start and end else None
+    outputs = dict(plan.outputs)
+    if plan.kind == "training":
+        outputs["model"] = final["ModelArtifacts"]["S3ModelArtifacts"]
+    return JobOutcome(step=plan.step, job_name=final[f"{prefix}JobName"], how=final["_how"],
+                      outputs=outputs, seconds=seconds)

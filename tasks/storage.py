@@ -1,0 +1,85 @@
+"""Reading and writing the pipeline's own small objects: run records, metrics, samples."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from botocore.exceptions import ClientError
+from prefect import task
+
+from .data import parse_s3_uri
+from .runtime import Clients, RuntimeSettings, get_clients
+
+__all__ = ["ensure_local_resources", "list_run_records", "read_json", "sample_rows",
+           "save_run_record", "write_json"]
+
+
+def read_json(clients: Clients, uri: str) -> Any:
+    bucket, key = parse_s3_uri(uri)
+    return json.loads(clients.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def write_json(clients: Clients, uri: str, value: Any) -> None:
+    bucket, key = parse_s3_uri(uri)
+    clients.s3.put_object(Bucket=bucket, Key=key, ContentType="application/json",
+                          Body=json.dumps(value, indent=2, default=str).encode())
+
+
+def sample_rows(clients: Clients, split_uri: str, label_column: str, rows: int = 2) -> str:
+    """The first feature rows of a split as header-less CSV: a realistic smoke payload."""
+    bucket, prefix = parse_s3_uri(split_uri.rstrip("/") + "/")
+    listing = clients.s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+    key = listing["Contents"][0]["Key"]
+    head = clients.s3.get_object(Bucket=bucket, Key=key, Range="bytes=0-65535")["Body"].read()
+    lines = head.decode().splitlines()
+    header = lines[0].split(",")
+    label_at = header.index(label_column)
+    body = []
+    for line in lines[1:rows + 1]:
+        values = line.split(",")
+        body.append(",".join(v for i, v in enumerate(values) if i != label_at))
+    return "\n".join(body) + "\n"
+
+
+def list_run_records(clients: Clients, artifacts_uri: str, limit: int = 20) -> list[dict[str, Any]]:
+    """Newest first."""
+    bucket, prefix = parse_s3_uri(artifacts_uri.rstrip("/") + "/runs/")
+    records: list[tuple[Any, str]] = []
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+    while True:
+        try:
+            page = clients.s3.list_objects_v2(**kwargs)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "NoSuchBucket":
+                return []
+            raise
+        records += [(o["LastModified"], o["Key"]) for o in page.get("Contents", [])
+                    if o["Key"].endswith("/record.json")]
+        if not page.get("IsTruncated"):
+            break
+        kwargs["ContinuationToken"] = page["NextContinuationToken"]
+    records.sort(reverse=True)
+    return [read_json(clients, f"s3://{bucket}/{key}") for _, key in records[:limit]]
+
+
+@task(name="save-run-record", retries=2, retry_delay_seconds=5)
+def save_run_record(runtime: RuntimeSettings, artifacts_uri: str, run_id: str,
+                    record: dict[str, Any]) -> str:
+    uri = f"{artifacts_uri.rstrip('/')}/runs/{run_id}/record.json"
+    write_json(get_clients(runtime), uri, record)
+    return uri
+
+
+def ensure_local_resources(runtime: RuntimeSettings, bucket: str, topic_name: str) -> str:
+    """What the infra stack creates on AWS, made locally: the bucket and the topic."""
+    if runtime.kind != "local":
+        raise ValueError("ensure_local_resources is for the local runtime only")
+    clients = get_clients(runtime)
+    try:
+        clients.s3.head_bucket(Bucket=bucket)
+    except ClientError:
+        clients.s3.create_bucket(Bucket=bucket)
+    clients.s3.put_bucket_versioning(Bucket=bucket,
+                                     VersioningConfiguration={"Status": "Enabled"})
+    return str(clients.sns.create_topic(Name=topic_name)["TopicArn"])

@@ -1,0 +1,244 @@
+"""The local SageMaker jobs: status machine, stop, failure reason, outputs, validation."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError, ParamValidationError
+
+from tasks.local import local_clients, teardown
+from tasks.local.images import registry_host
+
+TRAIN_SCRIPT = r'''
+import json, os, pathlib, sys, time
+base = pathlib.Path(os.environ["SAGEMAKER_BASE_DIR"])
+hps = json.loads(os.environ["SM_HPS"])
+print("training with", sorted(hps), flush=True)
+if hps.get("sleep"):
+    time.sleep(float(hps["sleep"]))
+if hps.get("crash"):
+    (base / "output").mkdir(parents=True, exist_ok=True)
+    (base / "output" / "failure").write_text("ValueError: C must be positive, got -1")
+    sys.exit(1)
+if hps.get("die"):
+    sys.exit(3)
+rows = (pathlib.Path(os.environ["SM_CHANNEL_TRAIN"]) / "data.csv").read_text().splitlines()
+model_dir = pathlib.Path(os.environ["SM_MODEL_DIR"])
+(model_dir / "model.json").write_text(json.dumps({"rows": len(rows) - 1, "hps": hps}))
+print("secret visible:", "AWS_SECRET_ACCESS_KEY" in os.environ, flush=True)
+'''
+
+PROCESS_SCRIPT = r'''
+import argparse, pathlib
+p = argparse.ArgumentParser()
+p.add_argument("--input"); p.add_argument("--output")
+a = p.parse_args()
+text = (pathlib.Path(a.input) / "data.csv").read_text()
+out = pathlib.Path(a.output); out.mkdir(parents=True, exist_ok=True)
+(out / "upper.csv").write_text(text.upper())
+print("processed", len(text), "bytes")
+'''
+
+
+@pytest.fixture()
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-leak")
+    root = tmp_path / "state"
+    clients = local_clients(root)
+    images = {}
+    for name, dockerfile, script in (
+        ("train", 'ENV SAGEMAKER_PROGRAM train.py\n', TRAIN_SCRIPT),
+        ("process", 'ENTRYPOINT ["python3", "/opt/ml/code/process.py"]\n', PROCESS_SCRIPT),
+    ):
+        folder = tmp_path / "containers" / name
+        folder.mkdir(parents=True)
+        (folder / "Dockerfile").write_text("FROM python:3.11-slim\n" + dockerfile)
+        (folder / f"{name}.py").write_text(script)
+        digest = clients["ecr"].push(f"t-{name}", "v1", folder, root)
+        images[name] = f"{registry_host('us-east-1')}/t-{name}@{digest}"
+    s3 = clients["s3"]
+    s3.create_bucket(Bucket="bkt")
+    s3.put_object(Bucket="bkt", Key="in/data.csv", Body=b"a,b\n1,2\n3,4\n")
+    yield {"clients": clients, "sm": clients["sagemaker"], "s3": s3, "images": images,
+           "root": root}
+    teardown(root)
+
+
+def training_request(env: dict[str, Any], name: str, **hps: str) -> dict[str, Any]:
+    return {
+        "TrainingJobName": name,
+        "RoleArn": "arn:aws:iam::000000000000:role/sm",
+        "AlgorithmSpecification": {"TrainingImage": env["images"]["train"],
+                                   "TrainingInputMode": "File"},
+        "HyperParameters": hps,
+        "InputDataConfig": [{"ChannelName": "train", "DataSource": {"S3DataSource": {
+            "S3DataType": "S3Prefix", "S3Uri": "s3://bkt/in/"}}}],
+        "OutputDataConfig": {"S3OutputPath": "s3://bkt/models"},
+        "ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1,
+                           "VolumeSizeInGB": 1},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 600},
+    }
+
+
+def wait(sm: Any, name: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        described = sm.describe_training_job(TrainingJobName=name)
+        if described["TrainingJobStatus"] in ("Completed", "Failed", "Stopped"):
+            return described
+        time.sleep(0.1)
+    raise AssertionError(f"{name} did not finish")
+
+
+def test_training_job_runs_to_completion_and_uploads_the_model(env: dict[str, Any]) -> None:
+    sm = env["sm"]
+    sm.create_training_job(**training_request(env, "ok-1", C="0.5"))
+    first = sm.describe_training_job(TrainingJobName="ok-1")
+    assert first["TrainingJobStatus"] in ("InProgress", "Completed")
+    final = wait(sm, "ok-1")
+    assert final["TrainingJobStatus"] == "Completed", final.get("FailureReason")
+    uri = final["ModelArtifacts"]["S3ModelArtifacts"]
+    assert uri == "s3://bkt/models/ok-1/output/model.tar.gz"
+    blob = env["s3"].get_object(Bucket="bkt", Key="models/ok-1/output/model.tar.gz")["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+        model = json.loads(tar.extractfile("model.json").read())  # type: ignore[union-attr]
+    assert model == {"rows": 2, "hps": {"C": 0.5}}
+    assert final["TrainingEndTime"] >= final["TrainingStartTime"]
+    # the job's log stream holds the container's output; secrets never reach the container
+    logs = env["clients"]["logs"]
+    stream = logs.describe_log_streams(logGroupName="/aws/sagemaker/TrainingJobs",
+                                       logStreamNamePrefix="ok-1/")["logStreams"][0]
+    events = logs.get_log_events(logGroupName="/aws/sagemaker/TrainingJobs",
+                                 logStreamName=stream["logStreamName"])["events"]
+    messages = [e["message"] for e in events]
+    assert "training with ['C']" in messages
+    assert "secret visible: False" in messages
+
+
+def test_failure_reason_comes_from_the_failure_file(env: dict[str, Any]) -> None:
+    sm = env["sm"]
+    sm.create_training_job(**training_request(env, "crash-1", crash="1"))
+    final = wait(sm, "crash-1")
+    assert final["TrainingJobStatus"] == "Failed"
+    assert final["FailureReason"] == "AlgorithmError: ValueError: C must be positive, got -1"
+
+
+def test_exit_without_failure_file_reports_exit_code_and_log_tail(env: dict[str, Any]) -> None:
+    sm = env["sm"]
+    sm.create_training_job(**training_request(env, "die-1", die="1"))
+    final = wait(sm, "die-1")
+    assert final["TrainingJobStatus"] == "Failed"
+    assert "exited with code 3" in final["FailureReason"]
+    assert "training with" in final["FailureReason"]
+
+
+def test_stop_moves_a_running_job_to_stopped_and_kills_it(env: dict[str, Any]) -> None:
+    sm = env["sm"]
+    sm.create_training_job(**training_request(env, "slow-1", sleep="60"))
+    deadline = time.monotonic() + 20
+    while sm.describe_training_job(TrainingJobName="slow-1")["SecondaryStatus"] != "Training":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    sm.stop_training_job(TrainingJobName="slow-1")
+    assert sm.describe_training_job(TrainingJobName="slow-1")["TrainingJobStatus"] in (
+        "Stopping", "Stopped")
+    final = wait(sm, "slow-1", timeout=20)
+    assert final["TrainingJobStatus"] == "Stopped"
+    with pytest.raises(ClientError) as err:  # stopping a finished job is refused, as on AWS
+        sm.stop_training_job(TrainingJobName="slow-1")
+    assert err.value.response["Error"]["Code"] == "ValidationException"
+
+
+def test_max_runtime_stops_the_job(env: dict[str, Any]) -> None:
+    sm = env["sm"]
+    request = training_request(env, "late-1", sleep="30")
+    request["StoppingCondition"] = {"MaxRuntimeInSeconds": 1}
+    sm.create_training_job(**request)
+    final = wait(sm, "late-1", timeout=30)
+    assert final["TrainingJobStatus"] == "Stopped"
+    assert final["SecondaryStatus"] == "MaxRuntimeExceeded"
+
+
+def test_a_dead_runner_fails_the_job_instead_of_hanging(env: dict[str, Any]) -> None:
+    import os
+    import signal
+
+    sm = env["sm"]
+    sm.create_training_job(**training_request(env, "orphan-1", sleep="60"))
+    doc = sm.state.get("training-job", "orphan-1")
+    os.killpg(doc["pid"], signal.SIGKILL)
+    final = wait(sm, "orphan-1", timeout=20)
+    assert final["TrainingJobStatus"] == "Failed"
+    assert "exited without reporting a result" in final["FailureReason"]
+
+
+def test_names_are_unique_and_describe_of_unknown_job_is_a_validation_error(
+        env: dict[str, Any]) -> None:
+    sm = env["sm"]
+    sm.create_training_job(**training_request(env, "dup-1"))
+    with pytest.raises(ClientError) as err:
+        sm.create_training_job(**training_request(env, "dup-1"))
+    assert err.value.response["Error"]["Code"] == "ResourceInUse"
+    with pytest.raises(ClientError) as err:
+        sm.describe_training_job(TrainingJobName="nope")
+    assert err.value.response["Error"]["Code"] == "ValidationException"
+    wait(sm, "dup-1")
+
+
+def test_requests_botocore_rejects_are_rejected_before_anything_runs(
+        env: dict[str, Any]) -> None:
+    sm = env["sm"]
+    request = training_request(env, "bad-1")
+    del request["RoleArn"]
+    with pytest.raises(ParamValidationError, match="RoleArn"):
+        sm.create_training_job(**request)
+    # server-side constraint (pattern) from the service model: underscores are not allowed
+    with pytest.raises(ClientError) as err:
+        sm.create_training_job(**training_request(env, "bad_name"))
+    assert err.value.response["Error"]["Code"] == "ValidationException"
+    assert "regular expression" in err.value.response["Error"]["Message"]
+    request = training_request(env, "bad-2")
+    request["ResourceConfig"]["InstanceType"] = "ml.banana.huge"
+    with pytest.raises(ClientError, match="enum"):
+        sm.create_training_job(**request)
+    assert sm.list_training_jobs()["TrainingJobSummaries"] == []
+
+
+def test_processing_job_stages_inputs_and_uploads_outputs(env: dict[str, Any]) -> None:
+    sm = env["sm"]
+    sm.create_processing_job(
+        ProcessingJobName="proc-1", RoleArn="arn:aws:iam::000000000000:role/sm",
+        AppSpecification={"ImageUri": env["images"]["process"], "ContainerArguments": [
+            "--input", "/opt/ml/processing/input/data",
+            "--output", "/opt/ml/processing/output/upper"]},
+        ProcessingInputs=[{"InputName": "data", "S3Input": {
+            "S3Uri": "s3://bkt/in/", "LocalPath": "/opt/ml/processing/input/data",
+            "S3DataType": "S3Prefix", "S3InputMode": "File"}}],
+        ProcessingOutputConfig={"Outputs": [{"OutputName": "upper", "S3Output": {
+            "S3Uri": "s3://bkt/out/upper", "LocalPath": "/opt/ml/processing/output/upper",
+            "S3UploadMode": "EndOfJob"}}]},
+        ProcessingResources={"ClusterConfig": {"InstanceCount": 1,
+                                               "InstanceType": "ml.m5.large",
+                                               "VolumeSizeInGB": 1}})
+    deadline = time.monotonic() + 60
+    while (status := sm.describe_processing_job(ProcessingJobName="proc-1")[
+            "ProcessingJobStatus"]) == "InProgress":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert status == "Completed"
+    body = env["s3"].get_object(Bucket="bkt", Key="out/upper/upper.csv")["Body"].read()
+    assert body == b"A,B\n1,2\n3,4\n"
+    summaries = sm.list_processing_jobs(StatusEquals="Completed")["ProcessingJobSummaries"]
+    assert [s["ProcessingJobName"] for s in summaries] == ["proc-1"]
+
+
+def test_a_second_client_on_the_same_root_sees_the_same_jobs(env: dict[str, Any]) -> None:
+    env["sm"].create_training_job(**training_request(env, "shared-1"))
+    other = local_clients(env["root"])["sagemaker"]
+    assert wait(other, "shared-1")["TrainingJobStatus"] == "Completed"

@@ -1,0 +1,357 @@
+"""The local versioned object store behaves, and answers, like boto3's S3 client."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from boto3.exceptions import S3UploadFailedError
+from botocore.exceptions import ClientError, ParamValidationError
+from moto import mock_aws
+
+from tasks.local.s3 import LocalS3, parse_s3_uri
+from tasks.local.state import StateStore
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def s3(tmp_path: Path) -> LocalS3:
+    store = LocalS3(tmp_path, StateStore(tmp_path))
+    store.create_bucket(Bucket="data")
+    return store
+
+
+def code(error: pytest.ExceptionInfo[ClientError]) -> str:
+    return str(error.value.response["Error"]["Code"])
+
+
+def read(s3: LocalS3, key: str, **params: Any) -> bytes:
+    return bytes(s3.get_object(Bucket="data", Key=key, **params)["Body"].read())
+
+
+def test_put_twice_keeps_both_versions(s3: LocalS3) -> None:
+    first = s3.put_object(Bucket="data", Key="train.csv", Body=b"v1")
+    second = s3.put_object(Bucket="data", Key="train.csv", Body="v2")
+    assert first["VersionId"] != second["VersionId"]
+    assert read(s3, "train.csv") == b"v2"
+    assert read(s3, "train.csv", VersionId=first["VersionId"]) == b"v1"
+    latest = s3.get_object(Bucket="data", Key="train.csv")
+    assert latest["VersionId"] == second["VersionId"]
+    assert latest["ResponseMetadata"]["HTTPStatusCode"] == 200
+    assert latest["LastModified"].utcoffset().total_seconds() == 0
+
+
+def test_etag_is_s3_quoted_md5_and_metadata_round_trips(s3: LocalS3) -> None:
+    put = s3.put_object(Bucket="data", Key="k", Body=b"hello", ContentType="text/csv",
+                        Metadata={"Source": "sklearn"})
+    assert put["ETag"] == '"' + hashlib.md5(b"hello").hexdigest() + '"'
+    head = s3.head_object(Bucket="data", Key="k")
+    assert (head["ETag"], head["ContentLength"], head["ContentType"]) == (put["ETag"], 5, "text/csv")
+    assert head["Metadata"] == {"source": "sklearn"}  # S3 lower-cases user metadata keys
+    assert s3.get_object(Bucket="data", Key="k")["ETag"] == put["ETag"]
+
+
+def test_list_object_versions_orders_keys_then_newest_first(s3: LocalS3) -> None:
+    b1 = s3.put_object(Bucket="data", Key="b", Body=b"1")["VersionId"]
+    a1 = s3.put_object(Bucket="data", Key="a", Body=b"1")["VersionId"]
+    b2 = s3.put_object(Bucket="data", Key="b", Body=b"2")["VersionId"]
+    versions = s3.list_object_versions(Bucket="data")["Versions"]
+    assert [(v["Key"], v["VersionId"], v["IsLatest"]) for v in versions] == [
+        ("a", a1, True), ("b", b2, True), ("b", b1, False)]
+
+    page = s3.list_object_versions(Bucket="data", MaxKeys=2)
+    assert page["IsTruncated"] and (page["NextKeyMarker"], page["NextVersionIdMarker"]) == ("b", b2)
+    rest = s3.list_object_versions(Bucket="data", KeyMarker="b", VersionIdMarker=b2)
+    assert [v["VersionId"] for v in rest["Versions"]] == [b1] and not rest["IsTruncated"]
+
+
+def test_delete_marker_hides_key_but_keeps_versions(s3: LocalS3) -> None:
+    old = s3.put_object(Bucket="data", Key="k", Body=b"kept")["VersionId"]
+    deleted = s3.delete_object(Bucket="data", Key="k")
+    assert deleted["DeleteMarker"] is True and deleted["ResponseMetadata"]["HTTPStatusCode"] == 204
+
+    with pytest.raises(ClientError) as error:
+        s3.get_object(Bucket="data", Key="k")
+    assert code(error) == "NoSuchKey"
+    with pytest.raises(ClientError) as error:
+        s3.head_object(Bucket="data", Key="k")
+    assert code(error) == "404"
+    assert "Contents" not in s3.list_objects_v2(Bucket="data")
+
+    listing = s3.list_object_versions(Bucket="data")
+    assert [(m["VersionId"], m["IsLatest"]) for m in listing["DeleteMarkers"]] == [
+        (deleted["VersionId"], True)]
+    assert [(v["VersionId"], v["IsLatest"]) for v in listing["Versions"]] == [(old, False)]
+    assert read(s3, "k", VersionId=old) == b"kept"
+
+    # Removing the marker itself brings the key back, as in S3.
+    removed = s3.delete_object(Bucket="data", Key="k", VersionId=deleted["VersionId"])
+    assert removed["DeleteMarker"] is True
+    assert read(s3, "k") == b"kept"
+
+
+def test_delete_with_version_id_removes_that_version_for_good(s3: LocalS3) -> None:
+    old = s3.put_object(Bucket="data", Key="k", Body=b"1")["VersionId"]
+    s3.put_object(Bucket="data", Key="k", Body=b"2")
+    s3.delete_object(Bucket="data", Key="k", VersionId=old)
+    with pytest.raises(ClientError) as error:
+        s3.get_object(Bucket="data", Key="k", VersionId=old)
+    assert code(error) == "NoSuchVersion"
+    assert [v["Key"] for v in s3.list_object_versions(Bucket="data")["Versions"]] == ["k"]
+
+
+def test_copy_of_an_old_version_is_server_side_and_becomes_latest(s3: LocalS3) -> None:
+    old = s3.put_object(Bucket="data", Key="k", Body=b"old", Metadata={"a": "1"})
+    s3.put_object(Bucket="data", Key="k", Body=b"new")
+    blobs_before = set(s3.blobs.iterdir())
+
+    copy = s3.copy_object(Bucket="data", Key="k",
+                          CopySource={"Bucket": "data", "Key": "k", "VersionId": old["VersionId"]})
+    assert copy["CopySourceVersionId"] == old["VersionId"]
+    assert copy["CopyObjectResult"]["ETag"] == old["ETag"]
+    latest = s3.get_object(Bucket="data", Key="k")
+    assert latest["VersionId"] == copy["VersionId"] and latest["Body"].read() == b"old"
+    assert latest["Metadata"] == {"a": "1"}
+    assert set(s3.blobs.iterdir()) == blobs_before  # no bytes were copied
+    assert len(s3.list_object_versions(Bucket="data")["Versions"]) == 3
+
+    # boto3's string form, with a key that needs quoting.
+    s3.put_object(Bucket="data", Key="dir/a b+c.csv", Body=b"x")
+    by_string = s3.copy_object(Bucket="data", Key="copy", CopySource="data/dir/a b+c.csv")
+    assert read(s3, "copy") == b"x" and by_string["VersionId"]
+
+
+def test_error_codes(s3: LocalS3) -> None:
+    s3.put_object(Bucket="data", Key="k", Body=b"x")
+    cases = [
+        (lambda: s3.get_object(Bucket="nope", Key="k"), "NoSuchBucket", 404),
+        (lambda: s3.put_object(Bucket="nope", Key="k", Body=b""), "NoSuchBucket", 404),
+        (lambda: s3.list_objects_v2(Bucket="nope"), "NoSuchBucket", 404),
+        (lambda: s3.get_object(Bucket="data", Key="missing"), "NoSuchKey", 404),
+        (lambda: s3.get_object(Bucket="data", Key="k", VersionId="v0"), "NoSuchVersion", 404),
+        (lambda: s3.copy_object(Bucket="data", Key="c",
+                                CopySource={"Bucket": "data", "Key": "k", "VersionId": "v0"}),
+         "NoSuchVersion", 404),
+        (lambda: s3.copy_object(Bucket="data", Key="c", CopySource="data/missing"),
+         "NoSuchKey", 404),
+        (lambda: s3.head_object(Bucket="data", Key="missing"), "404", 404),
+        (lambda: s3.head_object(Bucket="nope", Key="k"), "404", 404),
+        (lambda: s3.head_bucket(Bucket="nope"), "404", 404),
+        (lambda: s3.create_bucket(Bucket="data"), "BucketAlreadyOwnedByYou", 409),
+        (lambda: s3.create_bucket(Bucket="Not_Valid"), "InvalidBucketName", 400),
+        (lambda: s3.list_objects_v2(Bucket="data", ContinuationToken="%%"), "InvalidArgument", 400),
+        (lambda: s3.list_objects_v2(Bucket="data", MaxKeys=-1), "InvalidArgument", 400),
+    ]
+    for call, expected, status in cases:
+        with pytest.raises(ClientError) as error:
+            call()
+        assert (code(error), error.value.response["ResponseMetadata"]["HTTPStatusCode"]) == (
+            expected, status)
+    # The modeled exception classes match, as on a boto3 client.
+    with pytest.raises(s3.exceptions.NoSuchKey):
+        s3.get_object(Bucket="data", Key="missing")
+
+
+def test_requests_boto3_would_reject_are_rejected(s3: LocalS3) -> None:
+    with pytest.raises(ParamValidationError, match="Key"):
+        s3.put_object(Bucket="data", Body=b"x")
+    with pytest.raises(ParamValidationError, match="Key"):
+        s3.get_object(Bucket="data", Key="")  # the model's min length of ObjectKey
+    with pytest.raises(ParamValidationError, match="Metadata"):
+        s3.put_object(Bucket="data", Key="k", Metadata={"n": 1})
+    with pytest.raises(ParamValidationError, match="Unknown parameter"):
+        s3.list_objects_v2(Bucket="data", Perfix="a/")
+    # The s3 model puts no pattern on BucketName; boto3's own S3 handler does, so do we.
+    with pytest.raises(ParamValidationError, match="Invalid bucket name"):
+        s3.put_object(Bucket="bad name", Key="k", Body=b"x")
+    assert "Contents" not in s3.list_objects_v2(Bucket="data")
+
+
+def test_list_objects_v2_paginates_and_rolls_up_prefixes(s3: LocalS3) -> None:
+    for key in ["e", "c", "a", "d", "b"]:
+        s3.put_object(Bucket="data", Key=key, Body=key)
+    keys, token, pages = [], None, 0
+    while True:
+        page = s3.list_objects_v2(Bucket="data", MaxKeys=2,
+                                  **({"ContinuationToken": token} if token else {}))
+        pages += 1
+        assert page["KeyCount"] == len(page["Contents"]) <= 2
+        keys += [item["Key"] for item in page["Contents"]]
+        if not page["IsTruncated"]:
+            assert "NextContinuationToken" not in page
+            break
+        token = page["NextContinuationToken"]
+    assert (keys, pages) == (["a", "b", "c", "d", "e"], 3)
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket="data", StartAfter="c")["Contents"]] == [
+        "d", "e"]
+
+    for key in ["runs/1/model.tar.gz", "runs/1/metrics.json", "runs/2/model.tar.gz", "runs/x"]:
+        s3.put_object(Bucket="data", Key=key, Body=b"")
+    listing = s3.list_objects_v2(Bucket="data", Prefix="runs/", Delimiter="/")
+    assert [p["Prefix"] for p in listing["CommonPrefixes"]] == ["runs/1/", "runs/2/"]
+    assert [o["Key"] for o in listing["Contents"]] == ["runs/x"]
+    assert listing["KeyCount"] == 3 and listing["Delimiter"] == "/"
+    first = s3.list_objects_v2(Bucket="data", Prefix="runs/", Delimiter="/", MaxKeys=1)
+    rest = s3.list_objects_v2(Bucket="data", Prefix="runs/", Delimiter="/",
+                              ContinuationToken=first["NextContinuationToken"])
+    assert [p["Prefix"] for p in rest["CommonPrefixes"]] == ["runs/2/"]
+
+
+def test_range_get(s3: LocalS3) -> None:
+    s3.put_object(Bucket="data", Key="k", Body=b"0123456789")
+    part = s3.get_object(Bucket="data", Key="k", Range="bytes=2-5")
+    assert part["ResponseMetadata"]["HTTPStatusCode"] == 206
+    assert (part["ContentRange"], part["ContentLength"]) == ("bytes 2-5/10", 4)
+    assert part["Body"].read() == b"2345"
+    assert read(s3, "k", Range="bytes=7-") == b"789"
+    assert read(s3, "k", Range="bytes=-3") == b"789"
+    assert read(s3, "k", Range="bytes=8-100") == b"89"
+    with pytest.raises(ClientError) as error:
+        s3.get_object(Bucket="data", Key="k", Range="bytes=10-")
+    assert code(error) == "InvalidRange"
+
+
+def test_a_second_process_sees_the_same_store(s3: LocalS3, tmp_path: Path) -> None:
+    first = s3.put_object(Bucket="data", Key="k", Body=b"from parent")["VersionId"]
+    script = textwrap.dedent(f"""
+        from pathlib import Path
+        from tasks.local.s3 import LocalS3
+        from tasks.local.state import StateStore
+        root = Path({str(tmp_path)!r})
+        s3 = LocalS3(root, StateStore(root))
+        assert s3.get_object(Bucket="data", Key="k", VersionId={first!r})["Body"].read() == (
+            b"from parent")
+        print(s3.put_object(Bucket="data", Key="k", Body=b"from child")["VersionId"])
+    """)
+    child = subprocess.run([sys.executable, "-c", script], cwd=PROJECT, capture_output=True,
+                           text=True, check=True)
+    assert s3.get_object(Bucket="data", Key="k")["VersionId"] == child.stdout.strip()
+    assert read(s3, "k") == b"from child"
+    again = LocalS3(tmp_path, StateStore(tmp_path))
+    assert [v["VersionId"] for v in again.list_object_versions(Bucket="data")["Versions"]] == [
+        child.stdout.strip(), first]
+
+
+def test_upload_and_download_file_round_trip(s3: LocalS3, tmp_path: Path) -> None:
+    source = tmp_path / "in.bin"
+    payload = bytes(range(256)) * (3 * 4096 + 7)  # ~3 MB: more than one chunk
+    source.write_bytes(payload)
+    s3.upload_file(str(source), "data", "big.bin", ExtraArgs={"ContentType": "application/x"})
+    old = s3.head_object(Bucket="data", Key="big.bin")
+    assert old["ContentType"] == "application/x"
+    assert old["ETag"] == '"' + hashlib.md5(payload).hexdigest() + '"'
+    s3.put_object(Bucket="data", Key="big.bin", Body=b"newer")
+
+    target = tmp_path / "out.bin"
+    s3.download_file("data", "big.bin", str(target), ExtraArgs={"VersionId": old["VersionId"]})
+    assert target.read_bytes() == payload
+    s3.download_file("data", "big.bin", target)
+    assert target.read_bytes() == b"newer"
+    assert s3.path_of("data", "big.bin", old["VersionId"]).read_bytes() == payload
+
+    with pytest.raises(ClientError) as error:
+        s3.download_file("data", "missing", str(target))
+    assert code(error) == "404"
+    with pytest.raises(S3UploadFailedError, match="NoSuchBucket"):
+        s3.upload_file(str(source), "nope", "k")
+
+
+def test_put_object_streams_file_bodies_in_chunks(s3: LocalS3) -> None:
+    class OnlyChunkedReads:
+        """A body that fails the test if anyone reads it whole."""
+
+        def __init__(self, size: int) -> None:
+            self.left = size
+
+        def read(self, amt: int | None = None) -> bytes:
+            assert amt is not None and amt <= 1 << 20, f"unbounded read({amt})"
+            n = min(amt, self.left)
+            self.left -= n
+            return b"x" * n
+
+    put = s3.put_object(Bucket="data", Key="stream", Body=OnlyChunkedReads(5 << 20))
+    assert s3.head_object(Bucket="data", Key="stream")["ContentLength"] == 5 << 20
+    assert put["ETag"] == '"' + hashlib.md5(b"x" * (5 << 20)).hexdigest() + '"'
+
+
+def test_parse_s3_uri() -> None:
+    assert parse_s3_uri("s3://bucket/a/b.csv") == ("bucket", "a/b.csv")
+    assert parse_s3_uri("s3://bucket") == ("bucket", "")
+    for bad in ["/tmp/a.csv", "https://bucket/a", "s3://", "s3:/bucket/a"]:
+        with pytest.raises(ValueError, match="Not an S3 URI"):
+            parse_s3_uri(bad)
+
+
+# -- parity with boto3 (moto) -----------------------------------------------------------------
+
+# Fields moto adds that the local store does not model (checksums, url-encoding echo).
+EXTRAS = {"ResponseMetadata", "ChecksumCRC32", "ChecksumType", "ChecksumAlgorithm", "Body",
+          "EncodingType", "ServerSideEncryption"}
+
+
+def scenario(client: Any) -> dict[str, Any]:
+    """Create, version, put twice, list versions, read and copy the old version."""
+    out: dict[str, Any] = {"create": client.create_bucket(Bucket="parity")}
+    out["versioning"] = client.put_bucket_versioning(
+        Bucket="parity", VersioningConfiguration={"Status": "Enabled"})
+    out["status"] = client.get_bucket_versioning(Bucket="parity")
+    out["put1"] = client.put_object(Bucket="parity", Key="d/k.csv", Body=b"a,b\n1,2\n",
+                                    ContentType="text/csv")
+    out["put2"] = client.put_object(Bucket="parity", Key="d/k.csv", Body=b"a,b\n3,4\n")
+    out["versions"] = client.list_object_versions(Bucket="parity")
+    old = out["versions"]["Versions"][-1]["VersionId"]
+    out["get_old"] = client.get_object(Bucket="parity", Key="d/k.csv", VersionId=old)
+    out["old_body"] = out["get_old"]["Body"].read()
+    out["copy"] = client.copy_object(
+        Bucket="parity", Key="d/k.csv",
+        CopySource={"Bucket": "parity", "Key": "d/k.csv", "VersionId": old})
+    out["get_latest"] = client.get_object(Bucket="parity", Key="d/k.csv")
+    out["latest_body"] = out["get_latest"]["Body"].read()
+    out["list"] = client.list_objects_v2(Bucket="parity", Prefix="d/")
+    out["old_id"] = old
+    return out
+
+
+def test_parity_with_boto3_on_moto(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.setenv(name, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        remote = scenario(boto3.client("s3", region_name="us-east-1"))
+    local = scenario(LocalS3(tmp_path, StateStore(tmp_path)))
+
+    for step in ("create", "versioning", "status", "put1", "put2", "versions", "get_old", "copy",
+                 "get_latest", "list"):
+        assert set(local[step]) - EXTRAS == set(remote[step]) - EXTRAS, step
+        assert (local[step]["ResponseMetadata"]["HTTPStatusCode"]
+                == remote[step]["ResponseMetadata"]["HTTPStatusCode"]), step
+    for item in ("Versions", "Contents"):
+        entry_keys = [set(e) - EXTRAS for e in (local, remote)
+                      for e in [e["versions" if item == "Versions" else "list"][item][0]]]
+        assert entry_keys[0] == entry_keys[1], item
+    assert set(local["copy"]["CopyObjectResult"]) - EXTRAS == set(
+        remote["copy"]["CopyObjectResult"]) - EXTRAS
+
+    def values(run: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "status": run["status"]["Status"],
+            "etags": [run["put1"]["ETag"], run["put2"]["ETag"]],
+            "version_order": [(v["ETag"], v["IsLatest"]) for v in run["versions"]["Versions"]],
+            "old_is_first_put": run["old_id"] == run["put1"]["VersionId"],
+            "old": (run["old_body"], run["get_old"]["ETag"], run["get_old"]["ContentLength"],
+                    run["get_old"]["ContentType"], run["get_old"]["Metadata"]),
+            "copy_source": run["copy"]["CopySourceVersionId"] == run["old_id"],
+            "copy_etag": run["copy"]["CopyObjectResult"]["ETag"],
+            "latest": (run["latest_body"], run["get_latest"]["VersionId"]
+                       == run["copy"]["VersionId"], run["get_latest"]["ContentType"]),
+            "list": [(o["Key"], o["Size"], o["ETag"]) for o in run["list"]["Contents"]],
+        }
+
+    assert values(local) == values(remote)
