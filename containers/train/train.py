@@ -102,7 +102,9 @@ def resolve_hyperparameters(given: dict[str, Any]) -> dict[str, Any]:
     if hp["model"] not in MODELS:
         raise DataError(f"Hyperparameter model is {hp['model']!r}; allowed: {', '.join(MODELS)}.")
     if not isinstance(hp["label_column"], str | int) or isinstance(hp["label_column"], bool):
-        raise DataError(f"Hyperparameter label_column must be a column name; got {hp['label_column']!r}.")
+        raise DataError(
+            f"Hyperparameter label_column must be a column name; got {hp['label_column']!r}."
+        )
     hp["label_column"] = str(hp["label_column"])
     for name in ("C", "learning_rate"):
         hp[name] = _number(name, hp[name], float)
