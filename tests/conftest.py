@@ -1,0 +1,70 @@
+"""Shared fixtures: a local runtime in a temporary directory, with tiny fake images."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from tasks.local import local_clients, teardown
+from tasks.local.images import registry_host
+
+FAKE_TRAIN = r'''
+import json, os, pathlib, sys, time
+base = pathlib.Path(os.environ["SAGEMAKER_BASE_DIR"])
+hps = json.loads(os.environ["SM_HPS"])
+print("training with", sorted(hps), flush=True)
+if hps.get("sleep"):
+    time.sleep(float(hps["sleep"]))
+if hps.get("crash"):
+    (base / "output").mkdir(parents=True, exist_ok=True)
+    (base / "output" / "failure").write_text("ValueError: C must be positive, got -1")
+    sys.exit(1)
+if hps.get("die"):
+    sys.exit(3)
+rows = (pathlib.Path(os.environ["SM_CHANNEL_TRAIN"]) / "data.csv").read_text().splitlines()
+model_dir = pathlib.Path(os.environ["SM_MODEL_DIR"])
+(model_dir / "model.json").write_text(json.dumps({"rows": len(rows) - 1, "hps": hps}))
+print("secret visible:", "AWS_SECRET_ACCESS_KEY" in os.environ, flush=True)
+'''
+
+FAKE_PROCESS = r'''
+import argparse, pathlib
+p = argparse.ArgumentParser()
+p.add_argument("--input"); p.add_argument("--output")
+a = p.parse_args()
+text = (pathlib.Path(a.input) / "data.csv").read_text()
+out = pathlib.Path(a.output); out.mkdir(parents=True, exist_ok=True)
+(out / "upper.csv").write_text(text.upper())
+print("processed", len(text), "bytes")
+'''
+
+
+@pytest.fixture()
+def fake_runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """Local clients under tmp_path with images ``train`` and ``process`` and bucket ``bkt``."""
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-leak")
+    root = tmp_path / "state"
+    clients = local_clients(root)
+    images = {}
+    for name, dockerfile, script in (
+        ("train", "ENV SAGEMAKER_PROGRAM train.py\n", FAKE_TRAIN),
+        ("process", 'ENTRYPOINT ["python3", "/opt/ml/code/process.py"]\n', FAKE_PROCESS),
+    ):
+        folder = tmp_path / "containers" / name
+        folder.mkdir(parents=True)
+        (folder / "Dockerfile").write_text("FROM python:3.11-slim\n" + dockerfile)
+        (folder / f"{name}.py").write_text(script)
+        digest = clients["ecr"].push(f"t-{name}", "v1", folder, root)
+        images[name] = f"{registry_host('us-east-1')}/t-{name}@{digest}"
+    s3 = clients["s3"]
+    s3.create_bucket(Bucket="bkt")
+    s3.put_object(Bucket="bkt", Key="in/data.csv", Body=b"a,b\n1,2\n3,4\n")
+    yield {"clients": clients, "sm": clients["sagemaker"], "s3": s3, "images": images,
+           "root": root}
+    teardown(root)

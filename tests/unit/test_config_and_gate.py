@@ -1,0 +1,103 @@
+"""Config refusal messages and the gate's decisions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flows.config import PipelineConfig, build_config, load_config
+from tasks.errors import ConfigError
+from tasks.gate import decide
+
+
+def test_settings_files_load() -> None:
+    local = load_config("local")
+    assert local.runtime.kind == "local"
+    assert load_config("aws").runtime.kind == "aws"
+
+
+def test_unknown_key_is_refused_with_a_suggestion() -> None:
+    with pytest.raises(ConfigError) as err:
+        build_config({"gate": {"treshold": 0.8}})
+    message = str(err.value)
+    assert "unknown key 'gate.treshold'" in message
+    assert "Did you mean 'threshold'?" in message
+
+
+def test_unknown_top_level_key_is_refused() -> None:
+    with pytest.raises(ConfigError, match="unknown key 'datset_uri'.*dataset_uri"):
+        build_config({"datset_uri": "s3://x/y"})
+
+
+@pytest.mark.parametrize("gate,needle", [
+    ({"threshold": 1.5}, "out of range for roc_auc"),
+    ({"threshold": -0.1}, "gate.threshold"),
+    ({"margin": 2}, "gate.margin"),
+    ({"metric": "precision"}, "gate.metric"),
+])
+def test_out_of_range_gate_values_are_refused(gate: dict[str, object], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        build_config({"gate": gate})
+
+
+def test_log_loss_threshold_may_exceed_one() -> None:
+    assert build_config({"gate": {"metric": "log_loss", "threshold": 2.0}}).gate.threshold == 2.0
+
+
+def test_bad_yaml_and_missing_env_are_clear(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("gate: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(str(bad))
+    with pytest.raises(ConfigError, match="Environments: .*local"):
+        load_config("staging")
+
+
+def test_overrides_merge_into_the_settings_file() -> None:
+    config = load_config("local", {"gate": {"margin": 0.05}})
+    assert config.gate.margin == 0.05
+    assert config.gate.threshold == load_config("local").gate.threshold
+
+
+def test_config_is_a_prefect_friendly_json_schema() -> None:
+    schema = PipelineConfig.model_json_schema()
+    assert "gate" in schema["properties"]
+
+
+EVAL = {"challenger": {"roc_auc": 0.95, "log_loss": 0.2},
+        "champion": {"roc_auc": 0.94, "log_loss": 0.25}}
+
+
+def test_first_run_only_needs_the_threshold() -> None:
+    decision = decide({"challenger": {"roc_auc": 0.95}, "champion": None}, metric="roc_auc",
+                      threshold=0.9, margin=0.01, has_champion=False)
+    assert decision.passed
+    assert "no live model yet" in decision.summary
+
+
+def test_must_beat_the_champion_by_the_margin() -> None:
+    assert decide(EVAL, metric="roc_auc", threshold=0.9, margin=0.005, has_champion=True).passed
+    rejected = decide(EVAL, metric="roc_auc", threshold=0.9, margin=0.02, has_champion=True)
+    assert not rejected.passed
+    assert "does not beat the live model" in rejected.summary
+
+
+def test_lower_is_better_for_log_loss() -> None:
+    assert decide(EVAL, metric="log_loss", threshold=0.5, margin=0.01, has_champion=True).passed
+    assert not decide(EVAL, metric="log_loss", threshold=0.1, margin=0.0,
+                      has_champion=True).passed
+
+
+def test_threshold_miss_rejects() -> None:
+    decision = decide(EVAL, metric="roc_auc", threshold=0.99, margin=0, has_champion=True)
+    assert not decision.passed
+    assert "misses the threshold" in decision.summary
+
+
+def test_an_unscorable_champion_rejects_with_the_reason() -> None:
+    evaluation = {"challenger": {"roc_auc": 0.99}, "champion": None,
+                  "champion_error": "expects features the test split lacks"}
+    decision = decide(evaluation, metric="roc_auc", threshold=0.9, margin=0, has_champion=True)
+    assert not decision.passed
+    assert "expects features the test split lacks" in decision.summary
