@@ -110,7 +110,7 @@ def read_header(path: Path) -> tuple[list[str], bytes]:
     dupes = sorted({c for c in names if names.count(c) > 1})
     if dupes:
         raise DataError(f"{path.name} repeats column(s) {', '.join(dupes)} in its header.")
-    return names, raw if raw.endswith(b"\n") else raw + b"\n"
+    return names, raw.rstrip(b"\r\n") + b"\n"  # pyarrow writes rows with "\n" endings
 
 
 def iter_chunks(files: list[Path], header: list[str], block_size: int) -> Iterator[Chunk]:
@@ -139,8 +139,10 @@ def iter_chunks(files: list[Path], header: list[str], block_size: int) -> Iterat
 
 def line_number(chunk: Chunk, row: int) -> int:
     """1-based file line of the chunk's row-th data row (error path only: rereads the file)."""
+    before = 0
     with chunk.file.open("rb") as f:
-        before = f.read(chunk.offset).count(b"\n")
+        for start in range(0, chunk.offset, 1 << 20):
+            before += f.read(min(1 << 20, chunk.offset - start)).count(b"\n")
     seen = 0
     for i, line in enumerate(chunk.data.split(b"\n")):
         if line.strip(b"\r"):  # pyarrow skips empty lines

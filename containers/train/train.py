@@ -10,6 +10,7 @@ the one source of truth. On error the reason goes to {base}/output/failure, exit
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import traceback
@@ -80,7 +81,7 @@ def read_hyperparameters() -> dict[str, Any]:
 
 
 def _number(name: str, value: Any, kind: type) -> Any:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     if ok and kind is int:
         ok = float(value).is_integer()
         value = int(value) if ok else value
@@ -115,7 +116,8 @@ def resolve_hyperparameters(given: dict[str, Any]) -> dict[str, Any]:
     else:
         hp["max_depth"] = None
     seed = hp["seed"]
-    whole = isinstance(seed, int | float) and not isinstance(seed, bool) and seed == int(seed)
+    number = isinstance(seed, int | float) and not isinstance(seed, bool) and math.isfinite(seed)
+    whole = number and float(seed).is_integer()
     if not whole or not 0 <= seed < 2**32:
         raise DataError(f"Hyperparameter seed must be a whole number in [0, 2**32); got {seed!r}.")
     hp["seed"] = int(seed)

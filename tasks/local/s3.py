@@ -110,7 +110,8 @@ class LocalS3:
         self.blobs.mkdir(parents=True, exist_ok=True)
         self._state = state
         # The classes of boto3.client("s3").exceptions, so `except s3.exceptions.NoSuchKey` works.
-        self.exceptions = ClientExceptionsFactory().create_client_exceptions(service_model("s3"))
+        factory = ClientExceptionsFactory()
+        self.exceptions: Any = factory.create_client_exceptions(service_model("s3"))
         with state.transaction() as conn:
             for statement in _SCHEMA:
                 conn.execute(statement)
@@ -181,7 +182,7 @@ class LocalS3:
         blob = open(self.blobs / version.sha256, "rb")  # noqa: SIM115 - the Body closes it
         blob.seek(start)
         response["ContentLength"] = length = end - start + 1
-        response["Body"] = StreamingBody(_Window(blob, length), length)
+        response["Body"] = StreamingBody(_Window(blob, length), length)  # type: ignore[arg-type]
         return response
 
     def list_objects_v2(self, **params: Any) -> dict[str, Any]:
@@ -192,7 +193,7 @@ class LocalS3:
         if "ContinuationToken" in params:
             after = self._untoken(params["ContinuationToken"])
         rows = [r for r in self._rows("ListObjectsV2", bucket, prefix) if r.latest and not r.marker]
-        entries = [e for e in _rollup(rows, prefix, params.get("Delimiter")) ]
+        entries = [e for e in _rollup(rows, prefix, params.get("Delimiter")) if _name(e) > after]
         page, truncated = entries[:max_keys], 0 < max_keys < len(entries)
         response = _ok(IsTruncated=truncated, Name=bucket, Prefix=prefix, MaxKeys=max_keys,
                        KeyCount=len(page))
@@ -317,8 +318,9 @@ class LocalS3:
     def _error(self, operation: str, code: str, message: str = "", **fields: str) -> ClientError:
         status, default = _ERRORS[code]
         response = client_error(operation, code, message or default, status=status).response
-        response["Error"].update(fields)
-        return self.exceptions.from_code(code)(response, operation)  # type: ignore[no-any-return]
+        response["Error"].update(fields)  # type: ignore[typeddict-item]
+        error: ClientError = self.exceptions.from_code(code)(response, operation)
+        return error
 
     def _require_bucket(self, operation: str, bucket: str, head: bool = False,
                         conn: sqlite3.Connection | None = None) -> None:

@@ -1,0 +1,170 @@
+"""The whole ml-pipeline flow through Prefect's engine on the local runtime.
+
+The tests share one local runtime and run in order, like a user's sessions:
+first run, unchanged re-run, a worse model, new data, a crashing script, bad data.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from sklearn.datasets import load_breast_cancer
+
+from flows.config import PipelineConfig, build_config
+from flows.pipeline import ml_pipeline
+from tasks.data import push_dataset
+from tasks.endpoints import invoke
+from tasks.errors import DataError, JobFailed
+from tasks.local import teardown
+from tasks.runtime import get_clients
+
+pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_server")]
+
+ENDPOINT = "it-endpoint"
+
+
+@pytest.fixture(scope="module")
+def state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    root = tmp_path_factory.mktemp("sagepipe-state")
+    yield root
+    teardown(root)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    frame = load_breast_cancer(as_frame=True).frame
+    frame.columns = [c.replace(" ", "_") for c in frame.columns]
+    return frame
+
+
+def config(state: Path, **overrides: Any) -> PipelineConfig:
+    base: dict[str, Any] = {
+        "project": "it-demo",
+        "runtime": {"kind": "local", "state_dir": str(state)},
+        "dataset_uri": "s3://it-bucket/datasets/cancer/data.csv",
+        "artifacts_uri": "s3://it-bucket/pipeline",
+        "jobs": {"poll_first_seconds": 0.1, "poll_max_seconds": 0.5, "timeout_seconds": 600},
+        "endpoint": {"name": ENDPOINT, "timeout_seconds": 120},
+        "gate": {"threshold": 0.9, "margin": 0.001},
+    }
+    for key, value in overrides.items():
+        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
+    return build_config(base)
+
+
+def push(state: Path, frame: pd.DataFrame, tmp: Path, name: str = "data.csv") -> str:
+    cfg = config(state)
+    clients = get_clients(cfg.runtime)
+    from tasks.storage import ensure_local_resources
+
+    ensure_local_resources(cfg.runtime, "it-bucket", "it-demo-events")
+    path = tmp / name
+    frame.to_csv(path, index=False)
+    return push_dataset(clients, path, cfg.dataset_uri, "target")
+
+
+def jobs_started(state: Path) -> int:
+    sm = get_clients(config(state).runtime).sagemaker
+    return (len(sm.list_training_jobs(MaxResults=100)["TrainingJobSummaries"])
+            + len(sm.list_processing_jobs(MaxResults=100)["ProcessingJobSummaries"]))
+
+
+def live_config(state: Path) -> str:
+    sm = get_clients(config(state).runtime).sagemaker
+    return str(sm.describe_endpoint(EndpointName=ENDPOINT)["EndpointConfigName"])
+
+
+def predict(state: Path, frame: pd.DataFrame) -> list[dict[str, Any]]:
+    row = ",".join(str(v) for v in frame.drop(columns="target").iloc[0].tolist())
+    answer = invoke(get_clients(config(state).runtime), ENDPOINT, row + "\n")
+    return list(json.loads(answer)["predictions"])
+
+
+def test_first_run_deploys_and_the_endpoint_answers(state: Path, dataset: pd.DataFrame,
+                                                    tmp_path: Path) -> None:
+    push(state, dataset, tmp_path)
+    record = ml_pipeline(config=config(state), commit="abc123")
+    assert record["outcome"] == "deployed", record.get("error")
+    assert record["decision"]["passed"] is True
+    assert {s["how"] for s in record["steps"].values()} == {"created"}
+    assert record["model_package"]["approval"] == "approved"
+    assert record["endpoint"]["action"] == "created"
+    predictions = predict(state, dataset)
+    assert predictions[0]["label"] in (0, 1)
+    assert 0.0 <= predictions[0]["probability"] <= 1.0
+    sns = get_clients(config(state).runtime).sns
+    messages = sns.messages(sns.create_topic(Name="it-demo-events")["TopicArn"])
+    assert json.loads(messages[-1]["Message"])["outcome"] == "deployed"
+    assert "abc123" in messages[-1]["Message"]
+
+
+def test_an_unchanged_rerun_starts_no_job(state: Path) -> None:
+    before = jobs_started(state)
+    endpoint_before = live_config(state)
+    record = ml_pipeline(config=config(state))
+    assert record["outcome"] == "unchanged"
+    assert {s["how"] for s in record["steps"].values()} == {"cached"}
+    assert jobs_started(state) == before
+    assert live_config(state) == endpoint_before
+
+
+def test_a_worse_model_is_rejected_and_the_old_endpoint_keeps_answering(
+        state: Path, dataset: pd.DataFrame) -> None:
+    endpoint_before = live_config(state)
+    weak = {"model": "random_forest", "n_estimators": 1, "max_depth": 1}
+    record = ml_pipeline(config=config(state, hyperparameters=weak))
+    assert record["outcome"] == "rejected", record.get("decision")
+    assert record["decision"]["passed"] is False
+    assert "does not beat the live model" in record["decision"]["summary"]
+    sm = get_clients(config(state).runtime).sagemaker
+    package = sm.describe_model_package(ModelPackageName=record["model_package"]["arn"])
+    assert package["ModelApprovalStatus"] == "Rejected"
+    assert live_config(state) == endpoint_before
+    assert predict(state, dataset)[0]["label"] in (0, 1)
+
+
+def test_a_new_data_version_retrains(state: Path, dataset: pd.DataFrame,
+                                     tmp_path: Path) -> None:
+    first_pin = ml_pipeline(config=config(state))["data"]["digest"]
+    push(state, dataset.sample(frac=0.9, random_state=1), tmp_path, "v2.csv")
+    record = ml_pipeline(config=config(state))
+    assert record["data"]["digest"] != first_pin
+    assert record["steps"]["preprocess"]["how"] == "created"
+    assert record["steps"]["train"]["how"] == "created"
+    assert record["outcome"] in ("deployed", "rejected")
+
+
+def test_a_crashing_training_script_fails_the_run_with_its_reason(state: Path) -> None:
+    endpoint_before = live_config(state)
+    before = jobs_started(state)
+    with pytest.raises(JobFailed) as err:
+        ml_pipeline(config=config(state, hyperparameters={"model": "logistic_regression",
+                                                          "C": -1}))
+    assert err.value.status == "Failed"
+    assert "C" in (err.value.reason or "")
+    assert jobs_started(state) == before + 1  # the one failed training job, not retried
+    clients = get_clients(config(state).runtime)
+    from tasks.storage import list_run_records
+
+    failed = list_run_records(clients, config(state).artifacts_uri, limit=1)[0]
+    assert failed["outcome"] == "failed"
+    assert err.value.reason in failed["error"]["message"]
+    assert live_config(state) == endpoint_before
+
+
+def test_bad_data_is_refused_before_any_job(state: Path, dataset: pd.DataFrame,
+                                            tmp_path: Path) -> None:
+    before = jobs_started(state)
+    bad = config(state, dataset_uri="s3://it-bucket/datasets/nolabel/data.csv")
+    path = tmp_path / "nolabel.csv"
+    dataset.drop(columns="target").to_csv(path, index=False)
+    clients = get_clients(bad.runtime)
+    clients.s3.upload_file(str(path), "it-bucket", "datasets/nolabel/data.csv")
+    with pytest.raises(DataError, match="no label column 'target'"):
+        ml_pipeline(config=bad)
+    assert jobs_started(state) == before

@@ -1,0 +1,240 @@
+"""The inference container's server (serve.py + inference.py), run as a real process."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.datasets import load_breast_cancer
+
+CONTAINERS = Path(__file__).resolve().parents[2] / "containers"
+SERVE = CONTAINERS / "serve" / "serve.py"
+TRAIN = CONTAINERS / "train" / "train.py"
+LIMIT_MB = 0.01  # 10485 bytes: room for small batches, easy to exceed in a test
+
+
+def clean_env(base: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "SAGEMAKER_"))}
+    return {**env, "SAGEMAKER_BASE_DIR": str(base), **extra}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[str]
+    port: int
+
+    def request(
+        self, method: str, path: str, body: bytes | str | None = None, **headers: str
+    ) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            names = {k.replace("_", "-"): v for k, v in headers.items()}
+            conn.request(method, path, body=body, headers=names)
+            response = conn.getresponse()
+            return response.status, dict(response.getheaders()), response.read()
+        finally:
+            conn.close()
+
+    def invoke(self, body: bytes | str, **headers: str) -> tuple[int, bytes]:
+        status, _, data = self.request("POST", "/invocations", body, **headers)
+        return status, data
+
+
+def start(base: Path, **env: str) -> Server:
+    """Start serve.py and wait until /ping answers."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(SERVE), "serve"],
+        env=clean_env(base, SAGEMAKER_BIND_TO_PORT=str(port), **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    server = Server(process, port)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited: {process.communicate()[1]}")
+        try:
+            if server.request("GET", "/ping")[0] == 200:
+                return server
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise AssertionError("server did not answer /ping")
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """{base}/model holds a logistic regression trained by train.py on the breast cancer data."""
+    base = tmp_path_factory.mktemp("ml")
+    data = load_breast_cancer(as_frame=True).frame
+    data.columns = [str(c).replace(" ", "_") for c in data.columns]
+    (base / "input" / "data" / "train").mkdir(parents=True)
+    data.to_csv(base / "input" / "data" / "train" / "train.csv", index=False)
+    result = subprocess.run(
+        [sys.executable, str(TRAIN)], env=clean_env(base), capture_output=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    return base
+
+
+@pytest.fixture(scope="module")
+def server(base: Path) -> Iterator[Server]:
+    server = start(base, SAGEMAKER_MAX_PAYLOAD_IN_MB=str(LIMIT_MB))
+    yield server
+    server.process.terminate()
+    server.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def rows(base: Path) -> np.ndarray:
+    frame = pd.read_csv(base / "input" / "data" / "train" / "train.csv")
+    return frame.drop(columns=["target"]).to_numpy()[:3]
+
+
+@pytest.fixture(scope="module")
+def expected(base: Path, rows: np.ndarray) -> list[float]:
+    return joblib.load(base / "model" / "model.joblib").predict_proba(rows)[:, 1].tolist()
+
+
+def csv_body(rows: np.ndarray) -> str:
+    return "".join(",".join(repr(float(v)) for v in row) + "\n" for row in rows)
+
+
+def test_csv_in_json_out(server: Server, rows: np.ndarray, expected: list[float]) -> None:
+    status, body = server.invoke(csv_body(rows), Content_Type="text/csv")
+    assert status == 200
+    predictions = json.loads(body)["predictions"]
+    assert [p["probability"] for p in predictions] == pytest.approx(expected, abs=1e-12)
+    assert [p["label"] for p in predictions] == [int(p >= 0.5) for p in expected]
+
+
+def test_csv_out_is_label_comma_probability(server: Server, rows: np.ndarray) -> None:
+    status, body = server.invoke(csv_body(rows), Content_Type="text/csv", Accept="text/csv")
+    assert status == 200
+    lines = body.decode().splitlines()
+    assert len(lines) == 3
+    for line in lines:
+        label, probability = line.split(",")
+        assert label in {"0", "1"} and 0.0 <= float(probability) <= 1.0
+
+
+def test_json_payload_shapes(
+    server: Server, base: Path, rows: np.ndarray, expected: list[float]
+) -> None:
+    features = json.loads((base / "model" / "model.json").read_text())["feature_columns"]
+    payloads = [
+        {"instances": rows.tolist()},
+        rows.tolist(),
+        {"instances": [dict(zip(features, row, strict=True)) for row in rows.tolist()]},
+    ]
+    for payload in payloads:
+        status, body = server.invoke(json.dumps(payload), Content_Type="application/json")
+        assert status == 200, body
+        got = [p["probability"] for p in json.loads(body)["predictions"]]
+        assert got == pytest.approx(expected, abs=1e-12)
+
+
+def test_keep_alive_serves_many_requests_on_one_connection(
+    server: Server, rows: np.ndarray
+) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.connect()
+    sock = conn.sock
+    for _ in range(5):
+        headers = {"Content-Type": "text/csv", "Accept": "*/*"}
+        conn.request("POST", "/invocations", body=csv_body(rows[:1]), headers=headers)
+        response = conn.getresponse()
+        assert response.status == 200
+        assert response.getheader("Content-Type") == "application/json"
+        response.read()
+    assert conn.sock is sock  # never reconnected
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "message"),
+    [
+        ("1,2,3\n", {"Content_Type": "text/csv"}, 400, "Expected 30 values per row"),
+        ("1.0," * 29 + "abc\n", {"Content_Type": "text/csv"}, 400, "Non-numeric value 'abc'"),
+        ('{"instances": [[1, 2', {"Content_Type": "application/json"}, 400, "Invalid JSON"),
+        ('{"instances": [["x"]]}', {"Content_Type": "application/json"}, 400, "Non-numeric"),
+        ("", {"Content_Type": "text/csv"}, 400, "Empty request body"),
+        ("a", {"Content_Type": "application/xml"}, 415, "text/csv or application/json"),
+        ("1," * 29 + "1", {"Content_Type": "text/csv", "Accept": "image/png"}, 406, "image/png"),
+        ("1," * 6000, {"Content_Type": "text/csv"}, 413, "exceeds the 10485 byte limit"),
+    ],
+    ids=["columns", "non-numeric", "bad-json", "json-string", "empty", "type", "accept", "size"],
+)
+def test_bad_requests_get_a_clear_4xx(
+    server: Server, body: str, headers: dict[str, str], status: int, message: str
+) -> None:
+    got, data = server.invoke(body, **headers)
+    assert got == status
+    assert message in json.loads(data)["error"]
+
+
+def test_wrong_column_count_says_expected_and_got(server: Server, rows: np.ndarray) -> None:
+    status, data = server.invoke(csv_body(rows[:, :29]), Content_Type="text/csv")
+    assert status == 400
+    assert json.loads(data)["error"] == "Expected 30 values per row (one per feature), got 29."
+
+
+def test_missing_content_length_is_411(server: Server) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n\r\n")
+        answer = sock.recv(4096).decode()
+    assert answer.startswith("HTTP/1.1 411 ")
+
+
+def test_unknown_paths_are_404_and_ping_is_200(server: Server) -> None:
+    assert server.request("GET", "/ping")[0] == 200
+    assert server.request("GET", "/nowhere")[0] == 404
+    assert server.request("GET", "/invocations")[0] == 404
+    status, _, body = server.request("POST", "/predict", "1", Content_Type="text/csv")
+    assert status == 404 and "POST /invocations" in json.loads(body)["error"]
+
+
+def test_sigterm_stops_the_server_cleanly(base: Path) -> None:
+    server = start(base)
+    server.process.send_signal(signal.SIGTERM)
+    stdout, _ = server.process.communicate(timeout=15)
+    assert server.process.returncode == 0
+    assert "stopped" in stdout
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
+
+
+def test_a_model_that_does_not_load_stops_the_server_before_it_listens(tmp_path: Path) -> None:
+    port = free_port()
+    (tmp_path / "model").mkdir()
+    result = subprocess.run(
+        [sys.executable, str(SERVE), "serve"],
+        env=clean_env(tmp_path, SAGEMAKER_BIND_TO_PORT=str(port)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "lacks model.joblib and model.json" in result.stderr
+    assert "serving on" not in result.stdout
