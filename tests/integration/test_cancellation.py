@@ -1,0 +1,131 @@
+"""A flow run that is terminated or cancelled stops the SageMaker jobs it started."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from prefect.settings import get_current_settings
+from sklearn.datasets import load_breast_cancer
+
+from flows.config import PipelineConfig, build_config
+from flows.pipeline import FLOW_RUN_TAG, _stop_jobs_of_run
+from tasks.data import push_dataset
+from tasks.images import ensure_images
+from tasks.local import teardown
+from tasks.runtime import get_clients
+from tasks.storage import ensure_local_resources
+
+pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_server")]
+PROJECT = Path(__file__).resolve().parents[2]
+
+SLOW_TRAIN = """
+import time
+print("training slowly", flush=True)
+time.sleep(300)
+"""
+
+
+def slow_setup(tmp_path: Path) -> PipelineConfig:
+    containers = tmp_path / "containers"
+    shutil.copytree(PROJECT / "containers", containers)
+    (containers / "train" / "train.py").write_text(SLOW_TRAIN)
+    config = build_config({
+        "project": "cancel-demo",
+        "runtime": {"kind": "local", "state_dir": str(tmp_path / "state")},
+        "dataset_uri": "s3://cancel-bucket/data/data.csv",
+        "artifacts_uri": "s3://cancel-bucket/pipeline",
+        "containers_dir": str(containers),
+        "jobs": {"poll_first_seconds": 0.1, "poll_max_seconds": 0.3},
+        "endpoint": {"name": "cancel-endpoint"},
+    })
+    ensure_local_resources(config.runtime, "cancel-bucket", "cancel-demo-events")
+    frame = load_breast_cancer(as_frame=True).frame
+    frame.columns = [c.replace(" ", "_") for c in frame.columns]
+    frame.to_csv(tmp_path / "data.csv", index=False)
+    push_dataset(get_clients(config.runtime), tmp_path / "data.csv", config.dataset_uri,
+                 "target")
+    return config
+
+
+def training_jobs(config: PipelineConfig) -> list[dict[str, Any]]:
+    sm = get_clients(config.runtime).sagemaker
+    return list(sm.list_training_jobs()["TrainingJobSummaries"])
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def test_terminating_a_flow_run_stops_its_training_job(tmp_path: Path) -> None:
+    config = slow_setup(tmp_path)
+    env = {**os.environ, "PREFECT_API_URL": str(get_current_settings().api.url),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    script = ("import json, sys\nfrom flows.config import build_config\n"
+              "from flows.pipeline import ml_pipeline\n"
+              "ml_pipeline(config=build_config(json.loads(sys.argv[1])))\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, json.dumps(config.model_dump())],
+                            env=env, cwd=str(PROJECT), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: any(j["TrainingJobStatus"] == "InProgress"
+                             for j in training_jobs(config)), 120, "the training job to start")
+        proc.send_signal(signal.SIGTERM)  # what a worker does to a cancelled flow run
+        proc.wait(timeout=60)
+        wait_for(lambda: all(j["TrainingJobStatus"] == "Stopped"
+                             for j in training_jobs(config)), 30, "the job to stop")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        teardown(Path(config.runtime.state_dir))
+    output = proc.stdout.read().decode() if proc.stdout else ""
+    assert "because its wait was interrupted" in output, output[-2000:]
+    assert "Crashed" in output or "Cancelled" in output
+    assert len(training_jobs(config)) == 1
+
+
+def test_the_cancellation_hook_stops_only_this_runs_jobs(tmp_path: Path) -> None:
+    config = slow_setup(tmp_path)
+    clients = get_clients(config.runtime)
+    refs = ensure_images(clients, containers_dir=Path(config.containers_dir),
+                         repository_prefix="sagepipe", build_project="p",
+                         artifacts_bucket="cancel-bucket", artifacts_prefix="pipeline",
+                         log=logging.getLogger("test"), names=("train",))
+
+    def start(name: str, run_id: str) -> None:
+        clients.sagemaker.create_training_job(
+            TrainingJobName=name, RoleArn="arn:aws:iam::000000000000:role/x",
+            AlgorithmSpecification={"TrainingImage": refs["train"].uri,
+                                    "TrainingInputMode": "File"},
+            OutputDataConfig={"S3OutputPath": "s3://cancel-bucket/out"},
+            ResourceConfig={"InstanceType": "ml.m5.large", "InstanceCount": 1,
+                            "VolumeSizeInGB": 1},
+            StoppingCondition={"MaxRuntimeInSeconds": 600},
+            Tags=[{"Key": FLOW_RUN_TAG, "Value": run_id}])
+
+    try:
+        start("mine", "run-1")
+        start("theirs", "run-2")
+        flow_run = SimpleNamespace(id="run-1", parameters={"config": config.model_dump()})
+        _stop_jobs_of_run(None, flow_run, None)
+        statuses = {}
+        wait_for(lambda: statuses.update({j["TrainingJobName"]: j["TrainingJobStatus"]
+                                          for j in training_jobs(config)})
+                 or statuses.get("mine") == "Stopped", 30, "mine to stop")
+        assert statuses["theirs"] == "InProgress"
+    finally:
+        teardown(Path(config.runtime.state_dir))
