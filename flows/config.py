@@ -61,6 +61,10 @@ class NotificationSettings(BaseModel):
     topic_arn: str | None = Field(None, description="SNS topic; the local runtime makes one")
 
 
+def _default_hyperparameters() -> dict[str, str | int | float | bool]:
+    return {"model": "logistic_regression", "C": 1.0, "max_iter": 1000}
+
+
 class PipelineConfig(BaseModel):
     """Everything a run needs. Defaults run the example on the local runtime."""
 
@@ -79,7 +83,8 @@ class PipelineConfig(BaseModel):
     build_project: str = Field("sagepipe-images", description="CodeBuild project for images")
     split: SplitSettings = SplitSettings()
     hyperparameters: dict[str, str | int | float | bool] = Field(
-        default_factory=lambda: {"model": "logistic_regression", "C": 1.0, "max_iter": 1000})
+        default_factory=_default_hyperparameters,
+        description="passed to the training script (SageMaker sends them as strings)")
     jobs: JobSettings = JobSettings()
     gate: GateSettings = GateSettings()
     endpoint: EndpointSettings = EndpointSettings()

@@ -65,7 +65,7 @@ def _run_id() -> tuple[str, str | None]:
 
 @flow(name="ml-pipeline", on_cancellation=[_stop_jobs_of_run], on_crashed=[_stop_jobs_of_run],
       log_prints=True)
-def ml_pipeline(config: PipelineConfig = PipelineConfig(),  # noqa: B008 - a Prefect parameter
+def ml_pipeline(config: PipelineConfig = PipelineConfig(),
                 commit: str | None = None, force: bool = False) -> dict[str, Any]:
     """Train, judge and (maybe) deploy a model; returns the run record."""
     log = get_run_logger()
@@ -89,7 +89,7 @@ def ml_pipeline(config: PipelineConfig = PipelineConfig(),  # noqa: B008 - a Pre
                               config.artifacts_uri)
         record["images"] = {n: {"uri": i.uri, "built": i.built} for n, i in images.items()}
 
-        common = {"project": config.project, "runtime": runtime,
+        common: dict[str, Any] = {"project": config.project, "runtime": runtime,
                   "artifacts_uri": config.artifacts_uri, "settings": config.jobs}
         pre_plan = plan_preprocess(**common, pin=pin, image=images["preprocess"],
                                    label_column=config.label_column,
@@ -168,7 +168,7 @@ def ml_pipeline(config: PipelineConfig = PipelineConfig(),  # noqa: B008 - a Pre
 
 
 def _runner(step: str, force: bool) -> Any:
-    return run_step.with_options(task_run_name=step, refresh_cache=force or None)
+    return run_step.with_options(task_run_name=step, refresh_cache=force)
 
 
 def _step(record: dict[str, Any], step: str, runner: Any, runtime: Any, plan: Any,

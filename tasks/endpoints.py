@@ -183,7 +183,7 @@ def invoke(clients: Clients, endpoint: str, body: bytes | str, *,
         if code == "ValidationError" and "not found" in message:
             raise EndpointError(endpoint, f"No endpoint named {endpoint!r}. `sagepipe status` "
                                 "lists the endpoints.") from exc
-        status = exc.response.get("OriginalStatusCode")
+        status: Any = exc.response.get("OriginalStatusCode")
         if code == "ModelError" and status:
             original = exc.response.get("OriginalMessage", message)
             raise EndpointError(endpoint, f"{endpoint} refused the request ({status}): "

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-__all__ = ["GateDecision", "LOWER_IS_BETTER", "decide"]
+__all__ = ["LOWER_IS_BETTER", "GateDecision", "decide"]
 
 Metric = Literal["roc_auc", "accuracy", "f1", "log_loss"]
 LOWER_IS_BETTER = {"log_loss"}

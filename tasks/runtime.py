@@ -83,7 +83,8 @@ def _make(settings: RuntimeSettings) -> Clients:
     if settings.aws_credentials_block:
         from prefect_aws import AwsCredentials
 
-        session = AwsCredentials.load(settings.aws_credentials_block).get_boto3_session()
+        block: Any = AwsCredentials.load(settings.aws_credentials_block)
+        session = block.get_boto3_session()
     else:
         session = boto3.Session(region_name=settings.region)
 

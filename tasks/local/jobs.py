@@ -14,6 +14,7 @@ by ``describe``: the job then fails with a reason saying so.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -77,10 +78,8 @@ def runner_died(pid: int | None) -> bool:
 def stop_runner(pid: int | None) -> None:
     """SIGTERM the runner's process group (runner and container process)."""
     if pid and pid_alive(pid):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
 
 
 # --------------------------------------------------------------------- runner

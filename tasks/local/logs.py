@@ -52,7 +52,7 @@ class LocalLogs(LocalClient):
         token = params.get("nextToken", "f/0")
         offset = int(token.split("/", 1)[1])
         limit = params.get("limit", 10000)
-        events = []
+        events: list[dict[str, Any]] = []
         with open(path, "rb") as fh:
             fh.seek(offset)
             while len(events) < limit:

@@ -419,7 +419,7 @@ class LocalSageMaker(LocalClient):
 
     def _arn_resource(self, resource_arn: str, operation: str) -> tuple[str, str]:
         resource = resource_arn.split(":", 5)[-1]
-        kind, _, name = resource.partition("/")
+        kind = resource.partition("/")[0]
         if kind == "model-package":
             if self.state.get(kind, resource_arn):
                 return kind, resource_arn

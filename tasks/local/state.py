@@ -141,4 +141,5 @@ class StateStore:
             "ON CONFLICT(name) DO UPDATE SET value = value + 1",
             (counter,),
         )
-        return int(conn.execute("SELECT value FROM counters WHERE name=?", (counter,)).fetchone()[0])
+        row = conn.execute("SELECT value FROM counters WHERE name=?", (counter,)).fetchone()
+        return int(row[0])

@@ -107,10 +107,10 @@ def _check_server_side(
         if compiled is not None and not compiled.fullmatch(value):
             problems.append(f"Value '{value[:60]}' at '{path}' failed to satisfy constraint: "
                             f"Member must satisfy regular expression pattern: {regex}")
-    elif type_name in ("integer", "long", "float", "double") and isinstance(value, int | float):
-        if "max" in meta and value > meta["max"]:
-            problems.append(f"Value '{value}' at '{path}' failed to satisfy constraint: "
-                            f"Member must have value less than or equal to {meta['max']}")
+    elif (type_name in ("integer", "long", "float", "double")
+          and isinstance(value, int | float) and "max" in meta and value > meta["max"]):
+        problems.append(f"Value '{value}' at '{path}' failed to satisfy constraint: "
+                        f"Member must have value less than or equal to {meta['max']}")
 
 
 def client_error(operation: str, code: str, message: str, *, status: int = 400,

@@ -26,7 +26,7 @@ def test_unknown_key_is_refused_with_a_suggestion() -> None:
 
 
 def test_unknown_top_level_key_is_refused() -> None:
-    with pytest.raises(ConfigError, match="unknown key 'datset_uri'.*dataset_uri"):
+    with pytest.raises(ConfigError, match=r"unknown key 'datset_uri'.*dataset_uri"):
         build_config({"datset_uri": "s3://x/y"})
 
 
@@ -50,7 +50,7 @@ def test_bad_yaml_and_missing_env_are_clear(tmp_path: Path) -> None:
     bad.write_text("gate: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(str(bad))
-    with pytest.raises(ConfigError, match="Environments: .*local"):
+    with pytest.raises(ConfigError, match=r"Environments: .*local"):
         load_config("staging")
 
 
