@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger
 from prefect.context import get_run_context
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
+from prefect.utilities.urls import url_for
 
 from flows.config import PipelineConfig
 from flows.report import publish_artifacts
@@ -55,12 +56,13 @@ def _stop_jobs_of_run(flow: Any, flow_run: Any, state: Any) -> None:
                 stop_job(clients, kind, summary[f"{kind.noun}JobName"])
 
 
-def _run_id() -> tuple[str, str | None]:
+def _run_id() -> tuple[str, str | None, str | None]:
+    """(id, name, UI link) of the current flow run."""
     context = get_run_context()
     flow_run = getattr(context, "flow_run", None)
     if flow_run is None:
-        return f"adhoc-{int(time.time())}", None
-    return str(flow_run.id), flow_run.name
+        return f"adhoc-{int(time.time())}", None, None
+    return str(flow_run.id), flow_run.name, url_for(flow_run)
 
 
 @flow(name="ml-pipeline", on_cancellation=[_stop_jobs_of_run], on_crashed=[_stop_jobs_of_run],
@@ -69,11 +71,12 @@ def ml_pipeline(config: PipelineConfig = PipelineConfig(),
                 commit: str | None = None, force: bool = False) -> dict[str, Any]:
     """Train, judge and (maybe) deploy a model; returns the run record."""
     log = get_run_logger()
-    run_id, run_name = _run_id()
+    run_id, run_name, run_url = _run_id()
     runtime = config.runtime
     record: dict[str, Any] = {"run_id": run_id, "run_name": run_name, "commit": commit,
                               "project": config.project, "runtime": runtime.kind,
-                              "started": time.time(), "steps": {}, "outcome": "running"}
+                              "flow_run_url": run_url, "started": time.time(), "steps": {},
+                              "outcome": "running"}
     topic = config.notifications.topic_arn
     try:
         if runtime.kind == "local":
@@ -206,7 +209,7 @@ def _finish(config: PipelineConfig, record: dict[str, Any], topic: str | None,
     record["links"] = console_links(config.runtime.region,
                                     endpoint=config.endpoint.name if outcome == "deployed"
                                     else None, group=config.model_package_group,
-                                    flow_run_url=None)
+                                    flow_run_url=record.get("flow_run_url"))
     record["record_uri"] = save_run_record(config.runtime, config.artifacts_uri,
                                            record["run_id"], record)
     publish_artifacts(record)

@@ -13,6 +13,8 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
 from sklearn.datasets import load_breast_cancer
 
 from flows.config import PipelineConfig, build_config
@@ -85,6 +87,17 @@ def predict(state: Path, frame: pd.DataFrame) -> list[dict[str, Any]]:
     return list(json.loads(answer)["predictions"])
 
 
+def latest_artifacts() -> tuple[str, list[dict[str, Any]]]:
+    """The run record's markdown and the metrics table, as the Prefect API serves them."""
+    with get_client(sync_client=True) as client:
+        found = {a.key: a for a in client.read_latest_artifacts(
+            artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(
+                any_=["it-demo-run-record", "it-demo-metrics"])))}
+    table = found["it-demo-metrics"].data
+    return str(found["it-demo-run-record"].data), json.loads(table) if isinstance(
+        table, str) else table
+
+
 def test_first_run_deploys_and_the_endpoint_answers(state: Path, dataset: pd.DataFrame,
                                                     tmp_path: Path) -> None:
     push(state, dataset, tmp_path)
@@ -97,6 +110,12 @@ def test_first_run_deploys_and_the_endpoint_answers(state: Path, dataset: pd.Dat
     predictions = predict(state, dataset)
     assert predictions[0]["label"] in (0, 1)
     assert 0.0 <= predictions[0]["probability"] <= 1.0
+    markdown, table = latest_artifacts()
+    assert "**deployed**" in markdown
+    for part in ("## Data", "## Images", "## Jobs", "## Champion vs challenger", "## Gate",
+                 "## Registry", "## Endpoint"):
+        assert part in markdown
+    assert {row["metric"] for row in table} == {"roc_auc", "accuracy", "f1", "log_loss"}
     sns = get_clients(config(state).runtime).sns
     messages = sns.messages(sns.create_topic(Name="it-demo-events")["TopicArn"])
     assert json.loads(messages[-1]["Message"])["outcome"] == "deployed"

@@ -1,0 +1,511 @@
+"""``sagepipe`` refuses bad input with a clear message, and loses or changes nothing.
+
+Every test drives ``flows.cli.app`` through typer's CliRunner with its own settings
+file (a copy of deployments/settings/local.yaml pointing at a state dir under
+tmp_path). The endpoint tests start the real serve container on the local runtime
+with a model trained by the real train.py; the pipeline flow itself is not run here.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import joblib
+import pytest
+import yaml
+from click.testing import Result
+from sklearn.datasets import load_breast_cancer
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.config import PipelineConfig, load_config
+from tasks.data import parse_s3_uri
+from tasks.endpoints import invoke
+from tasks.errors import EndpointError
+from tasks.local import teardown
+from tasks.local.common import pid_alive
+from tasks.local.images import registry_host
+from tasks.runtime import Clients, get_clients
+
+PROJECT = Path(__file__).resolve().parents[2]
+LOCAL_SETTINGS = PROJECT / "deployments" / "settings" / "local.yaml"
+CONTAINERS = PROJECT / "containers"
+ROLE = "arn:aws:iam::000000000000:role/sagepipe-test"
+LIMIT_MB = "0.01"  # the endpoint's payload limit: 10485 bytes
+GOOD_CSV = "a,b,target\n1.0,2.0,0\n3.0,4.5,1\n"
+
+runner = CliRunner()
+
+
+@dataclass
+class Env:
+    """One isolated sagepipe environment: a settings file and the state dir it names."""
+
+    settings: Path
+    state: Path
+    endpoint: str
+
+    def cli(self, *args: str, input: str | bytes | None = None) -> Result:
+        return runner.invoke(app, [*args, "--env", str(self.settings)], input=input)
+
+    @property
+    def config(self) -> PipelineConfig:
+        return load_config(str(self.settings))
+
+    @property
+    def clients(self) -> Clients:
+        return get_clients(self.config.runtime)
+
+
+def make_env(directory: Path, **top_level: Any) -> Env:
+    data = yaml.safe_load(LOCAL_SETTINGS.read_text())
+    endpoint = f"cli-{uuid.uuid4().hex[:10]}"
+    data["runtime"]["state_dir"] = str(directory / "state")
+    data["endpoint"]["name"] = endpoint
+    data.update(top_level)
+    settings = directory / "settings.yaml"
+    settings.write_text(yaml.safe_dump(data))
+    return Env(settings, directory / "state", endpoint)
+
+
+@pytest.fixture()
+def env(tmp_path: Path) -> Iterator[Env]:
+    made = make_env(tmp_path)
+    yield made
+    if made.state.exists():
+        teardown(made.state.resolve())
+
+
+# -- data push ---------------------------------------------------------------------------
+
+
+def stored_versions(env: Env) -> list[dict[str, Any]]:
+    bucket, key = parse_s3_uri(env.config.dataset_uri)
+    listing = env.clients.s3.list_object_versions(Bucket=bucket, Prefix=key)
+    return [v for v in listing.get("Versions", []) if v["Key"] == key]
+
+
+def stored_body(env: Env) -> bytes:
+    bucket, key = parse_s3_uri(env.config.dataset_uri)
+    return bytes(env.clients.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def pushed_version(env: Env, result: Result) -> str:
+    assert result.exit_code == 0, result.output
+    prefix = f"Stored {env.config.dataset_uri} version "
+    assert result.stdout.startswith(prefix), result.stdout
+    return result.stdout[len(prefix):].strip()
+
+
+def versions_table(env: Env) -> list[list[str]]:
+    """`sagepipe data versions` rows (key, version, latest, bytes, ...) under its header."""
+    result = env.cli("data", "versions")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:4] == ["key", "version", "latest", "bytes"]
+    return [line.split() for line in lines[1:]]
+
+
+BAD_DATA = [
+    pytest.param("a,b\n1,2\n3,4\n",
+                 ["has no label column 'target'", "Columns found: a, b.",
+                  "Set label_column in the pipeline config, or add the column to the data."],
+                 id="no-label-column"),
+    pytest.param("", ["is empty. Push a CSV with a header row and data."], id="empty"),
+    pytest.param("a,b,target\n", ["has a header but no rows. Push data rows too."],
+                 id="header-only"),
+    pytest.param("a,b,target\n1,2,0\n3,x7,1\n",
+                 ["column 'b' is not numeric: line 3 holds 'x7'",
+                  "encode or drop that column"], id="non-numeric"),
+    pytest.param("a,b,target\n1,2,0\n3,4\n",
+                 ["line 3 has 2 fields; the header has 3. Fix the CSV."], id="field-count"),
+    pytest.param("a,b,target\n1,nan,0\n",
+                 ["column 'b' has a missing value on line 2. Fill or drop missing values."],
+                 id="nan"),
+]
+
+
+@pytest.mark.parametrize(("content", "message"), BAD_DATA)
+def test_data_push_refuses_bad_data_and_keeps_the_stored_version(
+        env: Env, tmp_path: Path, content: str, message: list[str]) -> None:
+    good = tmp_path / "good.csv"
+    good.write_text(GOOD_CSV)
+    version = pushed_version(env, env.cli("data", "push", str(good)))
+    bad = tmp_path / "bad.csv"
+    bad.write_text(content)
+
+    result = env.cli("data", "push", str(bad))
+
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    assert result.stderr.startswith("Refused: ")
+    assert str(bad) in result.stderr  # says which file
+    for part in message:
+        assert part in result.stderr
+    assert "Traceback" not in result.output
+    assert [(v["VersionId"], v["IsLatest"]) for v in stored_versions(env)] == [(version, True)]
+    rows = versions_table(env)
+    assert len(rows) == 1
+    assert rows[0][:4] == [parse_s3_uri(env.config.dataset_uri)[1], version, "True",
+                           str(len(GOOD_CSV))]
+    assert stored_body(env) == GOOD_CSV.encode()
+
+
+def test_data_push_of_a_missing_file_is_refused(env: Env, tmp_path: Path) -> None:
+    good = tmp_path / "good.csv"
+    good.write_text(GOOD_CSV)
+    version = pushed_version(env, env.cli("data", "push", str(good)))
+    missing = tmp_path / "nowhere" / "data.csv"
+
+    result = env.cli("data", "push", str(missing))
+
+    assert result.exit_code == 2, result.output
+    assert result.stderr == f"No file {missing}.\n"
+    assert [(v["VersionId"], v["IsLatest"]) for v in stored_versions(env)] == [(version, True)]
+    assert [row[1:3] for row in versions_table(env)] == [[version, "True"]]
+
+
+def test_data_push_needs_exactly_one_of_a_file_and_example(env: Env, tmp_path: Path) -> None:
+    good = tmp_path / "good.csv"
+    good.write_text(GOOD_CSV)
+    for args in ([], [str(good), "--example"]):
+        result = env.cli("data", "push", *args)
+        assert result.exit_code == 2, result.output
+        assert result.stderr == "Give a CSV file or --example (one of them).\n"
+    assert stored_versions(env) == []
+    assert env.cli("data", "versions").stdout == "  no versions\n"
+
+
+def test_data_push_example_then_if_missing_does_nothing(env: Env) -> None:
+    version = pushed_version(env, env.cli("data", "push", "--example"))
+    stored = stored_versions(env)
+    assert [(v["VersionId"], v["IsLatest"]) for v in stored] == [(version, True)]
+    body = stored_body(env).decode()
+    assert body.splitlines()[0].split(",")[-1] == "target"
+    assert len(body.splitlines()) == 570  # header + 569 rows of the breast cancer data
+
+    again = env.cli("data", "push", "--example", "--if-missing")
+
+    assert again.exit_code == 0, again.output
+    assert again.stdout == f"{env.config.dataset_uri} already has data; not pushing.\n"
+    assert stored_versions(env) == stored
+    assert [row[1:3] for row in versions_table(env)] == [[version, "True"]]
+
+
+def test_data_push_if_missing_pushes_into_an_empty_store(env: Env) -> None:
+    version = pushed_version(env, env.cli("data", "push", "--example", "--if-missing"))
+    assert [v["VersionId"] for v in stored_versions(env)] == [version]
+
+
+# -- config refused before anything runs ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    pytest.param(["--set", "gate.treshold=0.8"],
+                 ["- unknown key 'gate.treshold'. Did you mean 'threshold'? Known keys here: "
+                  "metric, threshold, margin, approval, approval_timeout_seconds"],
+                 id="unknown-key"),
+    pytest.param(["--set", "gate.threshold=1.5"],
+                 ["- gate: ", "gate.threshold 1.5 is out of range for roc_auc, which lies in "
+                  "[0, 1]"], id="out-of-range"),
+    pytest.param(["--set", "gate.margin=-0.1"],
+                 ["- gate.margin: Input should be greater than or equal to 0 (got -0.1)"],
+                 id="negative-margin"),
+])
+def test_run_refuses_bad_overrides_before_anything_runs(
+        env: Env, overrides: list[str], message: list[str]) -> None:
+    result = env.cli("run", *overrides)
+
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"Invalid pipeline config in {env.settings}:\n")
+    for part in message:
+        assert part in result.stderr
+    assert "Run failed" not in result.output
+    assert not env.state.exists()  # no client was made: no job, no bucket, no state at all
+
+
+def test_run_refuses_a_settings_file_with_an_unknown_top_level_key(tmp_path: Path) -> None:
+    env = make_env(tmp_path, projekt="typo")
+
+    result = env.cli("run")
+
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"Invalid pipeline config in {env.settings}:\n")
+    assert "- unknown key 'projekt'. Did you mean 'project'? Known keys here: project, " \
+        in result.stderr
+    assert not env.state.exists()
+    config = env.cli("config")
+    assert config.exit_code == 2
+    assert "unknown key 'projekt'" in config.stderr
+
+
+def test_a_set_without_equals_is_a_usage_error(env: Env) -> None:
+    result = env.cli("run", "--set", "gate.margin")
+    assert result.exit_code == 2, result.output
+    assert "'gate.margin': use key=value, e.g. gate.margin=0.01" in result.stderr
+    assert not env.state.exists()
+
+
+def test_config_prints_the_effective_config_with_overrides(env: Env) -> None:
+    result = env.cli("config", "--set", "gate.margin=0.05")
+
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert printed["gate"]["margin"] == 0.05
+    assert printed["gate"]["threshold"] == 0.9  # the rest of gate is the settings file's
+    assert printed["runtime"]["state_dir"] == str(env.state)
+    assert printed["endpoint"]["name"] == env.endpoint
+    assert json.loads(env.cli("config").stdout)["gate"]["margin"] == 0.001
+
+
+# -- status and down on a fresh state ---------------------------------------------------
+
+
+def test_status_on_a_fresh_state_shows_three_empty_sections(env: Env) -> None:
+    result = env.cli("status")
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (
+        "Runs (newest first)\n  no runs yet: sagepipe run\n\n"
+        "Model versions (sagepipe-demo)\n  no model registered yet\n\n"
+        "Endpoints\n  no endpoints\n")
+
+
+def test_down_on_a_fresh_state_says_nothing_is_running(env: Env) -> None:
+    result = env.cli("down")
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "Nothing is running (no local state yet).\n"
+    assert not env.state.exists()
+
+
+def test_invoke_of_an_unknown_endpoint_points_to_status(env: Env) -> None:
+    result = env.cli("invoke", "no-such-endpoint", "-", input="1,2,3\n")
+
+    assert result.exit_code == 1, result.output
+    assert result.stdout == ""
+    assert result.stderr == ("No endpoint named 'no-such-endpoint'. `sagepipe status` lists the "
+                             "endpoints.\n")
+
+
+def test_invoke_of_a_missing_payload_file_is_a_usage_error(env: Env, tmp_path: Path) -> None:
+    result = env.cli("invoke", "no-such-endpoint", str(tmp_path / "row.csv"))
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (f"No file {tmp_path / 'row.csv'}; give a payload file or - to read "
+                             "standard input.\n")
+
+
+# -- a real endpoint: the serve container with a model from train.py ---------------------
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model trained by containers/train/train.py on the breast cancer data."""
+    base = tmp_path_factory.mktemp("train")
+    channel = base / "input" / "data" / "train"
+    channel.mkdir(parents=True)
+    frame = load_breast_cancer(as_frame=True).frame
+    frame.columns = [str(c).replace(" ", "_") for c in frame.columns]
+    frame.to_csv(channel / "train.csv", index=False)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "SAGEMAKER_"))}
+    clean.update(SAGEMAKER_BASE_DIR=str(base), SM_CHANNEL_TRAIN=str(channel),
+                 SM_MODEL_DIR=str(base / "model"))
+    done = subprocess.run([sys.executable, str(CONTAINERS / "train" / "train.py")], env=clean,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return base / "model"
+
+
+@pytest.fixture(scope="module")
+def sample_row() -> str:
+    """The first breast cancer row's 30 features, as one CSV line."""
+    frame = load_breast_cancer(as_frame=True).frame
+    return ",".join(repr(float(v)) for v in frame.drop(columns="target").iloc[0]) + "\n"
+
+
+def model_tar(model: Path) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name in ("model.joblib", "model.json"):
+            tar.add(model / name, arcname=name)
+    return buffer.getvalue()
+
+
+def start_endpoint(env: Env, model: Path, **environment: str) -> dict[str, Any]:
+    """Serve ``model`` with the real containers/serve on ``env.endpoint``; wait for InService."""
+    clients, root = env.clients, env.state.resolve()
+    clients.s3.create_bucket(Bucket="cli-models")
+    clients.s3.put_object(Bucket="cli-models", Key="model.tar.gz", Body=model_tar(model))
+    digest = clients.ecr.push("sagepipe-serve", "cli-test", CONTAINERS / "serve", root)
+    sm, name = clients.sagemaker, env.endpoint
+    sm.create_model(ModelName=f"{name}-model", ExecutionRoleArn=ROLE, PrimaryContainer={
+        "Image": f"{registry_host('us-east-1')}/sagepipe-serve@{digest}",
+        "ModelDataUrl": "s3://cli-models/model.tar.gz", "Environment": environment})
+    sm.create_endpoint_config(EndpointConfigName=f"{name}-cfg", ProductionVariants=[{
+        "VariantName": "AllTraffic", "ModelName": f"{name}-model", "InitialInstanceCount": 1,
+        "InstanceType": "ml.m5.large", "ContainerStartupHealthCheckTimeoutInSeconds": 60}])
+    sm.create_endpoint(EndpointName=name, EndpointConfigName=f"{name}-cfg")
+    deadline = time.monotonic() + 60
+    while (described := sm.describe_endpoint(EndpointName=name))["EndpointStatus"] == "Creating":
+        assert time.monotonic() < deadline, "endpoint did not leave Creating"
+        time.sleep(0.1)
+    assert described["EndpointStatus"] == "InService", described.get("FailureReason")
+    return {"config": described["EndpointConfigName"],
+            "pid": sm.state.get("endpoint", name)["current"]["pid"]}
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[Env]:
+    """An InService endpoint with a small payload limit, shared by the invoke tests."""
+    env = make_env(tmp_path_factory.mktemp("live"))
+    try:
+        start_endpoint(env, model_dir, SAGEMAKER_MAX_PAYLOAD_IN_MB=LIMIT_MB)
+        yield env
+    finally:
+        teardown(env.state.resolve())
+
+
+def expected_prediction(model: Path, row: str) -> dict[str, Any]:
+    estimator = joblib.load(model / "model.joblib")
+    proba = float(estimator.predict_proba([[float(v) for v in row.split(",")]])[0, 1])
+    return {"label": int(proba >= 0.5), "probability": proba}
+
+
+def assert_answers(env: Env, model: Path, row: str, tmp_path: Path) -> None:
+    payload = tmp_path / "row.csv"
+    payload.write_text(row)
+    result = env.cli("invoke", env.endpoint, str(payload))
+    assert result.exit_code == 0, result.output
+    predictions = json.loads(result.stdout)["predictions"]
+    assert len(predictions) == 1
+    expected = expected_prediction(model, row)
+    assert predictions[0]["label"] == expected["label"]
+    assert predictions[0]["probability"] == pytest.approx(expected["probability"], abs=1e-9)
+
+
+def test_invoke_prints_predictions_from_a_file_and_stdin(
+        live: Env, model_dir: Path, sample_row: str, tmp_path: Path) -> None:
+    assert_answers(live, model_dir, sample_row, tmp_path)
+    piped = live.cli("invoke", live.endpoint, "-", input=sample_row + sample_row)
+    assert piped.exit_code == 0, piped.output
+    assert len(json.loads(piped.stdout)["predictions"]) == 2
+    as_csv = live.cli("invoke", live.endpoint, "-", "--accept", "text/csv", input=sample_row)
+    assert as_csv.exit_code == 0, as_csv.output
+    label, probability = as_csv.stdout.strip().split(",")
+    assert int(label) == expected_prediction(model_dir, sample_row)["label"]
+    assert 0.0 <= float(probability) <= 1.0
+
+
+def oversized(row: str) -> str:
+    body = row * (20_000 // len(row) + 1)
+    assert len(body) > 10485 * 1.5
+    return body
+
+
+BAD_REQUESTS = [
+    pytest.param(lambda row: "1,2,3\n", "text/csv", 400,
+                 "Expected 30 values per row (one per feature), got 3.", id="columns"),
+    pytest.param(lambda row: row + "1,2\n", "text/csv", 400,
+                 "CSV row 2 has 2 values but row 1 has 30; every row needs one value per "
+                 "feature.", id="ragged"),
+    pytest.param(lambda row: "nan," + row.split(",", 1)[1], "text/csv", 400,
+                 "Feature values must be finite numbers (no NaN or infinity).", id="nan"),
+    pytest.param(lambda row: row, "text/plain", 415,
+                 "Unsupported Content-Type 'text/plain'; send text/csv or application/json.",
+                 id="content-type"),
+    pytest.param(lambda row: '{"instances": [[1, 2', "application/json", 400, "Invalid JSON: ",
+                 id="bad-json"),
+    pytest.param(oversized, "text/csv", 413,
+                 "exceeds the 10485 byte limit; send smaller batches.", id="too-large"),
+]
+
+
+@pytest.mark.parametrize(("make", "content_type", "status", "message"), BAD_REQUESTS)
+def test_invoke_shows_the_containers_refusal_and_the_endpoint_keeps_serving(
+        live: Env, model_dir: Path, sample_row: str, tmp_path: Path, make: Any,
+        content_type: str, status: int, message: str) -> None:
+    before = live.clients.sagemaker.state.get("endpoint", live.endpoint)["current"]
+    payload = tmp_path / "payload"
+    payload.write_text(make(sample_row))
+
+    result = live.cli("invoke", live.endpoint, str(payload), "-t", content_type)
+
+    assert result.exit_code == 1, result.output
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"{live.endpoint} refused the request ({status}): ")
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+    described = live.clients.sagemaker.describe_endpoint(EndpointName=live.endpoint)
+    assert described["EndpointStatus"] == "InService"
+    assert "FailureReason" not in described
+    after = live.clients.sagemaker.state.get("endpoint", live.endpoint)["current"]
+    assert (after["pid"], after["config"]) == (before["pid"], before["config"])
+    assert pid_alive(after["pid"])
+    assert_answers(live, model_dir, sample_row, tmp_path)
+
+
+@pytest.mark.parametrize(("make", "content_type", "status", "message"), BAD_REQUESTS)
+def test_invoke_task_raises_endpoint_error_with_the_status(
+        live: Env, model_dir: Path, sample_row: str, make: Any, content_type: str,
+        status: int, message: str) -> None:
+    with pytest.raises(EndpointError) as err:
+        invoke(live.clients, live.endpoint, make(sample_row).encode(), content_type=content_type)
+    assert err.value.status == status
+    assert err.value.endpoint == live.endpoint
+    assert str(err.value).startswith(f"{live.endpoint} refused the request ({status}): ")
+    assert message in str(err.value)
+    answer = json.loads(invoke(live.clients, live.endpoint, sample_row))
+    assert answer["predictions"] == [pytest.approx(expected_prediction(model_dir, sample_row))]
+
+
+def test_invoke_task_on_an_unknown_endpoint_has_no_status(live: Env) -> None:
+    with pytest.raises(EndpointError) as err:
+        invoke(live.clients, "no-such-endpoint", "1,2\n")
+    assert err.value.status is None
+    assert str(err.value) == ("No endpoint named 'no-such-endpoint'. `sagepipe status` lists "
+                              "the endpoints.")
+
+
+def test_status_lists_the_live_endpoint(live: Env) -> None:
+    result = live.cli("status")
+    assert result.exit_code == 0, result.output
+    section = result.stdout.split("Endpoints\n", 1)[1].splitlines()
+    assert section[0].split() == ["endpoint", "status", "config", "updated", "failure"]
+    assert section[1].split()[:3] == [live.endpoint, "InService", f"{live.endpoint}-cfg"]
+
+
+# -- down ----------------------------------------------------------------------------------
+
+
+def test_down_deletes_the_endpoint_and_stops_its_server(
+        env: Env, model_dir: Path, sample_row: str) -> None:
+    started = start_endpoint(env, model_dir)
+    assert pid_alive(started["pid"])
+    assert env.cli("invoke", env.endpoint, "-", input=sample_row).exit_code == 0
+
+    result = env.cli("down")
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"Deleted endpoints: {env.endpoint}; stopped jobs: none.\n"
+    assert not pid_alive(started["pid"])
+    assert env.clients.sagemaker.list_endpoints()["Endpoints"] == []
+    gone = env.cli("invoke", env.endpoint, "-", input=sample_row)
+    assert gone.exit_code == 1
+    assert f"No endpoint named '{env.endpoint}'" in gone.stderr
+    # data, models and records are kept: only processes go
+    env.clients.s3.head_object(Bucket="cli-models", Key="model.tar.gz")
+    assert env.clients.sagemaker.describe_model(ModelName=f"{env.endpoint}-model")
+    again = env.cli("down")
+    assert again.stdout == "Deleted endpoints: none; stopped jobs: none.\n"
