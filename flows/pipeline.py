@@ -195,7 +195,7 @@ def _ask_for_approval(config: PipelineConfig, decision: GateDecision, package_ar
     log.info("Waiting up to %d s for approval of %s in the Prefect UI (%s)",
              config.gate.approval_timeout_seconds, package_arn, decision.summary)
     answer = pause_flow_run(wait_for_input=Approval,
-                            timeout=config.gate.approval_timeout_seconds)
+                            timeout=config.gate.approval_timeout_seconds, poll_interval=2)
     approval = "approved" if answer.approve else "rejected"
     update_approval(config.runtime, package_arn, approval,
                     f"{'Approved' if answer.approve else 'Rejected'} by a person: {answer.note}")

@@ -24,9 +24,8 @@ from typing import Any
 import joblib
 import pytest
 import yaml
-from click.testing import Result
 from sklearn.datasets import load_breast_cancer
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from flows.cli import app
 from flows.config import PipelineConfig, load_config
