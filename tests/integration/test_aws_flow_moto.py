@@ -1,0 +1,247 @@
+"""The whole flow on the AWS runtime against moto (in-process ``mock_aws``).
+
+moto completes SageMaker jobs at once and runs no containers, so the test plays
+the container's part: when a job is created, the real container script runs
+here with the job's inputs staged from (moto's) S3, and its outputs go back to
+S3 where SageMaker would put them. Every request the flow sends is recorded
+through botocore's event hooks and checked against the service model's
+server-side constraints too (botocore itself checks types and required members).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+from sklearn.datasets import load_breast_cancer
+
+import tasks.runtime
+from flows.config import PipelineConfig, build_config
+from flows.pipeline import ml_pipeline
+from tasks.images import STEPS, content_tag
+from tasks.local.containers import container_command, job_environment
+from tasks.local.validation import validate_request
+from tasks.runtime import Clients, get_clients
+
+pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_server")]
+PROJECT = Path(__file__).resolve().parents[2]
+BUCKET = "sagepipe-moto-bucket"
+REGION = "us-east-1"
+MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+ROLE = "arn:aws:iam::123456789012:role/sagepipe-sagemaker-execution"
+
+
+@pytest.fixture()
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": REGION, "AWS_MAX_ATTEMPTS": "1"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    tasks.runtime._CACHE.clear()
+    with mock_aws():
+        yield
+    tasks.runtime._CACHE.clear()
+
+
+def s3_uri_split(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri[5:].partition("/")
+    return bucket, key
+
+
+class ContainerRunner:
+    """Runs the real container scripts for moto's instantly 'Completed' jobs."""
+
+    def __init__(self, s3: Any) -> None:
+        self.s3 = s3
+        self.created: list[str] = []
+
+    def stage(self, uri: str, target: Path) -> None:
+        bucket, prefix = s3_uri_split(uri)
+        for item in self.s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", []):
+            rel = item["Key"][len(prefix):].lstrip("/") or item["Key"].rsplit("/", 1)[-1]
+            (target / rel).parent.mkdir(parents=True, exist_ok=True)
+            self.s3.download_file(bucket, item["Key"], str(target / rel))
+
+    def upload(self, source: Path, uri: str) -> None:
+        bucket, prefix = s3_uri_split(uri)
+        for path in sorted(p for p in source.rglob("*") if p.is_file()):
+            self.s3.upload_file(str(path), bucket,
+                                f"{prefix.rstrip('/')}/{path.relative_to(source).as_posix()}")
+
+    @staticmethod
+    def folder(image_uri: str) -> Path:
+        repository = image_uri.split("/", 1)[1].split("@")[0]
+        return PROJECT / "containers" / repository.removeprefix("sagepipe-")
+
+    def run(self, command: list[str], base: Path, env: dict[str, str]) -> None:
+        done = subprocess.run(command, env=job_environment(base, env), capture_output=True,
+                              text=True, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    def processing(self, params: dict[str, Any], **_: Any) -> None:
+        self.created.append(params["ProcessingJobName"])
+        with tempfile.TemporaryDirectory() as tmp:
+            base = Path(tmp) / "opt" / "ml"
+            local = lambda p: Path(str(base) + p[len("/opt/ml"):])  # noqa: E731
+            for item in params["ProcessingInputs"]:
+                self.stage(item["S3Input"]["S3Uri"], local(item["S3Input"]["LocalPath"]))
+            spec = params["AppSpecification"]
+            command = container_command(self.folder(spec["ImageUri"]), base, mode="process",
+                                        arguments=spec["ContainerArguments"])
+            self.run(command, base, {})
+            for item in params["ProcessingOutputConfig"]["Outputs"]:
+                self.upload(local(item["S3Output"]["LocalPath"]), item["S3Output"]["S3Uri"])
+
+    def training(self, params: dict[str, Any], **_: Any) -> None:
+        self.created.append(params["TrainingJobName"])
+        with tempfile.TemporaryDirectory() as tmp:
+            base = Path(tmp) / "opt" / "ml"
+            channels = {}
+            for channel in params["InputDataConfig"]:
+                target = base / "input" / "data" / channel["ChannelName"]
+                self.stage(channel["DataSource"]["S3DataSource"]["S3Uri"], target)
+                channels[f"SM_CHANNEL_{channel['ChannelName'].upper()}"] = str(target)
+            (base / "model").mkdir(parents=True)
+            hps = params["HyperParameters"]
+            command = container_command(
+                self.folder(params["AlgorithmSpecification"]["TrainingImage"]), base,
+                mode="train", hyperparameters=hps)
+            self.run(command, base, {**channels, "SM_MODEL_DIR": str(base / "model"),
+                                     "SM_HPS": json.dumps(hps)})
+            archive = io.BytesIO()
+            with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+                for path in (base / "model").iterdir():
+                    tar.add(path, arcname=path.name)
+            bucket, prefix = s3_uri_split(params["OutputDataConfig"]["S3OutputPath"])
+            self.s3.put_object(Bucket=bucket, Body=archive.getvalue(),
+                               Key=f"{prefix}/{params['TrainingJobName']}/output/model.tar.gz")
+
+
+def server_side_check(recorded: list[tuple[str, str]]) -> Any:
+    def check(params: dict[str, Any], model: Any, **_: Any) -> None:
+        service = model.service_model.service_name
+        if service == "s3":
+            return  # S3's model has no server-side constraints worth checking here
+        validate_request(service, model.name, params)
+        recorded.append((service, model.name))
+    return check
+
+
+def seed_account(clients: Clients) -> None:
+    clients.s3.create_bucket(Bucket=BUCKET)
+    clients.s3.put_bucket_versioning(Bucket=BUCKET,
+                                     VersioningConfiguration={"Status": "Enabled"})
+    frame = load_breast_cancer(as_frame=True).frame
+    frame.columns = [c.replace(" ", "_") for c in frame.columns]
+    clients.s3.put_object(Bucket=BUCKET, Key="datasets/cancer/data.csv",
+                          Body=frame.to_csv(index=False).encode())
+    for step in STEPS:  # images already in ECR: this test is about the jobs, not builds
+        clients.ecr.create_repository(repositoryName=f"sagepipe-{step}")
+        clients.ecr.put_image(repositoryName=f"sagepipe-{step}",
+                              imageTag=content_tag(PROJECT / "containers" / step),
+                              imageManifest=json.dumps({"schemaVersion": 2, "step": step,
+                                                         "mediaType": MANIFEST}))
+
+
+def make_config(topic_arn: str, **extra: Any) -> PipelineConfig:
+    return build_config({
+        "project": "moto-demo",
+        "runtime": {"kind": "aws", "region": REGION},
+        "dataset_uri": f"s3://{BUCKET}/datasets/cancer/data.csv",
+        "artifacts_uri": f"s3://{BUCKET}/pipeline",
+        "jobs": {"role_arn": ROLE, "poll_first_seconds": 0.01, "poll_max_seconds": 0.05},
+        "endpoint": {"name": "moto-endpoint", "timeout_seconds": 30},
+        "notifications": {"topic_arn": topic_arn},
+        **extra,
+    })
+
+
+def test_the_whole_flow_on_the_aws_runtime(aws: None) -> None:
+    settings = make_config("arn:aws:sns:us-east-1:123456789012:placeholder").runtime
+    clients = get_clients(settings)
+    seed_account(clients)
+    topic = clients.sns.create_topic(Name="moto-demo-events")["TopicArn"]
+    sqs = boto3.client("sqs", region_name=REGION)
+    queue = sqs.create_queue(QueueName="inbox")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])[
+        "Attributes"]["QueueArn"]
+    clients.sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+
+    runner = ContainerRunner(boto3.client("s3", region_name=REGION))
+    recorded: list[tuple[str, str]] = []
+    for client in (clients.s3, clients.sagemaker, clients.sagemaker_runtime, clients.sns,
+                   clients.logs, clients.ecr, clients.codebuild):
+        client.meta.events.register("provide-client-params.*.*", server_side_check(recorded))
+    clients.sagemaker.meta.events.register(
+        "provide-client-params.sagemaker.CreateProcessingJob", runner.processing)
+    clients.sagemaker.meta.events.register(
+        "provide-client-params.sagemaker.CreateTrainingJob", runner.training)
+
+    record = ml_pipeline(config=make_config(topic), commit="f00dcafe")
+
+    assert record["outcome"] == "deployed", record.get("error")
+    assert [name.split("-")[2] for name in runner.created] == ["preprocess", "train",
+                                                               "evaluate"]
+    sm = clients.sagemaker
+    # the pinned snapshot exists, with the source object's exact version copied
+    snapshot_bucket, snapshot_prefix = s3_uri_split(record["data"]["snapshot_uri"])
+    copied = clients.s3.list_objects_v2(Bucket=snapshot_bucket, Prefix=snapshot_prefix)
+    assert [o["Key"].rsplit("/", 1)[-1] for o in copied["Contents"]] == ["data.csv"]
+    # registry: one approved package with its metrics and lineage
+    packages = sm.list_model_packages(ModelPackageGroupName="moto-demo")[
+        "ModelPackageSummaryList"]
+    assert [p["ModelApprovalStatus"] for p in packages] == ["Approved"]
+    package = sm.describe_model_package(ModelPackageName=packages[0]["ModelPackageArn"])
+    assert package["CustomerMetadataProperties"]["commit"] == "f00dcafe"
+    assert package["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"].endswith(
+        "evaluation.json")
+    # endpoint serving a model made from that package
+    endpoint = sm.describe_endpoint(EndpointName="moto-endpoint")
+    assert endpoint["EndpointStatus"] == "InService"
+    config = sm.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
+    model = sm.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
+    assert model["ExecutionRoleArn"] == ROLE
+    # the jobs carry the flow run id, so a cancelled run can find and stop them
+    jobs = sm.list_training_jobs()["TrainingJobSummaries"]
+    tags = sm.list_tags(ResourceArn=jobs[0]["TrainingJobArn"])["Tags"]
+    assert {"Key": "sagepipe:flow-run-id", "Value": record["run_id"]} in tags
+    # the notification went out
+    messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
+    body = json.loads(json.loads(messages[-1]["Body"])["Message"])
+    assert body["outcome"] == "deployed"
+    # every request passed the model's server-side constraints too
+    operations = {op for _, op in recorded}
+    assert {"CreateProcessingJob", "CreateTrainingJob", "CreateModelPackage", "CreateModel",
+            "CreateEndpointConfig", "CreateEndpoint", "Publish"} <= operations
+
+    # a worse model on the next run is registered as Rejected; the endpoint is untouched
+    weak = make_config(topic, hyperparameters={"model": "random_forest", "n_estimators": 1,
+                                               "max_depth": 1})
+    second = ml_pipeline(config=weak)
+    assert second["outcome"] == "rejected", second.get("decision")
+    assert second["decision"]["champion"] is not None  # scored against the live model
+    after = sm.describe_endpoint(EndpointName="moto-endpoint")
+    assert after["EndpointConfigName"] == endpoint["EndpointConfigName"]
+    statuses = [p["ModelApprovalStatus"] for p in sm.list_model_packages(
+        ModelPackageGroupName="moto-demo", SortOrder="Ascending")["ModelPackageSummaryList"]]
+    assert statuses == ["Approved", "Rejected"]
+
+
+def test_an_unversioned_bucket_is_refused_before_any_job(aws: None) -> None:
+    clients = get_clients(make_config("arn:aws:sns:us-east-1:123456789012:t").runtime)
+    clients.s3.create_bucket(Bucket=BUCKET)
+    clients.s3.put_object(Bucket=BUCKET, Key="datasets/cancer/data.csv", Body=b"a,target\n1,0\n")
+    from tasks.errors import DataError
+
+    with pytest.raises(DataError, match="put-bucket-versioning"):
+        ml_pipeline(config=make_config("arn:aws:sns:us-east-1:123456789012:t"))
+    assert clients.sagemaker.list_processing_jobs()["ProcessingJobSummaries"] == []
