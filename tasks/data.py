@@ -138,10 +138,13 @@ def check_csv_head(head: bytes, *, where: str, label_column: str, truncated: boo
     Preprocessing validates every row; this catches the common mistakes (empty
     file, wrong label column, text in a feature) before any job is started.
     """
-    lines = head.decode("utf-8", errors="replace").splitlines()
+    # utf-8-sig: spreadsheet exports start with a byte-order mark that is not data
+    lines = head.decode("utf-8-sig", errors="replace").splitlines()
     if truncated and lines:
         lines = lines[:-1]  # the last line of a partial read may be cut
-    rows = [r for r in csv.reader(io.StringIO("\n".join(lines))) if r]
+    reader = csv.reader(io.StringIO("\n".join(lines)))
+    numbered = [(reader.line_num, r) for r in reader if r]  # line_num: the physical line
+    rows = [r for _, r in numbered]
     if not rows:
         raise DataError(f"Dataset {where} is empty. Push a CSV with a header row and data.")
     header = [h.strip() for h in rows[0]]
@@ -152,13 +155,16 @@ def check_csv_head(head: bytes, *, where: str, label_column: str, truncated: boo
             "in the pipeline config, or add the column to the data.")
     if len(rows) < 2:
         raise DataError(f"Dataset {where} has a header but no rows. Push data rows too.")
-    for line_no, row in enumerate(rows[1:], start=2):
+    for line_no, row in numbered[1:]:
         if len(row) != len(header):
             raise DataError(f"Dataset {where} line {line_no} has {len(row)} fields; the header "
                             f"has {len(header)}. Fix the CSV.")
         for name, value in zip(header, row, strict=True):
             if name == label_column:
                 continue
+            if not value.strip():
+                raise DataError(f"Dataset {where} column {name!r} has a missing value on "
+                                f"line {line_no}. Fill or drop missing values.")
             try:
                 number = float(value)
             except ValueError:

@@ -57,7 +57,7 @@ class LocalSageMakerRuntime(LocalClient):
                 "InvokeEndpoint", "ModelError",
                 f"Received {'client' if status < 500 else 'server'} error ({status}) from "
                 f"primary with message \"{message}\". See the endpoint's log in "
-                f".sagepipe/endpoints/{name}/ for more information.",
+                f"{self.endpoints.root / 'endpoints' / name}/ for more information.",
                 status=424,
                 extra={"OriginalStatusCode": status, "OriginalMessage": message})
         return {"Body": StreamingBody(io.BytesIO(reply), len(reply)),

@@ -174,3 +174,21 @@ def test_invoking_a_missing_endpoint_is_an_endpoint_error(clients: Clients) -> N
     error: Any = err.value
     assert (error.endpoint, error.status) == ("ghost", None)
     assert str(error) == "No endpoint named 'ghost'. `sagepipe status` lists the endpoints."
+
+
+def test_line_numbers_count_blank_lines() -> None:
+    with pytest.raises(DataError, match="line 4 holds 'x'"):
+        check_csv_head(b"a,target\n1,0\n\nx,1\n", where="f.csv", label_column="target",
+                       truncated=False)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column_name() -> None:
+    header = check_csv_head("\ufefftarget,a\n0,1.5\n".encode(), where="f.csv",
+                            label_column="target", truncated=False)
+    assert header == ["target", "a"]
+
+
+def test_an_empty_feature_value_is_a_missing_value() -> None:
+    with pytest.raises(DataError, match="column 'a' has a missing value on line 2"):
+        check_csv_head(b"a,target\n,0\n", where="f.csv", label_column="target",
+                       truncated=False)
