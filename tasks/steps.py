@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from prefect import get_run_logger, task
 from prefect.context import TaskRunContext
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .data import DataPin
 from .images import ImageRef
@@ -45,6 +45,30 @@ class JobSettings(BaseModel):
     poll_first_seconds: float = Field(2.0, gt=0, le=300)
     poll_max_seconds: float = Field(30.0, gt=0, le=600)
     environment: dict[str, str] = Field(default_factory=dict)
+    network_isolation: bool = Field(True, description="jobs get no network access")
+    spot: bool = Field(False, description="managed spot training, resumed from checkpoints")
+    max_wait_seconds: int | None = Field(None, ge=60, le=28 * 24 * 3600,
+                                         description="spot: total wait incl. interruptions")
+    subnets: list[str] = Field(default_factory=list, max_length=16)
+    security_group_ids: list[str] = Field(default_factory=list, max_length=5)
+    kms_key_id: str | None = Field(None, description="KMS key for volumes and outputs")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> JobSettings:
+        if bool(self.subnets) != bool(self.security_group_ids):
+            raise ValueError("jobs.subnets and jobs.security_group_ids go together: set both "
+                             "to run jobs in a VPC, or neither")
+        if self.max_wait_seconds is not None and not self.spot:
+            raise ValueError("jobs.max_wait_seconds applies to spot training: set jobs.spot")
+        if self.spot and (self.max_wait_seconds or self.max_runtime_seconds) \
+                < self.max_runtime_seconds:
+            raise ValueError("jobs.max_wait_seconds must be at least jobs.max_runtime_seconds")
+        return self
+
+    def vpc_config(self) -> dict[str, Any] | None:
+        if not self.subnets:
+            return None
+        return {"Subnets": list(self.subnets), "SecurityGroupIds": list(self.security_group_ids)}
 
     def wait_policy(self) -> WaitPolicy:
         return WaitPolicy(first_poll=self.poll_first_seconds, max_poll=self.poll_max_seconds,
@@ -70,7 +94,7 @@ class JobOutcome(BaseModel):
 
 def _processing(name: str, image: ImageRef, args: list[str], inputs: dict[str, str],
                 outputs: dict[str, str], settings: JobSettings) -> dict[str, Any]:
-    return {
+    request: dict[str, Any] = {
         "ProcessingJobName": name,
         "RoleArn": settings.role_arn,
         "AppSpecification": {"ImageUri": image.uri, "ContainerArguments": args},
@@ -88,7 +112,14 @@ def _processing(name: str, image: ImageRef, args: list[str], inputs: dict[str, s
             "VolumeSizeInGB": settings.volume_size_gb}},
         "StoppingCondition": {"MaxRuntimeInSeconds": settings.max_runtime_seconds},
         "Environment": dict(settings.environment),
+        "NetworkConfig": {"EnableNetworkIsolation": settings.network_isolation},
     }
+    if settings.vpc_config():
+        request["NetworkConfig"]["VpcConfig"] = settings.vpc_config()
+    if settings.kms_key_id:
+        request["ProcessingOutputConfig"]["KmsKeyId"] = settings.kms_key_id
+        request["ProcessingResources"]["ClusterConfig"]["VolumeKmsKeyId"] = settings.kms_key_id
+    return request
 
 
 def _finish(step: str, kind: Literal["processing", "training"], project: str,
@@ -131,7 +162,7 @@ def plan_train(*, project: str, runtime: RuntimeSettings, artifacts_uri: str,
                          "S3DataType": "S3Prefix", "S3Uri": splits[ch] + "/",
                          "S3DataDistributionType": "FullyReplicated"}}}
                     for ch in ("train", "validation")]
-        request = {
+        request: dict[str, Any] = {
             "TrainingJobName": name,
             "RoleArn": settings.role_arn,
             "AlgorithmSpecification": {
@@ -147,7 +178,21 @@ def plan_train(*, project: str, runtime: RuntimeSettings, artifacts_uri: str,
                                "VolumeSizeInGB": settings.volume_size_gb},
             "StoppingCondition": {"MaxRuntimeInSeconds": settings.max_runtime_seconds},
             "Environment": dict(settings.environment),
+            "EnableNetworkIsolation": settings.network_isolation,
         }
+        if settings.spot:
+            # spot capacity can be reclaimed: SageMaker restarts the job, and a script that
+            # writes /opt/ml/checkpoints (synced to this prefix) can resume from them
+            request["EnableManagedSpotTraining"] = True
+            request["StoppingCondition"]["MaxWaitTimeInSeconds"] = (
+                settings.max_wait_seconds or settings.max_runtime_seconds)
+            request["CheckpointConfig"] = {"S3Uri": f"{out}/checkpoints",
+                                           "LocalPath": "/opt/ml/checkpoints"}
+        if settings.vpc_config():
+            request["VpcConfig"] = settings.vpc_config()
+        if settings.kms_key_id:
+            request["OutputDataConfig"]["KmsKeyId"] = settings.kms_key_id
+            request["ResourceConfig"]["VolumeKmsKeyId"] = settings.kms_key_id
         outputs = {"model": f"{out}/{name}/output/model.tar.gz"}
         return {**request, "_outputs": outputs}
     return _finish("train", "training", project, runtime, artifacts_uri, build)
@@ -189,6 +234,7 @@ def run_step(runtime: RuntimeSettings, plan: JobPlan, settings: JobSettings,
     """Run one planned job to completion (re-attaching after a retry); cached on content."""
     log = get_run_logger()
     kind = PROCESSING if plan.kind == "processing" else TRAINING
+    tags = {**tags, "sagepipe:step": plan.step, "sagepipe:cache-key": plan.key}
     request = {**plan.request, "Tags": [{"Key": k, "Value": v[:256]} for k, v in tags.items()]}
     final = run_job(get_clients(runtime), kind, request, policy=settings.wait_policy(), log=log)
     prefix = "Training" if plan.kind == "training" else "Processing"
