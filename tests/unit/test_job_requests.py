@@ -75,10 +75,10 @@ def test_keys_change_exactly_when_content_does() -> None:
 
 
 def test_inconsistent_job_settings_are_refused() -> None:
-    with pytest.raises(ConfigError, match="subnets and jobs.security_group_ids go together"):
+    with pytest.raises(ConfigError, match=r"subnets and jobs\.security_group_ids go together"):
         build_config({"jobs": {"subnets": ["subnet-1"]}})
     with pytest.raises(ConfigError, match="applies to spot"):
         build_config({"jobs": {"max_wait_seconds": 7200}})
-    with pytest.raises(ConfigError, match="at least jobs.max_runtime_seconds"):
+    with pytest.raises(ConfigError, match=r"at least jobs\.max_runtime_seconds"):
         build_config({"jobs": {"spot": True, "max_wait_seconds": 600,
                                "max_runtime_seconds": 3600}})
