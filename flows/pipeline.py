@@ -32,7 +32,13 @@ from tasks.notify import console_links, notify
 from tasks.registry import get_champion, register_model, update_approval
 from tasks.runtime import get_clients
 from tasks.steps import plan_evaluate, plan_preprocess, plan_train, run_step
-from tasks.storage import ensure_local_resources, read_json, sample_rows, save_run_record
+from tasks.storage import (
+    ensure_local_resources,
+    outputs_exist,
+    read_json,
+    sample_rows,
+    save_run_record,
+)
 
 __all__ = ["ml_pipeline"]
 
@@ -50,10 +56,17 @@ def _stop_jobs_of_run(flow: Any, flow_run: Any, state: Any) -> None:
     clients = get_clients(config.runtime)
     for kind, lister in ((TRAINING, clients.sagemaker.list_training_jobs),
                          (PROCESSING, clients.sagemaker.list_processing_jobs)):
-        for summary in lister(StatusEquals="InProgress")[f"{kind.noun}JobSummaries"]:
-            tags = clients.sagemaker.list_tags(ResourceArn=summary[f"{kind.noun}JobArn"])["Tags"]
-            if {"Key": FLOW_RUN_TAG, "Value": str(flow_run.id)} in tags:
-                stop_job(clients, kind, summary[f"{kind.noun}JobName"])
+        params: dict[str, Any] = {"StatusEquals": "InProgress", "MaxResults": 100}
+        while True:
+            page = lister(**params)
+            for summary in page[f"{kind.noun}JobSummaries"]:
+                arn = summary[f"{kind.noun}JobArn"]
+                tags = clients.sagemaker.list_tags(ResourceArn=arn)["Tags"]
+                if {"Key": FLOW_RUN_TAG, "Value": str(flow_run.id)} in tags:
+                    stop_job(clients, kind, summary[f"{kind.noun}JobName"])
+            if not page.get("NextToken"):
+                break
+            params["NextToken"] = page["NextToken"]
 
 
 def _run_id() -> tuple[str, str | None, str | None]:
@@ -180,6 +193,14 @@ def _step(record: dict[str, Any], step: str, runner: Any, runtime: Any, plan: An
     state = runner(runtime, plan, config.jobs, tags, return_state=True)
     try:
         outcome = state.result()
+        if state.name == "Cached" and not outputs_exist(get_clients(runtime),
+                                                        list(outcome.outputs.values())):
+            # the cache remembers outputs that were deleted since: do the work again
+            get_run_logger().warning("Cached %s outputs are gone; running the step again",
+                                     step)
+            state = runner.with_options(refresh_cache=True)(runtime, plan, config.jobs, tags,
+                                                            return_state=True)
+            outcome = state.result()
     except PipelineError as exc:
         record["steps"][step].update(status="failed", reason=str(exc))
         raise

@@ -5,12 +5,14 @@ before create) so a retried task never doubles anything. After the wait it check
 that the endpoint really serves the new config: a failed SageMaker update leaves
 the endpoint InService on the old config with FailureReason set, which a plain
 waiter would call success. Then a smoke test invokes it; if that fails after an
-update, the endpoint is put back on the previous config.
+update, the endpoint is put back on the previous config. The wait's Describe
+calls ride out throttling and 5xx replies (:func:`tasks.runtime.call_with_retry`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -21,12 +23,20 @@ from prefect import get_run_logger, task
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import DeployFailed, DeployRolledBack, EndpointError
-from .runtime import Clients, RuntimeSettings, get_clients, is_not_found, retry_transient
+from .runtime import (
+    Clients,
+    RuntimeSettings,
+    call_with_retry,
+    get_clients,
+    is_not_found,
+    retry_transient,
+)
 
 __all__ = ["DeployResult", "EndpointSettings", "deploy_model", "deploy_package",
            "deployment_config", "invoke"]
 
 _TRANSITIONAL = ("Creating", "Updating", "SystemUpdating", "RollingBack")
+_LOG = logging.getLogger(__name__)
 Strategy = Literal["all_at_once", "canary", "linear"]
 
 
@@ -90,10 +100,13 @@ def _exists(describe: Callable[..., Any], **params: Any) -> bool:
 
 def wait_endpoint(clients: Clients, name: str, *, timeout: float,
                   sleep: Callable[[float], None] = time.sleep,
-                  first_poll: float = 1.0, max_poll: float = 30.0) -> dict[str, Any]:
+                  first_poll: float = 1.0, max_poll: float = 30.0,
+                  log: logging.Logger | logging.LoggerAdapter[Any] = _LOG) -> dict[str, Any]:
+    """Poll until ``name`` leaves the transitional states; returns the last Describe."""
     start, interval = time.monotonic(), first_poll
     while True:
-        described: dict[str, Any] = clients.sagemaker.describe_endpoint(EndpointName=name)
+        described: dict[str, Any] = call_with_retry(
+            clients.sagemaker.describe_endpoint, log=log, sleep=sleep, EndpointName=name)
         if described["EndpointStatus"] not in _TRANSITIONAL:
             return described
         if time.monotonic() - start > timeout:
@@ -134,7 +147,7 @@ def deploy_package(clients: Clients, *, endpoint: str, package_arn: str, role_ar
         action: Literal["created", "updated", "unchanged"] = "created"
     else:
         if current["EndpointStatus"] in _TRANSITIONAL:  # a retry, or somebody else's update
-            current = wait_endpoint(clients, endpoint, timeout=timeout, sleep=sleep)
+            current = wait_endpoint(clients, endpoint, timeout=timeout, sleep=sleep, log=log)
         previous = current["EndpointConfigName"]
         if previous == config_name and current["EndpointStatus"] == "InService":
             action = "unchanged"
@@ -148,7 +161,7 @@ def deploy_package(clients: Clients, *, endpoint: str, package_arn: str, role_ar
             sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=config_name,
                                DeploymentConfig=deploy_config)
             action = "updated"
-    final = wait_endpoint(clients, endpoint, timeout=timeout, sleep=sleep)
+    final = wait_endpoint(clients, endpoint, timeout=timeout, sleep=sleep, log=log)
     if final["EndpointStatus"] != "InService":
         raise DeployFailed(endpoint, f"Endpoint {endpoint} ended {final['EndpointStatus']}: "
                            f"{final.get('FailureReason', 'no reason given')}")
@@ -163,7 +176,7 @@ def deploy_package(clients: Clients, *, endpoint: str, package_arn: str, role_ar
             log.error("Smoke test failed (%s); rolling %s back to %s", exc, endpoint, previous)
             sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=previous,
                                DeploymentConfig=deploy_config)
-            wait_endpoint(clients, endpoint, timeout=timeout, sleep=sleep)
+            wait_endpoint(clients, endpoint, timeout=timeout, sleep=sleep, log=log)
             raise DeployRolledBack(endpoint, f"Smoke test of {endpoint} on {config_name} "
                                    f"failed ({exc}); rolled back to {previous}.") from exc
         raise DeployFailed(endpoint, f"Smoke test of {endpoint} failed: {exc}") from exc
@@ -185,7 +198,7 @@ def invoke(clients: Clients, endpoint: str, body: bytes | str, *,
                                 "lists the endpoints.") from exc
         status: Any = exc.response.get("OriginalStatusCode")
         if code == "ModelError" and status:
-            original = exc.response.get("OriginalMessage", message)
+            original = _container_message(str(exc.response.get("OriginalMessage", message)))
             raise EndpointError(endpoint, f"{endpoint} refused the request ({status}): "
                                 f"{original}", status=int(status)) from exc
         raise EndpointError(endpoint, f"Invoking {endpoint} failed: {code}: {message}") from exc
@@ -207,3 +220,14 @@ def deploy_model(runtime: RuntimeSettings, settings: EndpointSettings, package_a
     get_run_logger().info("Endpoint %s %s: serves %s; smoke test answered %s", result.endpoint,
                           result.action, result.endpoint_config, result.smoke_test)
     return result
+
+
+def _container_message(original: str) -> str:
+    """The serving container answers {"error": "..."}; show just the text."""
+    try:
+        parsed = json.loads(original)
+    except ValueError:
+        return original
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
+        return parsed["error"]
+    return original

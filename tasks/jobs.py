@@ -11,7 +11,9 @@ job's name is ``<prefix>-<step>-<key>``, where ``key`` hashes the job's content
 
 Waits poll Describe with capped exponential backoff, copy the job's log stream
 into the Prefect task log, give up after a timeout (stopping the job), and stop
-the job if the wait itself is interrupted (flow cancelled, Ctrl-C).
+the job if the wait itself is interrupted (flow cancelled, Ctrl-C). A wait lasts
+hours, so its Describe and log reads ride out throttling and 5xx replies
+(:func:`tasks.runtime.call_with_retry`); any other error surfaces unchanged.
 """
 
 from __future__ import annotations
@@ -27,12 +29,16 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from .errors import JobFailed, JobTimeout
-from .runtime import Clients, is_not_found
+from .runtime import Clients, call_with_retry, is_not_found
 
 __all__ = ["JobKind", "WaitPolicy", "content_key", "job_name", "run_job", "stop_job"]
 
 _MAX_ATTEMPTS = 9
 _NAME_LIMIT = 63
+_LOG = logging.getLogger(__name__)
+
+Log = logging.Logger | logging.LoggerAdapter[Any]
+Sleep = Callable[[float], None]
 
 
 def content_key(*parts: Any) -> str:
@@ -67,9 +73,13 @@ class JobKind:
     def log_group(self) -> str:
         return f"/aws/sagemaker/{self.noun}Jobs"
 
+    def method(self, clients: Clients, verb: str) -> Callable[..., Any]:
+        """The client method, e.g. ``describe_training_job``."""
+        method: Callable[..., Any] = getattr(clients.sagemaker, f"{verb}_{self.noun.lower()}_job")
+        return method
+
     def call(self, clients: Clients, verb: str, **params: Any) -> dict[str, Any]:
-        method = getattr(clients.sagemaker, f"{verb}_{self.noun.lower()}_job")
-        return dict(method(**params))
+        return dict(self.method(clients, verb)(**params))
 
 
 TRAINING = JobKind("Training")
@@ -84,22 +94,31 @@ class WaitPolicy:
     timeout: float = 24 * 3600.0
 
 
-def _describe(clients: Clients, kind: JobKind, name: str) -> dict[str, Any] | None:
+def _describe(clients: Clients, kind: JobKind, name: str, *, log: Log = _LOG,
+              sleep: Sleep = time.sleep) -> dict[str, Any] | None:
+    params: dict[str, Any] = {kind.name_key: name}
     try:
-        return kind.call(clients, "describe", **{kind.name_key: name})
+        return dict(call_with_retry(kind.method(clients, "describe"), log=log, sleep=sleep,
+                                    **params))
     except ClientError as exc:
         if is_not_found(exc):
             return None
         raise
 
 
-def start_or_attach(clients: Clients, kind: JobKind, request: dict[str, Any],
-                    log: logging.Logger | logging.LoggerAdapter[Any]) -> tuple[str, str]:
-    """(job name, how) where how is 'created', 'attached' or 'reused'."""
+def start_or_attach(clients: Clients, kind: JobKind, request: dict[str, Any], log: Log, *,
+                    sleep: Sleep = time.sleep,
+                    reusable: Callable[[dict[str, Any]], bool] | None = None
+                    ) -> tuple[str, str]:
+    """(job name, how) where how is 'created', 'attached' or 'reused'.
+
+    ``reusable`` vets a Completed job (e.g. its outputs still exist); one it rejects
+    is treated like a failed attempt.
+    """
     base = request[kind.name_key]
     for attempt in range(1, _MAX_ATTEMPTS + 1):
         name = base if attempt == 1 else f"{base}-r{attempt}"
-        found = _describe(clients, kind, name)
+        found = _describe(clients, kind, name, log=log, sleep=sleep)
         if found is None:
             kind.call(clients, "create", **{**request, kind.name_key: name})
             log.info("Started %s job %s", kind.noun.lower(), name)
@@ -109,8 +128,12 @@ def start_or_attach(clients: Clients, kind: JobKind, request: dict[str, Any],
             log.info("Re-attached to %s job %s (%s)", kind.noun.lower(), name, status)
             return name, "attached"
         if status == "Completed":
-            log.info("Reusing completed %s job %s", kind.noun.lower(), name)
-            return name, "reused"
+            if reusable is None or reusable(found):
+                log.info("Reusing completed %s job %s", kind.noun.lower(), name)
+                return name, "reused"
+            log.info("%s job %s completed earlier but its outputs are gone; starting "
+                     "attempt %d", kind.noun, name, attempt + 1)
+            continue
         log.info("%s job %s ended %s earlier; starting attempt %d", kind.noun, name, status,
                  attempt + 1)
     raise JobFailed(base, "Failed", f"{_MAX_ATTEMPTS} attempts already failed; fix the cause "
@@ -121,14 +144,20 @@ class LogTail:
     """Copies new lines of a job's CloudWatch log streams into a logger."""
 
     def __init__(self, clients: Clients, group: str, job: str,
-                 emit: Callable[[str], None]) -> None:
+                 emit: Callable[[str], None], *, log: Log = _LOG,
+                 sleep: Sleep = time.sleep) -> None:
         self.clients, self.group, self.job, self.emit = clients, group, job, emit
+        self.log, self.sleep = log, sleep
         self.tokens: dict[str, str | None] = {}
 
+    def _call(self, fn: Callable[..., Any], **params: Any) -> dict[str, Any]:
+        return dict(call_with_retry(fn, log=self.log, sleep=self.sleep, **params))
+
     def poll(self) -> None:
+        logs = self.clients.logs
         try:
-            streams = self.clients.logs.describe_log_streams(
-                logGroupName=self.group, logStreamNamePrefix=f"{self.job}/")["logStreams"]
+            streams = self._call(logs.describe_log_streams, logGroupName=self.group,
+                                 logStreamNamePrefix=f"{self.job}/")["logStreams"]
             for stream in streams:
                 name = stream["logStreamName"]
                 while True:
@@ -136,7 +165,7 @@ class LogTail:
                                               "startFromHead": True}
                     if self.tokens.get(name):
                         kwargs["nextToken"] = self.tokens[name]
-                    page = self.clients.logs.get_log_events(**kwargs)
+                    page = self._call(logs.get_log_events, **kwargs)
                     for event in page["events"]:
                         self.emit(event["message"])
                     if page["nextForwardToken"] == self.tokens.get(name):
@@ -150,9 +179,10 @@ class LogTail:
                 self.emit(f"(could not read job logs: {code})")
 
 
-def stop_job(clients: Clients, kind: JobKind, name: str) -> bool:
+def stop_job(clients: Clients, kind: JobKind, name: str, *, log: Log = _LOG,
+             sleep: Sleep = time.sleep) -> bool:
     """Stop ``name`` if it still runs; True if a stop was sent."""
-    found = _describe(clients, kind, name)
+    found = _describe(clients, kind, name, log=log, sleep=sleep)
     if found is None or found[kind.status_key] != "InProgress":
         return False
     try:
@@ -165,22 +195,24 @@ def stop_job(clients: Clients, kind: JobKind, name: str) -> bool:
 
 
 def run_job(clients: Clients, kind: JobKind, request: dict[str, Any], *,
-            policy: WaitPolicy, log: logging.Logger | logging.LoggerAdapter[Any],
-            clock: Callable[[], float] = time.monotonic,
-            sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+            policy: WaitPolicy, log: Log, clock: Callable[[], float] = time.monotonic,
+            sleep: Sleep = time.sleep,
+            reusable: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
     """Start (or re-attach to) a job and wait for it; returns the final Describe.
 
     Raises JobFailed (with AWS's FailureReason) on Failed or Stopped, and
-    JobTimeout after stopping a job that outlived ``policy.timeout``.
+    JobTimeout after stopping a job that outlived ``policy.timeout``. ``sleep`` also
+    paces the retries after throttling.
     """
-    name, how = start_or_attach(clients, kind, request, log)
-    tail = LogTail(clients, kind.log_group, name, lambda line: log.info("[%s] %s", name, line))
+    name, how = start_or_attach(clients, kind, request, log, sleep=sleep, reusable=reusable)
+    tail = LogTail(clients, kind.log_group, name, lambda line: log.info("[%s] %s", name, line),
+                   log=log, sleep=sleep)
     started = clock()
     interval = policy.first_poll
-    finished = False
+    stop_sent = False
     try:
         while True:
-            described = _describe(clients, kind, name)
+            described = _describe(clients, kind, name, log=log, sleep=sleep)
             if described is None:
                 raise JobFailed(name, "Missing", "the job disappeared while being watched",
                                 kind=kind.noun.lower())
@@ -188,24 +220,31 @@ def run_job(clients: Clients, kind: JobKind, request: dict[str, Any], *,
             if how != "reused":
                 tail.poll()
             if status in ("Completed", "Failed", "Stopped"):
-                finished = True
                 if status != "Completed":
                     raise JobFailed(name, status, described.get("FailureReason"),
                                     kind=kind.noun.lower())
                 described["_how"] = how
                 return described
             waited = clock() - started
-            if waited >= policy.timeout:
-                finished = True
-                stop_job(clients, kind, name)
-                raise JobTimeout(name, waited, kind=kind.noun.lower())
-            sleep(min(interval, max(policy.timeout - waited, 0.0)))
+            if waited >= policy.timeout and not stop_sent:
+                stop_sent = True
+                if stop_job(clients, kind, name, log=log, sleep=sleep):
+                    raise JobTimeout(name, waited, kind=kind.noun.lower())
+                # it ended (or is stopping) between the describe and the stop: report that
+
+            remaining = policy.timeout - waited
+            sleep(min(interval, remaining) if remaining > 0 else policy.first_poll)
             interval = min(interval * policy.factor, policy.max_poll)
-    finally:
-        if not finished:  # interrupted: cancelled flow run, Ctrl-C, crash of the waiter
-            try:
-                if stop_job(clients, kind, name):
-                    log.warning("Stopped %s job %s because its wait was interrupted",
-                                kind.noun.lower(), name)
-            except Exception:  # never mask the interruption itself
-                log.exception("Could not stop %s job %s", kind.noun.lower(), name)
+    except Exception:
+        # the waiter failed (network, AWS error): the job may be fine, and a retried
+        # task re-attaches to it, so hours of training are not thrown away
+        raise
+    except BaseException:
+        # interrupted: a cancelled flow run (TerminationSignal), Ctrl-C
+        try:
+            if stop_job(clients, kind, name, log=log, sleep=sleep):
+                log.warning("Stopped %s job %s because its wait was interrupted",
+                            kind.noun.lower(), name)
+        except Exception:  # never mask the interruption itself
+            log.exception("Could not stop %s job %s", kind.noun.lower(), name)
+        raise

@@ -66,13 +66,13 @@ def find_champion(clients: Clients, endpoint_name: str) -> Champion | None:
                     endpoint_config=endpoint["EndpointConfigName"])
 
 
-def register_package(clients: Clients, *, group: str, idempotency_key: str, image: str,
-                     model_data_url: str, evaluation_uri: str, approval: str,
-                     description: str, metadata: dict[str, str],
-                     instance_type: str) -> str:
-    """Create the run's model package (a retry with the same key returns the same one)."""
+def model_package_request(*, group: str, idempotency_key: str, image: str,
+                          model_data_url: str, evaluation_uri: str, approval: str,
+                          description: str, metadata: dict[str, str],
+                          instance_type: str) -> dict[str, Any]:
+    """The CreateModelPackage request; the ClientToken makes a retry return the same package."""
     token = str(uuid.uuid5(uuid.NAMESPACE_URL, f"sagepipe:{group}:{idempotency_key}"))
-    response = clients.sagemaker.create_model_package(
+    return dict(
         ModelPackageGroupName=group,
         ModelPackageDescription=description[:1024],
         ClientToken=token,
@@ -87,6 +87,11 @@ def register_package(clients: Clients, *, group: str, idempotency_key: str, imag
             "ContentType": "application/json", "S3Uri": evaluation_uri}}},
         CustomerMetadataProperties={k: str(v)[:256] for k, v in metadata.items() if v},
     )
+
+
+def register_package(clients: Clients, **request_args: Any) -> str:
+    """Create the run's model package (a retry with the same key returns the same one)."""
+    response = clients.sagemaker.create_model_package(**model_package_request(**request_args))
     return str(response["ModelPackageArn"])
 
 

@@ -9,20 +9,29 @@
   explicit connect/read timeouts.
 
 Both have boto3's method names and response shapes, so every task runs
-unchanged on either.
+unchanged on either. :func:`call_with_retry` is the one place that retries AWS
+errors on top of botocore: throttling and 5xx only, for the long Describe waits.
 """
 
 from __future__ import annotations
 
+import logging
+import random
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
+from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Clients", "RuntimeSettings", "get_clients", "runtime_identity"]
+__all__ = ["THROTTLING_CODES", "Clients", "RuntimeSettings", "call_with_retry", "get_clients",
+           "is_transient", "runtime_identity"]
+
+T = TypeVar("T")
 
 
 class RuntimeSettings(BaseModel):
@@ -78,7 +87,7 @@ def _make(settings: RuntimeSettings) -> Clients:
     from botocore.config import Config
 
     config = Config(region_name=settings.region,
-                    retries={"mode": "standard", "max_attempts": settings.max_attempts},
+                    retries={"mode": "standard", "total_max_attempts": settings.max_attempts},
                     connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout)
     if settings.aws_credentials_block:
         from prefect_aws import AwsCredentials
@@ -115,6 +124,56 @@ def is_not_found(exc: BaseException) -> bool:
     return error.get("Code") in ("ValidationException", "ResourceNotFound") and (
         "not found" in message.lower() or "could not find" in message.lower()
         or "does not exist" in message.lower())
+
+
+# The codes AWS services use for "slow down": botocore's standard-mode list without
+# LimitExceededException and TransactionInProgressException, which SageMaker and
+# others also use for quotas and conflicts that waiting a few seconds does not cure.
+THROTTLING_CODES = frozenset({
+    "Throttling", "ThrottlingException", "ThrottledException", "TooManyRequestsException",
+    "RequestLimitExceeded", "RequestThrottled", "RequestThrottledException",
+    "ProvisionedThroughputExceededException", "BandwidthLimitExceeded", "SlowDown",
+    "EC2ThrottledException", "PriorRequestNotComplete",
+})
+# 5xx codes, for replies whose HTTP status was lost on the way (fakes, wrappers)
+_SERVER_CODES = frozenset({"InternalFailure", "InternalError", "InternalServerError",
+                           "ServiceUnavailable", "ServiceUnavailableException"})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for throttling and AWS-side (5xx) errors: the only ones worth asking again."""
+    if not isinstance(exc, ClientError):
+        return False
+    code = exc.response.get("Error", {}).get("Code")
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return (code in THROTTLING_CODES or code in _SERVER_CODES
+            or (isinstance(status, int) and status >= 500))
+
+
+def call_with_retry(fn: Callable[..., T], /, *,
+                    log: logging.Logger | logging.LoggerAdapter[Any],
+                    attempts: int = 5, base: float = 1.0, cap: float = 20.0,
+                    sleep: Callable[[float], None] = time.sleep, **params: Any) -> T:
+    """``fn(**params)``, asking again after throttling or a 5xx, with full-jitter backoff.
+
+    botocore's ``standard`` mode already retries each call a few times, but a wait
+    that polls Describe for hours will meet a burst of throttling that outlasts
+    those; the wait should slow down, not fail. Any other ``ClientError`` (and
+    the last transient one) is raised unchanged.
+    """
+    attempt = 1
+    while True:  # bounded: the last attempt returns or raises
+        try:
+            return fn(**params)
+        except ClientError as exc:
+            if attempt >= attempts or not is_transient(exc):
+                raise
+            delay = random.uniform(0.0, min(cap, base * 2 ** (attempt - 1)))
+            log.warning("AWS answered %s to %s; asking again in %.1f s (retry %d of %d)",
+                        exc.response.get("Error", {}).get("Code"), exc.operation_name, delay,
+                        attempt, attempts - 1)
+            sleep(delay)
+            attempt += 1
 
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:

@@ -21,6 +21,7 @@ from .data import DataPin
 from .images import ImageRef
 from .jobs import PROCESSING, TRAINING, WaitPolicy, content_key, job_name, run_job
 from .runtime import RuntimeSettings, get_clients, retry_transient, runtime_identity
+from .storage import outputs_exist
 
 __all__ = ["JobOutcome", "JobPlan", "JobSettings", "plan_evaluate", "plan_preprocess",
            "plan_train", "run_step"]
@@ -236,7 +237,15 @@ def run_step(runtime: RuntimeSettings, plan: JobPlan, settings: JobSettings,
     kind = PROCESSING if plan.kind == "processing" else TRAINING
     tags = {**tags, "sagepipe:step": plan.step, "sagepipe:cache-key": plan.key}
     request = {**plan.request, "Tags": [{"Key": k, "Value": v[:256]} for k, v in tags.items()]}
-    final = run_job(get_clients(runtime), kind, request, policy=settings.wait_policy(), log=log)
+    clients = get_clients(runtime)
+
+    def outputs_still_there(described: dict[str, Any]) -> bool:
+        if plan.kind == "training":
+            return outputs_exist(clients, [described["ModelArtifacts"]["S3ModelArtifacts"]])
+        return outputs_exist(clients, list(plan.outputs.values()))
+
+    final = run_job(clients, kind, request, policy=settings.wait_policy(), log=log,
+                    reusable=outputs_still_there)
     prefix = "Training" if plan.kind == "training" else "Processing"
     start, end = final.get(f"{prefix}StartTime"), final.get(f"{prefix}EndTime")
     seconds = (end - start).total_seconds() if start and end else None

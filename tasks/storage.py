@@ -11,7 +11,8 @@ from prefect import task
 from .data import parse_s3_uri
 from .runtime import Clients, RuntimeSettings, get_clients
 
-__all__ = ["ensure_local_resources", "list_run_records", "read_json", "sample_rows",
+__all__ = ["ensure_local_resources", "list_run_records", "outputs_exist", "read_json",
+           "sample_rows",
            "save_run_record", "write_json"]
 
 
@@ -61,6 +62,16 @@ def list_run_records(clients: Clients, artifacts_uri: str, limit: int = 20) -> l
         kwargs["ContinuationToken"] = page["NextContinuationToken"]
     records.sort(reverse=True)
     return [read_json(clients, f"s3://{bucket}/{key}") for _, key in records[:limit]]
+
+
+def outputs_exist(clients: Clients, uris: list[str]) -> bool:
+    """True if every output (an object, or a prefix with at least one object) is there."""
+    for uri in uris:
+        bucket, key = parse_s3_uri(uri)
+        found = clients.s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
+        if not found.get("KeyCount", len(found.get("Contents", []))):
+            return False
+    return True
 
 
 @task(name="save-run-record", retries=2, retry_delay_seconds=5)

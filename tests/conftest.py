@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,9 @@ from typing import Any
 import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Cached task results of one test session must not leak into the next (moto's account
+# ids and regions repeat, so cache keys would too): a fresh result store per session.
+os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = tempfile.mkdtemp(prefix="sagepipe-results-")
 
 from tasks.local import local_clients, teardown
 from tasks.local.images import registry_host

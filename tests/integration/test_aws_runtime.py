@@ -55,8 +55,15 @@ def test_a_retried_train_task_creates_no_second_job(aws: None) -> None:
     creates: list[str] = []
     failures = {"left": 1}
 
+    clients.s3.create_bucket(Bucket="bkt-retry", CreateBucketConfiguration={
+        "LocationConstraint": REGION})
+
     def count_create(params: dict[str, Any], **_: Any) -> None:
+        # moto runs no container: write the model where SageMaker would
         creates.append(params["TrainingJobName"])
+        prefix = params["OutputDataConfig"]["S3OutputPath"].removeprefix("s3://bkt-retry/")
+        clients.s3.put_object(Bucket="bkt-retry", Body=b"model",
+                              Key=f"{prefix}/{params['TrainingJobName']}/output/model.tar.gz")
 
     def flaky_describe(**_: Any) -> None:
         # the first wait after the create loses its connection: Prefect retries the task
@@ -72,8 +79,8 @@ def test_a_retried_train_task_creates_no_second_job(aws: None) -> None:
                      digest="sha256:" + "b" * 64,
                      uri=f"123456789012.dkr.ecr.{REGION}.amazonaws.com/sagepipe-train@sha256:"
                          + "b" * 64)
-    plan = plan_train(project="retry-demo", runtime=settings, artifacts_uri="s3://b/p",
-                      splits={"train": "s3://b/p/train", "validation": "s3://b/p/validation"},
+    plan = plan_train(project="retry-demo", runtime=settings, artifacts_uri="s3://bkt-retry/p",
+                      splits={"train": "s3://bkt-retry/p/train", "validation": "s3://bkt-retry/p/validation"},
                       image=image, label_column="target", hyperparameters={"C": 1.0},
                       settings=JobSettings(role_arn="arn:aws:iam::123456789012:role/x",
                                            poll_first_seconds=0.01))

@@ -132,6 +132,21 @@ def test_an_unchanged_rerun_starts_no_job(state: Path) -> None:
     assert live_config(state) == endpoint_before
 
 
+def test_a_cached_step_whose_outputs_were_deleted_runs_again(state: Path) -> None:
+    clients = get_clients(config(state).runtime)
+    last = ml_pipeline(config=config(state))
+    test_split = last["steps"]["preprocess"]["outputs"]["test"]
+    bucket, prefix = test_split[5:].split("/", 1)
+    for item in clients.s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]:
+        clients.s3.delete_object(Bucket=bucket, Key=item["Key"])
+    record = ml_pipeline(config=config(state))
+    assert record["steps"]["preprocess"]["how"] == "created"
+    assert record["steps"]["preprocess"]["job"].endswith("-r2")
+    assert clients.s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["KeyCount"] == 1
+    assert record["steps"]["train"]["how"] == "cached"
+    assert record["outcome"] == "unchanged"
+
+
 def test_a_worse_model_is_rejected_and_the_old_endpoint_keeps_answering(
         state: Path, dataset: pd.DataFrame) -> None:
     endpoint_before = live_config(state)
