@@ -237,6 +237,31 @@ def data_versions(env: str = EnvOption) -> None:
 
 
 @app.command()
+def plan(env: str = EnvOption, set_: list[str] = SetOption,
+         commit: str = typer.Option(None, help="the git commit the run would be for")) -> None:
+    """Print the AWS requests a run would send, each checked against botocore's model.
+
+    Needs no credentials: run it before a first run on a new account.
+    """
+    from flows.plan import build_plan
+
+    calls = build_plan(_config(env, set_), commit=commit)
+    bad = 0
+    for number, call in enumerate(calls, start=1):
+        status = "INVALID" if call.problems else "valid"
+        typer.secho(f"# {number}. {call.service} {call.operation} ({call.when}) - {status}",
+                    bold=True, fg=typer.colors.RED if call.problems else None)
+        typer.echo(json.dumps(call.params, indent=2, default=str))
+        for problem in call.problems:
+            typer.secho(f"  ! {problem}", fg=typer.colors.RED)
+        bad += bool(call.problems)
+    typer.echo(f"\n{len(calls)} requests, {bad} invalid. <placeholders> are known only at run "
+               "time (data version, image digests, the champion).")
+    if bad:
+        raise typer.Exit(1)
+
+
+@app.command()
 def config(env: str = EnvOption, set_: list[str] = SetOption) -> None:
     """Print the effective config (settings file plus --set overrides)."""
     try:

@@ -55,6 +55,9 @@ class EndpointSettings(BaseModel):
     alarms: list[str] = Field(default_factory=list,
                               description="CloudWatch alarms that roll a deployment back")
     timeout_seconds: float = Field(3600, gt=0)
+    staging_name: str | None = Field(
+        None, pattern=r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$",
+        description="deploy and smoke-test here first, then production")
 
 
 class DeployResult(BaseModel):
@@ -117,23 +120,36 @@ def wait_endpoint(clients: Clients, name: str, *, timeout: float,
         interval = min(interval * 1.5, max_poll)
 
 
+def deploy_requests(*, endpoint: str, package_arn: str, role_arn: str, instance_type: str,
+                    instance_count: int, tags: list[dict[str, str]] | None = None
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The CreateModel and CreateEndpointConfig requests for a package (names derived)."""
+    model_name, config_name = _names(endpoint, package_arn)
+    model = {"ModelName": model_name, "ExecutionRoleArn": role_arn,
+             "PrimaryContainer": {"ModelPackageName": package_arn}, "Tags": tags or []}
+    config = {"EndpointConfigName": config_name, "Tags": tags or [],
+              "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": model_name,
+                                      "InitialInstanceCount": instance_count,
+                                      "InstanceType": instance_type}]}
+    return model, config
+
+
 def deploy_package(clients: Clients, *, endpoint: str, package_arn: str, role_arn: str,
                    instance_type: str, instance_count: int, deploy_config: dict[str, Any],
                    smoke_payload: str, timeout: float,
                    log: logging.Logger | logging.LoggerAdapter[Any],
                    tags: list[dict[str, str]] | None = None,
                    sleep: Callable[[float], None] = time.sleep) -> DeployResult:
-    model_name, config_name = _names(endpoint, package_arn)
+    model_request, config_request = deploy_requests(
+        endpoint=endpoint, package_arn=package_arn, role_arn=role_arn,
+        instance_type=instance_type, instance_count=instance_count, tags=tags)
+    model_name = model_request["ModelName"]
+    config_name = config_request["EndpointConfigName"]
     sm = clients.sagemaker
     if not _exists(sm.describe_model, ModelName=model_name):
-        sm.create_model(ModelName=model_name, ExecutionRoleArn=role_arn,
-                        PrimaryContainer={"ModelPackageName": package_arn}, Tags=tags or [])
+        sm.create_model(**model_request)
     if not _exists(sm.describe_endpoint_config, EndpointConfigName=config_name):
-        sm.create_endpoint_config(EndpointConfigName=config_name, Tags=tags or [],
-                                  ProductionVariants=[{
-                                      "VariantName": "AllTraffic", "ModelName": model_name,
-                                      "InitialInstanceCount": instance_count,
-                                      "InstanceType": instance_type}])
+        sm.create_endpoint_config(**config_request)
     try:
         current = sm.describe_endpoint(EndpointName=endpoint)
     except ClientError as exc:

@@ -159,7 +159,8 @@ def make_config(topic_arn: str, **extra: Any) -> PipelineConfig:
         "dataset_uri": f"s3://{BUCKET}/datasets/cancer/data.csv",
         "artifacts_uri": f"s3://{BUCKET}/pipeline",
         "jobs": {"role_arn": ROLE, "poll_first_seconds": 0.01, "poll_max_seconds": 0.05},
-        "endpoint": {"name": "moto-endpoint", "timeout_seconds": 30},
+        "endpoint": {"name": "moto-endpoint", "staging_name": "moto-staging",
+                     "timeout_seconds": 30},
         "notifications": {"topic_arn": topic_arn},
         **extra,
     })
@@ -207,6 +208,10 @@ def test_the_whole_flow_on_the_aws_runtime(aws: None) -> None:
     # endpoint serving a model made from that package
     endpoint = sm.describe_endpoint(EndpointName="moto-endpoint")
     assert endpoint["EndpointStatus"] == "InService"
+    # staging first, with the same package, then production
+    staging = sm.describe_endpoint(EndpointName="moto-staging")
+    assert record["staging_endpoint"]["endpoint"] == "moto-staging"
+    assert staging["CreationTime"] <= endpoint["CreationTime"]
     config = sm.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
     model = sm.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
     assert model["ExecutionRoleArn"] == ROLE

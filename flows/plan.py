@@ -1,0 +1,136 @@
+"""``sagepipe plan``: the requests a run would send, checked, without credentials.
+
+Everything that can be known before the run is computed exactly: the image tags
+(content hashes of ``containers/``), the job requests built by the same planners
+the flow uses, the registry and deploy requests. What only the run can know
+(the data's version digest, image digests, the champion) shows as a
+``<placeholder>``; names and cache keys derived from them change accordingly at
+run time. Every request is validated against botocore's service model, client
+side and for the constraints AWS checks on arrival, so a request AWS would refuse
+is reported here, before any money is spent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from botocore.exceptions import ClientError, ParamValidationError
+
+from flows.config import PipelineConfig
+from tasks.data import DataPin, parse_s3_uri
+from tasks.endpoints import deploy_requests, deployment_config
+from tasks.images import STEPS, ImageRef, content_tag
+from tasks.local.validation import validate_request
+from tasks.registry import model_package_request
+from tasks.steps import plan_evaluate, plan_preprocess, plan_train
+
+__all__ = ["PlannedCall", "build_plan"]
+
+
+@dataclass
+class PlannedCall:
+    service: str
+    operation: str
+    params: dict[str, Any]
+    when: str = "always"
+    problems: list[str] = field(default_factory=list)
+
+
+def _account(config: PipelineConfig) -> str:
+    parts = config.jobs.role_arn.split(":")
+    return parts[4] if len(parts) > 4 and parts[4].isdigit() else "<account>"
+
+
+def build_plan(config: PipelineConfig, commit: str | None = None) -> list[PlannedCall]:
+    runtime = config.runtime
+    data_bucket, data_key = parse_s3_uri(config.dataset_uri)
+    art_bucket, art_prefix = parse_s3_uri(config.artifacts_uri)
+    registry = f"{_account(config)}.dkr.ecr.{runtime.region}.amazonaws.com"
+    images = {n: ImageRef(name=n, repository=f"{config.image_repository_prefix}-{n}",
+                          tag=content_tag(config.containers_path / n), built=False,
+                          digest="sha256:<digest>",
+                          uri=f"{registry}/{config.image_repository_prefix}-{n}@sha256:<digest>")
+              for n in STEPS}
+    pin = DataPin(source_uri=config.dataset_uri, bucket=data_bucket, objects=[],
+                  digest="<data-digest>",
+                  snapshot_uri=f"s3://{art_bucket}/{art_prefix.strip('/')}/data/<data-digest>/")
+    calls = [
+        PlannedCall("s3", "GetBucketVersioning", {"Bucket": data_bucket}),
+        PlannedCall("s3", "HeadObject", {"Bucket": data_bucket, "Key": data_key}),
+        PlannedCall("s3", "CopyObject", {
+            "Bucket": art_bucket, "Key": f"{art_prefix.strip('/')}/data/<data-digest>/"
+            + data_key.rsplit("/", 1)[-1],
+            "CopySource": f"{data_bucket}/{data_key}?versionId=<version>"}),
+    ]
+    calls += [PlannedCall("ecr", "DescribeImages", {"repositoryName": i.repository,
+                                                     "imageIds": [{"imageTag": i.tag}]})
+              for i in images.values()]
+    calls.append(PlannedCall("codebuild", "StartBuild", {
+        "projectName": config.build_project, "sourceTypeOverride": "S3",
+        "sourceLocationOverride": f"{art_bucket}/{art_prefix.strip('/')}/builds/<tags>.zip",
+        "environmentVariablesOverride": [{"name": "IMAGES", "type": "PLAINTEXT", "value": " ".join(
+            f"{n}={i.repository}:{i.tag}" for n, i in images.items())}]},
+        when="only for images not yet in ECR"))
+    common: dict[str, Any] = {"project": config.project, "runtime": runtime,
+                              "artifacts_uri": config.artifacts_uri, "settings": config.jobs}
+    pre = plan_preprocess(**common, pin=pin, image=images["preprocess"],
+                          label_column=config.label_column,
+                          validation_fraction=config.split.validation_fraction,
+                          test_fraction=config.split.test_fraction, seed=config.split.seed)
+    train = plan_train(**common, splits=pre.outputs, image=images["train"],
+                       label_column=config.label_column, hyperparameters=config.hyperparameters)
+    evaluate = plan_evaluate(**common, model_uri=train.outputs["model"],
+                             champion_model_uri=None, test_uri=pre.outputs["test"],
+                             image=images["evaluate"])
+    calls += [
+        PlannedCall("sagemaker", "CreateProcessingJob", pre.request, "unless cached"),
+        PlannedCall("sagemaker", "CreateTrainingJob", train.request, "unless cached"),
+        PlannedCall("sagemaker", "DescribeEndpoint", {"EndpointName": config.endpoint.name}),
+        PlannedCall("sagemaker", "CreateProcessingJob", evaluate.request,
+                    "unless cached; with a champion input once a model is live"),
+    ]
+    package = model_package_request(
+        group=config.model_package_group, idempotency_key=train.name,
+        image=images["serve"].uri, model_data_url=train.outputs["model"],
+        evaluation_uri=evaluate.outputs["evaluation"], approval="approved",
+        description="<gate decision>", instance_type=config.endpoint.instance_type,
+        metadata={"commit": commit or "", "data_digest": "<data-digest>",
+                  "dataset_uri": config.dataset_uri, "training_job": train.name})
+    calls.append(PlannedCall("sagemaker", "CreateModelPackage", package,
+                             "Approved if the gate passes (Rejected otherwise)"))
+    package_arn = (f"arn:aws:sagemaker:{runtime.region}:{_account(config)}:model-package/"
+                   f"{config.model_package_group}/1")
+    endpoints = [config.endpoint.staging_name, config.endpoint.name]
+    for name in (e for e in endpoints if e):
+        model, endpoint_config = deploy_requests(
+            endpoint=name, package_arn=package_arn, role_arn=config.jobs.role_arn,
+            instance_type=config.endpoint.instance_type,
+            instance_count=config.endpoint.instance_count)
+        calls += [
+            PlannedCall("sagemaker", "CreateModel", model, "if the gate passes"),
+            PlannedCall("sagemaker", "CreateEndpointConfig", endpoint_config,
+                        "if the gate passes"),
+            PlannedCall("sagemaker", "CreateEndpoint", {
+                "EndpointName": name,
+                "EndpointConfigName": endpoint_config["EndpointConfigName"]},
+                "first deploy"),
+            PlannedCall("sagemaker", "UpdateEndpoint", {
+                "EndpointName": name,
+                "EndpointConfigName": endpoint_config["EndpointConfigName"],
+                "DeploymentConfig": deployment_config(
+                    config.endpoint.strategy, canary_percent=config.endpoint.canary_percent,
+                    linear_step_percent=config.endpoint.linear_step_percent,
+                    wait_seconds=config.endpoint.wait_seconds, alarms=config.endpoint.alarms)},
+                "later deploys (blue/green)"),
+        ]
+    if config.notifications.topic_arn:
+        calls.append(PlannedCall("sns", "Publish", {
+            "TopicArn": config.notifications.topic_arn,
+            "Subject": f"[sagepipe] {config.project}: <outcome>", "Message": "<run summary>"}))
+    for call in calls:
+        try:
+            validate_request(call.service, call.operation, call.params)
+        except (ParamValidationError, ClientError) as exc:
+            call.problems.append(str(exc))
+    return calls
