@@ -6,30 +6,40 @@ ones are built by one CodeBuild run (``buildspecs/build-images.yml``) whose
 source is a zip of just those folders and whose ``IMAGES`` variable lists
 ``<folder>=<repository>:<tag>``. Jobs then reference ``<repository>@<digest>``,
 which cannot move under them.
+
+The wait polls ``batch_get_builds`` with capped backoff, copies the build's new
+CloudWatch lines into the task log on every poll, and stops the build when it
+outlives the timeout or when the wait itself is interrupted.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import time
 import zipfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import ClientError
 from prefect import get_run_logger, task
+from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from .data import parse_s3_uri
 from .errors import ConfigError, ImageBuildFailed
-from .runtime import Clients, RuntimeSettings, get_clients, retry_transient
+from .jobs import LogTail
+from .runtime import Clients, RuntimeSettings, call_with_retry, get_clients, retry_transient
 
-__all__ = ["ImageRef", "build_images", "content_tag", "ensure_images"]
+__all__ = ["BUILDSPEC", "ImageRef", "build_images", "content_tag", "ensure_images"]
 
 STEPS = ("preprocess", "train", "evaluate", "serve")
+# Sent with every build, so the CodeBuild project needs no copy of it.
+BUILDSPEC = Path(__file__).resolve().parents[1] / "buildspecs" / "build-images.yml"
 
 
 class ImageRef(BaseModel):
@@ -83,7 +93,15 @@ def ensure_images(clients: Clients, *, containers_dir: Path, repository_prefix: 
                   build_project: str, artifacts_bucket: str, artifacts_prefix: str,
                   log: logging.Logger | logging.LoggerAdapter[Any],
                   timeout: float = 3600.0, names: tuple[str, ...] = STEPS,
+                  buildspec: str | None = None, run_key: str | None = None,
+                  clock: Callable[[], float] = time.monotonic,
                   sleep: Callable[[float], None] = time.sleep) -> dict[str, ImageRef]:
+    """Images for ``names`` by digest, building the missing ones in one CodeBuild run.
+
+    ``buildspec`` is sent inline (``buildspecOverride``); None uses the project's own.
+    ``run_key`` (the flow run id) goes into CodeBuild's idempotency token, so a retried
+    task re-attaches to its build while a new run starts a fresh one.
+    """
     missing_dirs = [n for n in names if not (containers_dir / n / "Dockerfile").exists()]
     if missing_dirs:
         raise ConfigError(f"{containers_dir} lacks {', '.join(missing_dirs)} (each step needs "
@@ -99,18 +117,42 @@ def ensure_images(clients: Clients, *, containers_dir: Path, repository_prefix: 
         clients.s3.put_object(Bucket=artifacts_bucket, Key=source_key,
                               Body=_zip(containers_dir, to_build))
         images = " ".join(f"{n}={repos[n]}:{tags[n]}" for n in to_build)
+        request: dict[str, Any] = {
+            "projectName": build_project, "sourceTypeOverride": "S3",
+            "sourceLocationOverride": f"{artifacts_bucket}/{source_key}",
+            "environmentVariablesOverride": [{"name": "IMAGES", "value": images,
+                                              "type": "PLAINTEXT"}],
+            # docker build needs CodeBuild's privileged mode; without it the daemon is absent
+            "privilegedModeOverride": True,
+        }
+        if buildspec is not None:
+            request["buildspecOverride"] = buildspec
+        # Prefect may retry this task while the build still runs: CodeBuild answers a
+        # repeated token (valid 5 minutes) with the same build instead of a second one.
+        # The run key keeps a new run from being handed an earlier run's failed build.
+        request["idempotencyToken"] = hashlib.sha256(
+            json.dumps([request, run_key], sort_keys=True).encode()).hexdigest()[:32]
         log.info("Building %s with CodeBuild project %s", ", ".join(to_build), build_project)
-        build = clients.codebuild.start_build(
-            projectName=build_project, sourceTypeOverride="S3",
-            sourceLocationOverride=f"{artifacts_bucket}/{source_key}",
-            environmentVariablesOverride=[{"name": "IMAGES", "value": images,
-                                           "type": "PLAINTEXT"}])["build"]
-        _wait_build(clients, build["id"], log=log, timeout=timeout, sleep=sleep)
+        build_id = clients.codebuild.start_build(**request)["build"]["id"]
+        log.info("Started image build %s", build_id)
+        build = _wait_build(clients, build_id, log=log, timeout=timeout, clock=clock,
+                            sleep=sleep)
+        digests.update({n: _find(clients, repos[n], tags[n]) for n in to_build})
+        missing = [f"{repos[n]}:{tags[n]}" for n in to_build if digests[n] is None]
+        if build["buildStatus"] != "SUCCEEDED":
+            if missing:
+                raise ImageBuildFailed(f"Image build {build_id} ended {build['buildStatus']}: "
+                                       f"{_failure_reason(build)}. The build's log is above.")
+            # An earlier attempt's build, left running when its waiter failed, pushed the
+            # same tags first; immutable tags then fail this push. The content is the same.
+            log.warning("Image build %s ended %s, but every image it was to push is in the "
+                        "registry (pushed by another build of the same content); using them",
+                        build_id, build["buildStatus"])
+        elif missing:
+            raise ImageBuildFailed(f"Build {build_id} succeeded but {', '.join(missing)} "
+                                   "is not in the registry; check the buildspec's push.")
         for n in to_build:
-            digests[n] = _find(clients, repos[n], tags[n])
-            if digests[n] is None:
-                raise ImageBuildFailed(f"Build {build['id']} succeeded but {repos[n]}:{tags[n]} "
-                                       "is not in the registry; check the buildspec's push.")
+            log.info("Built %s:%s as %s", repos[n], tags[n], digests[n])
     registry = clients.ecr.describe_repositories(repositoryNames=[repos[names[0]]])
     host = registry["repositories"][0]["repositoryUri"].split("/", 1)[0]
     return {n: ImageRef(name=n, repository=repos[n], tag=tags[n], digest=str(digests[n]),
@@ -118,39 +160,114 @@ def ensure_images(clients: Clients, *, containers_dir: Path, repository_prefix: 
             for n in names}
 
 
+class _OneStream:
+    """A logs client that lists exactly one stream, so LogTail can follow a build.
+
+    LogTail finds a SageMaker job's streams by the prefix ``<job>/``; a CodeBuild
+    build writes one stream, named by the build id's UUID part, which
+    batch_get_builds reports. Paging (nextToken, CloudWatch repeating the token at
+    the end of a stream, a stream not created yet) stays LogTail's job.
+    """
+
+    def __init__(self, logs: Any, stream: str) -> None:
+        self.logs, self.stream = logs, stream
+
+    def describe_log_streams(self, **_: Any) -> dict[str, Any]:
+        return {"logStreams": [{"logStreamName": self.stream}]}
+
+    def get_log_events(self, **params: Any) -> dict[str, Any]:
+        return dict(self.logs.get_log_events(**params))
+
+
+class _BuildLog:
+    """Copies a build's new CloudWatch lines into the task log on every poll."""
+
+    def __init__(self, clients: Clients, emit: Callable[[str], None], *,
+                 log: logging.Logger | logging.LoggerAdapter[Any],
+                 sleep: Callable[[float], None]) -> None:
+        self.clients, self.emit, self.log, self.sleep = clients, emit, log, sleep
+        self.tail: LogTail | None = None
+
+    def poll(self, build: dict[str, Any]) -> None:
+        if self.tail is None:
+            # groupName/streamName appear once the build leaves the queue (and never
+            # when the project has CloudWatch logs disabled).
+            logs = build.get("logs") or {}
+            group, stream = logs.get("groupName"), logs.get("streamName")
+            if not group or not stream:
+                return
+            one = replace(self.clients, logs=_OneStream(self.clients.logs, stream))
+            self.tail = LogTail(one, group, stream, self.emit, log=self.log, sleep=self.sleep)
+        self.tail.poll()
+
+
+_FIRST_POLL, _MAX_POLL, _FACTOR = 5.0, 30.0, 1.5
+_FAILED_PHASE = ("FAILED", "FAULT", "TIMED_OUT", "STOPPED")
+
+
 def _wait_build(clients: Clients, build_id: str, *,
                 log: logging.Logger | logging.LoggerAdapter[Any], timeout: float,
-                sleep: Callable[[float], None]) -> None:
-    start, interval = time.monotonic(), 5.0
-    while True:
-        build = clients.codebuild.batch_get_builds(ids=[build_id])["builds"][0]
-        if build.get("buildComplete") or build["buildStatus"] != "IN_PROGRESS":
-            break
-        if time.monotonic() - start > timeout:
-            clients.codebuild.stop_build(id=build_id)
-            raise ImageBuildFailed(f"Image build {build_id} still running after {timeout:.0f} s;"
-                                   " it was stopped.")
-        sleep(interval)
-        interval = min(interval * 1.5, 30.0)
-    logs = build.get("logs", {})
-    if logs.get("groupName"):
-        _copy_build_log(clients, logs["groupName"], logs["streamName"], log)
-    if build["buildStatus"] != "SUCCEEDED":
-        contexts = [c.get("message", "") for p in build.get("phases", [])
-                    for c in p.get("contexts", []) if c.get("message")]
-        raise ImageBuildFailed(f"Image build {build_id} ended {build['buildStatus']}: "
-                               f"{'; '.join(contexts) or 'see the CodeBuild log'}")
-
-
-def _copy_build_log(clients: Clients, group: str, stream: str,
-                    log: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+                clock: Callable[[], float], sleep: Callable[[float], None]) -> dict[str, Any]:
+    """The ended build: poll with capped backoff, tailing the log; stop the build on
+    timeout or interruption."""
+    tail = _BuildLog(clients, lambda line: log.info("[codebuild] %s", line.rstrip("\n")),
+                     log=log, sleep=sleep)
+    started, interval = clock(), _FIRST_POLL
     try:
-        events = clients.logs.get_log_events(logGroupName=group, logStreamName=stream,
-                                             startFromHead=True)["events"]
-    except ClientError:
-        return
-    for event in events:
-        log.info("[codebuild] %s", event["message"])
+        while True:
+            found = call_with_retry(clients.codebuild.batch_get_builds, ids=[build_id],
+                                    log=log, sleep=sleep)["builds"]
+            if not found:
+                raise ImageBuildFailed(f"Image build {build_id} disappeared while being "
+                                       "watched; run the pipeline again.")
+            build: dict[str, Any] = found[0]
+            tail.poll(build)
+            if build.get("buildComplete") or build["buildStatus"] != "IN_PROGRESS":
+                return build
+            waited = clock() - started
+            if waited >= timeout:
+                _stop_build(clients, build_id, log)
+                raise ImageBuildFailed(f"Image build {build_id} still running after "
+                                       f"{waited:.0f} s, the timeout; it was stopped. Its log "
+                                       "is above; give the build more time if it needs it.")
+            sleep(min(interval, max(timeout - waited, 0.0)))
+            interval = min(interval * _FACTOR, _MAX_POLL)
+    except Exception:
+        # the waiter failed (network, AWS error), not the build: leave it running, so the
+        # retried task finds its images pushed, or re-attaches through the token
+        raise
+    except BaseException:
+        # interrupted: a cancelled flow run (TerminationSignal), Ctrl-C
+        try:
+            if _stop_build(clients, build_id, log):
+                log.warning("Stopped image build %s because its wait was interrupted",
+                            build_id)
+        except Exception:  # never mask the interruption itself
+            log.exception("Could not stop image build %s", build_id)
+        raise
+
+
+def _failure_reason(build: dict[str, Any]) -> str:
+    """The failing phases with CodeBuild's context messages (e.g. the command's exit status)."""
+    reasons = []
+    for phase in build.get("phases", []):
+        if phase.get("phaseStatus") not in _FAILED_PHASE:
+            continue
+        messages = [f"{c['statusCode']}: {c['message']}" if c.get("statusCode") else c["message"]
+                    for c in phase.get("contexts", []) if c.get("message")]
+        reasons.append(f"{phase['phaseType']} phase {phase['phaseStatus']}"
+                       + (f" ({'; '.join(messages)})" if messages else ""))
+    return "; ".join(reasons) or "no phase reported a reason"
+
+
+def _stop_build(clients: Clients, build_id: str,
+                log: logging.Logger | logging.LoggerAdapter[Any]) -> bool:
+    try:
+        clients.codebuild.stop_build(id=build_id)
+    except ClientError as exc:  # it may have ended between the poll and the stop
+        log.warning("Could not stop image build %s: %s", build_id, exc)
+        return False
+    return True
 
 
 @task(name="build-images", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_transient)
@@ -161,4 +278,6 @@ def build_images(runtime: RuntimeSettings, containers_dir: str, repository_prefi
     return ensure_images(get_clients(runtime), containers_dir=Path(containers_dir),
                          repository_prefix=repository_prefix, build_project=build_project,
                          artifacts_bucket=bucket, artifacts_prefix=prefix,
+                         buildspec=BUILDSPEC.read_text() if BUILDSPEC.is_file() else None,
+                         run_key=flow_run.get_id(),
                          log=get_run_logger())
