@@ -101,7 +101,17 @@ def run(env: str = EnvOption, set_: list[str] = SetOption,
             return
         typer.echo(f"Endpoint {endpoint} answers: {answer.strip()}" if not sample else
                    f"Endpoint {endpoint} is live; sample prediction: {answer.strip()}")
-        typer.echo(f"Try: sagepipe invoke {endpoint} - <<< '{rows.splitlines()[0]}'")
+        typer.echo(f"Try: {_me()} invoke {endpoint} - <<< '{rows.splitlines()[0]}'")
+
+
+def _me() -> str:
+    """How the user can call this command again: `sagepipe` if on PATH, else its path."""
+    import shutil
+
+    found = shutil.which("sagepipe")
+    if found and Path(found).resolve() == Path(sys.argv[0]).resolve():
+        return "sagepipe"
+    return os.path.relpath(sys.argv[0])
 
 
 def _sample_rows(config: PipelineConfig) -> str:
