@@ -49,6 +49,22 @@ print("processed", len(text), "bytes")
 '''
 
 
+def training_request(image: str, name: str, **hps: str) -> dict[str, Any]:
+    """A valid CreateTrainingJob request for the fake ``train`` image reading s3://bkt/in/."""
+    return {
+        "TrainingJobName": name,
+        "RoleArn": "arn:aws:iam::000000000000:role/sm",
+        "AlgorithmSpecification": {"TrainingImage": image, "TrainingInputMode": "File"},
+        "HyperParameters": hps,
+        "InputDataConfig": [{"ChannelName": "train", "DataSource": {"S3DataSource": {
+            "S3DataType": "S3Prefix", "S3Uri": "s3://bkt/in/"}}}],
+        "OutputDataConfig": {"S3OutputPath": "s3://bkt/models"},
+        "ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1,
+                           "VolumeSizeInGB": 1},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 600},
+    }
+
+
 @pytest.fixture()
 def fake_runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     """Local clients under tmp_path with images ``train`` and ``process`` and bucket ``bkt``."""
@@ -70,5 +86,6 @@ def fake_runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[di
     s3.create_bucket(Bucket="bkt")
     s3.put_object(Bucket="bkt", Key="in/data.csv", Body=b"a,b\n1,2\n3,4\n")
     yield {"clients": clients, "sm": clients["sagemaker"], "s3": s3, "images": images,
-           "root": root}
+           "root": root, "training_request": lambda name, **hps: training_request(
+               images["train"], name, **hps)}
     teardown(root)

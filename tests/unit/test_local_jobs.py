@@ -20,19 +20,7 @@ def env(fake_runtime: dict[str, Any]) -> dict[str, Any]:
 
 
 def training_request(env: dict[str, Any], name: str, **hps: str) -> dict[str, Any]:
-    return {
-        "TrainingJobName": name,
-        "RoleArn": "arn:aws:iam::000000000000:role/sm",
-        "AlgorithmSpecification": {"TrainingImage": env["images"]["train"],
-                                   "TrainingInputMode": "File"},
-        "HyperParameters": hps,
-        "InputDataConfig": [{"ChannelName": "train", "DataSource": {"S3DataSource": {
-            "S3DataType": "S3Prefix", "S3Uri": "s3://bkt/in/"}}}],
-        "OutputDataConfig": {"S3OutputPath": "s3://bkt/models"},
-        "ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1,
-                           "VolumeSizeInGB": 1},
-        "StoppingCondition": {"MaxRuntimeInSeconds": 600},
-    }
+    return dict(env["training_request"](name, **hps))
 
 
 def wait(sm: Any, name: str, timeout: float = 60) -> dict[str, Any]:

@@ -24,18 +24,7 @@ def clients_of(env: dict[str, Any]) -> Clients:
 
 
 def request(env: dict[str, Any], name: str, **hps: str) -> dict[str, Any]:
-    return {
-        "TrainingJobName": name, "RoleArn": "arn:aws:iam::000000000000:role/sm",
-        "AlgorithmSpecification": {"TrainingImage": env["images"]["train"],
-                                   "TrainingInputMode": "File"},
-        "HyperParameters": hps,
-        "InputDataConfig": [{"ChannelName": "train", "DataSource": {"S3DataSource": {
-            "S3DataType": "S3Prefix", "S3Uri": "s3://bkt/in/"}}}],
-        "OutputDataConfig": {"S3OutputPath": "s3://bkt/models"},
-        "ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1,
-                           "VolumeSizeInGB": 1},
-        "StoppingCondition": {"MaxRuntimeInSeconds": 600},
-    }
+    return dict(env["training_request"](name, **hps))
 
 
 @pytest.mark.parametrize("prefix,step", [("sagepipe-demo", "train"),
