@@ -282,6 +282,7 @@ def config(env: str = EnvOption, set_: list[str] = SetOption) -> None:
 
 def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     try:
         app()
     except PipelineError as exc:  # config and data errors are the user's to fix: no traceback
