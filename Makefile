@@ -32,9 +32,76 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+## infra-check: cfn-lint (no errors, no warnings) and checkov (no failed check) on infra/
+# checkov pins a boto3 the project cannot use, so it lives in a venv of its own,
+# installed from PyPI on first use. --skip-download: no call to Prisma Cloud.
+CHECKOV_VERSION := 3.3.30
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
+.PHONY: infra-check
+
+$(CHECKOV_STAMP):
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install --quiet 'checkov==$(CHECKOV_VERSION)'
+	touch $@
+
+infra-check: $(STAMP) $(CHECKOV_STAMP)
+	$(BIN)/cfn-lint --non-zero-exit-code warning infra/*.yaml
+	$(CHECKOV_VENV)/bin/checkov --directory infra --framework cloudformation --skip-download \
+		--quiet --compact
+
+## bench: what the pipeline costs vs the bare scripts and Metaflow (bench/README.md);
+## writes bench/results/latest.json and prints a table. BENCH_QUICK=1: a fast smoke run.
+# Metaflow is the benchmark's peer, never a project dependency: it gets a venv of its
+# own, with the container scripts' packages at the project venv's exact versions.
+BENCH_VENV := bench/.venv-metaflow
+BENCH_STAMP := $(BENCH_VENV)/.installed
+.PHONY: bench
+
+$(BENCH_STAMP): bench/peers/requirements.txt $(STAMP)
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
+	$(BIN)/pip freeze --exclude-editable > $(BENCH_VENV)/constraints.txt
+	$(BENCH_VENV)/bin/pip install --quiet -c $(BENCH_VENV)/constraints.txt \
+		-r bench/peers/requirements.txt
+	touch $@
+
+bench: $(STAMP) $(BENCH_STAMP)
+	$(BIN)/python -m bench
+
+## prefect-up: a local Prefect server (http://127.0.0.1:4200) and a process worker for the
+## sagepipe-local pool; logs, pids and its database under .sagepipe/prefect/
+## prefect-down: stop them
+.PHONY: prefect-up prefect-down lambda
+prefect-up: $(STAMP)
+	$(BIN)/sagepipe server up
+
+prefect-down: $(STAMP)
+	$(BIN)/sagepipe server down
+
+## lambda: build/trigger-lambda.zip, the CodePipeline trigger (handler: handler.handler)
+lambda:
+	$(PYTHON) deployments/trigger/build.py --output build/trigger-lambda.zip
+
+## screenshot: check that the run record's plots render in the Prefect UI: a local Prefect
+## server, two pipeline runs, headless Chromium (Debian's chromium, installed here if
+## missing); screenshots in build/screenshots/ (run-record.png, run-record-v2.png, ...)
+# Every step has a deadline, so CI cannot hang here.
+SCREENSHOT_TIMEOUT ?= 1200
+.PHONY: screenshot
+screenshot: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "Installing Debian's chromium with apt-get"; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		timeout 600 $$SUDO apt-get update -qq && \
+		timeout 900 $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	SAGEPIPE_SCREENSHOT=1 timeout --kill-after=30 $(SCREENSHOT_TIMEOUT) \
+		$(BIN)/python -m pytest -q tests/ui
+
 ## down: stop local endpoints and jobs
 down: $(STAMP)
 	$(BIN)/sagepipe down
 
-clean: down
+clean: down prefect-down
 	rm -rf .sagepipe

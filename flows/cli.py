@@ -6,6 +6,8 @@
     sagepipe data push <file> | --example      sagepipe data versions
     sagepipe logs <job>
     sagepipe down
+    sagepipe trigger [ml-pipeline/local] [--set key=value] [--commit SHA] [--idempotency-key K]
+    sagepipe server up [--port 4200] | down
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import typer
 import yaml
 
@@ -32,6 +36,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="From git push to a safely deployed SageMaker endpoint.")
 data_app = typer.Typer(no_args_is_help=True, help="Dataset versions.")
 app.add_typer(data_app, name="data")
+server_app = typer.Typer(no_args_is_help=True,
+                        help="A local Prefect server and process worker for deployments.")
+app.add_typer(server_app, name="server")
 
 EnvOption = typer.Option("local", "--env", "-e",
                          help="settings in deployments/settings/<env>.yaml, or a YAML path")
@@ -278,6 +285,91 @@ def config(env: str = EnvOption, set_: list[str] = SetOption) -> None:
         typer.echo(json.dumps(_config(env, set_).model_dump(), indent=2))
     except PipelineError as exc:
         _fail(str(exc), 2)
+
+
+@app.command()
+def trigger(deployment: str = typer.Argument("ml-pipeline/local",
+                                             help="<flow>/<deployment> to run"),
+            set_: list[str] = SetOption,
+            commit: str = typer.Option(None, help="the commit (default: $GITHUB_SHA or "
+                                                  "$CI_COMMIT_SHA when set)"),
+            force: bool = typer.Option(False, help="ignore cached steps"),
+            idempotency_key: str = typer.Option(
+                None, help="one flow run per key: a retried CI job that passes the same key "
+                           "follows the same run, e.g. \"gh-$GITHUB_RUN_ID\""),
+            timeout: float = typer.Option(6 * 3600, help="stop following after this many "
+                                                         "seconds (exit 3; the run goes on)"),
+            poll: float = typer.Option(5.0, help="seconds between state checks"),
+            follow: bool = typer.Option(True, help="wait for the end (else print the run "
+                                                   "and exit 0)")) -> None:
+    """Start a deployment's flow run on the Prefect API and follow it: for any CI.
+
+    Exit code: 0 completed; 1 failed, crashed or cancelled; 2 bad input or no API; 3 still
+    running at --timeout; 4 the API went away while following. --set changes the
+    deployment's config key by key.
+    """
+    from prefect.settings import get_current_settings
+
+    from flows.trigger import follow_run, read_outcome, start_run
+
+    sha = commit or os.environ.get("GITHUB_SHA") or os.environ.get("CI_COMMIT_SHA")
+    try:
+        run = start_run(deployment, overrides=_overrides(set_), commit=sha, force=force,
+                        idempotency_key=idempotency_key)
+    except PipelineError as exc:
+        _fail(str(exc), 2)
+    except httpx.HTTPError as exc:
+        _fail(f"Could not reach the Prefect API at {get_current_settings().api.url}: {exc}", 2)
+    typer.echo(f"Flow run {run.name} ({run.id}) of {deployment}"
+               + (f" for commit {sha}" if sha else ""))
+    if not follow:
+        return
+
+    def show(current: Any) -> None:
+        typer.echo(f"  {time.strftime('%H:%M:%S')} {current.state.name if current.state else '?'}")
+
+    try:
+        followed = follow_run(run.id, timeout=timeout, poll=poll, on_change=show)
+    except httpx.HTTPError as exc:
+        _fail(f"Lost the Prefect API while following flow run {run.id}: {exc}", 4)
+    link = f" {followed.url}" if followed.url else ""
+    if not followed.finished:
+        _fail(f"Still {followed.state_name} after {timeout:.0f} s; not following any longer."
+              f"{link}", 3)
+    if not followed.completed:
+        _fail(f"Flow run {run.name} ended {followed.state_name}: {followed.message}{link}", 1)
+    outcome = read_outcome(run.id)
+    summary = outcome.get("summary") or "no outcome recorded"
+    typer.secho(f"Flow run {run.name} completed: {summary}{link}", fg=typer.colors.GREEN)
+    for key in ("outcome", "decision", "model_package_arn", "endpoint"):
+        if outcome.get(key):
+            typer.echo(f"  {key}: {outcome[key]}")
+
+
+@server_app.command("up")
+def server_up(port: int = typer.Option(4200, help="the API and UI port on 127.0.0.1"),
+              poll: float = typer.Option(5.0, help="seconds between the worker's polls"),
+              ui: bool = typer.Option(True, help="serve the Prefect UI")) -> None:
+    """Start a local Prefect server and a process worker for the `sagepipe-local` pool."""
+    from flows.server import DEFAULT_DIR, up
+
+    server = up(DEFAULT_DIR, port=port, poll_seconds=poll, ui=ui)
+    typer.echo(f"Prefect server {server.api_url} (pid {server.server_pid}), worker for "
+               f"{server.pool} (pid {server.worker_pid}); logs in {DEFAULT_DIR}.\n"
+               f"UI: {server.ui_url}\nNext:\n  export PREFECT_API_URL={server.api_url}\n"
+               "  prefect deploy --prefect-file deployments/prefect.yaml --name "
+               "ml-pipeline/local\n  prefect deployment run 'ml-pipeline/local'")
+
+
+@server_app.command("down")
+def server_down() -> None:
+    """Stop the local Prefect server and worker started by `sagepipe server up`."""
+    from flows.server import DEFAULT_DIR, down
+
+    stopped = down(DEFAULT_DIR)
+    typer.echo("No local Prefect server was running." if stopped is None else
+               f"Stopped the worker (pid {stopped.worker_pid}) and the server "
+               f"(pid {stopped.server_pid}) at {stopped.api_url}.")
 
 
 def main() -> None:

@@ -21,7 +21,8 @@ from prefect.input import RunInput
 from prefect.utilities.urls import url_for
 
 from flows.config import PipelineConfig
-from flows.report import publish_artifacts
+from flows.report import collect_plots, publish_artifacts
+from flows.trigger import publish_outcome
 from tasks.data import pin_data
 from tasks.endpoints import deploy_model
 from tasks.errors import DeployRolledBack, PipelineError
@@ -56,7 +57,9 @@ def _stop_jobs_of_run(flow: Any, flow_run: Any, state: Any) -> None:
     clients = get_clients(config.runtime)
     for kind, lister in ((TRAINING, clients.sagemaker.list_training_jobs),
                          (PROCESSING, clients.sagemaker.list_processing_jobs)):
-        params: dict[str, Any] = {"StatusEquals": "InProgress", "MaxResults": 100}
+        # only this project's jobs: ListTags on other projects' jobs is not granted
+        params: dict[str, Any] = {"StatusEquals": "InProgress", "MaxResults": 100,
+                                  "NameContains": config.project}
         while True:
             page = lister(**params)
             for summary in page[f"{kind.noun}JobSummaries"]:
@@ -236,11 +239,13 @@ def _finish(config: PipelineConfig, record: dict[str, Any], topic: str | None,
                                     endpoint=config.endpoint.name if outcome == "deployed"
                                     else None, group=config.model_package_group,
                                     flow_run_url=record.get("flow_run_url"))
+    images = collect_plots(config, record)  # also puts the plots' URIs into the record
     record["record_uri"] = save_run_record(config.runtime, config.artifacts_uri,
                                            record["run_id"], record)
-    publish_artifacts(record)
+    publish_artifacts(record, images)
     summary = _summary(record)
     record["summary"] = summary
+    publish_outcome(record, config.endpoint.name)  # what CI reads: sagepipe trigger, the Lambda
     notify(config.runtime, topic, outcome, project=config.project, summary=summary,
            details={k: record.get(k) for k in ("run_id", "commit", "decision", "model_package",
                                                "endpoint", "error", "links")})

@@ -1,15 +1,30 @@
-"""The run record as Prefect artifacts: a readable page and a metrics table."""
+"""The run record as Prefect artifacts: a readable page with its plots, and a metrics table.
+
+The plots (ROC curves, confusion matrix, metric history; see :mod:`tasks.plots`) sit inside
+the run record's markdown as ``data:`` URI images. Both of Prefect 3.9's UIs render them
+(v1 turns a markdown image into a plain ``<img>``; v2 allows ``data:image/`` sources
+explicitly), so they show whether the outputs live in the local runtime's store or in a
+private S3 bucket, and for as long as the artifact exists. ``make screenshot`` checks it.
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-__all__ = ["metrics_rows", "publish_artifacts", "record_markdown"]
+from flows.config import PipelineConfig
+from tasks.plots import draw_plots
+
+__all__ = ["PLOT_TITLES", "collect_plots", "metrics_rows", "publish_artifacts",
+           "record_markdown"]
 
 METRICS = ("roc_auc", "accuracy", "f1", "log_loss")
+PLOT_TITLES = {"roc": "ROC curves, new vs live model",
+               "confusion_matrix": "Confusion matrix",
+               "metric_history": "Metric history of the model versions"}
 
 
 def metrics_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -26,7 +41,44 @@ def metrics_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def record_markdown(record: dict[str, Any]) -> str:
+def collect_plots(config: PipelineConfig, record: dict[str, Any]) -> dict[str, str]:
+    """Draw and store the run's plots (URIs into ``record["plots"]``); name -> data URI.
+
+    Only runs that evaluated a model have plots. A plot that cannot be drawn is logged and
+    left out: pictures never fail a run.
+    """
+    evaluation = record.get("evaluation")
+    evaluation_uri = (((record.get("steps") or {}).get("evaluate") or {}).get("outputs")
+                      or {}).get("evaluation")
+    if not evaluation or not evaluation_uri:
+        return {}
+    package = (record.get("model_package") or {}).get("arn")
+    champion = (record.get("champion") or {}).get("package_arn")
+    live = package if record.get("outcome") == "deployed" else champion
+    run_uri = f"{config.artifacts_uri.rstrip('/')}/runs/{record['run_id']}"
+    try:
+        plots = draw_plots(config.runtime, evaluation_uri=evaluation_uri, evaluation=evaluation,
+                           group=config.model_package_group, metric=config.gate.metric,
+                           threshold=config.gate.threshold, live_arn=live,
+                           current_arn=package, run_uri=run_uri)
+    except Exception as exc:
+        get_run_logger().warning("No plots for this run: %s: %s", type(exc).__name__, exc)
+        return {}
+    record["plots"] = plots.uris
+    return plots.images
+
+
+def plots_markdown(record: dict[str, Any], images: dict[str, str]) -> list[str]:
+    lines = ["## Plots", ""]
+    for name, image in images.items():
+        title = PLOT_TITLES.get(name, name)
+        lines += [f"### {title}", "", f"![{title}]({image})", ""]
+        if (record.get("plots") or {}).get(name):
+            lines += [f"Full size: `{record['plots'][name]}`", ""]
+    return lines
+
+
+def record_markdown(record: dict[str, Any], images: dict[str, str] | None = None) -> str:
     lines = [f"# Run {record.get('run_name') or record['run_id']}: **{record['outcome']}**", ""]
     if record.get("summary"):
         lines += [record["summary"], ""]
@@ -58,6 +110,8 @@ def record_markdown(record: dict[str, Any]) -> str:
         lines += [f"| {r['metric']} | {r['challenger (new)']} | {r['champion (live)']} | "
                   f"{r['difference']} |" for r in rows]
         lines.append("")
+    if images:
+        lines += plots_markdown(record, images)
     decision = record.get("decision")
     if decision:
         lines += ["## Gate", ""] + [f"- {reason}" for reason in decision.get("reasons", [])]
@@ -76,9 +130,11 @@ def record_markdown(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def publish_artifacts(record: dict[str, Any]) -> None:
+def publish_artifacts(record: dict[str, Any], images: dict[str, str] | None = None) -> None:
+    """The run record (with ``images``: plot name -> data URI) and the metrics table."""
     project = record["project"]
-    create_markdown_artifact(markdown=record_markdown(record), key=f"{project}-run-record",
+    create_markdown_artifact(markdown=record_markdown(record, images),
+                             key=f"{project}-run-record",
                              description=f"sagepipe run record: {record['outcome']}")
     rows = metrics_rows(record)
     if rows:

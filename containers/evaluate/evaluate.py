@@ -6,6 +6,12 @@ data: then it is reported, not fatal, so the gate can decide. The output also ca
 challenger's metrics in the SageMaker Model Registry "ModelQuality" format, so the
 register step can attach them to the model package unchanged.
 
+Next to evaluation.json go the pictures people look at before trusting the gate: roc.png
+(the ROC curves of both models on this test split), confusion_matrix.png, and curves.json
+(the numbers behind them, so a notebook can re-draw them). They are drawn with matplotlib's
+Agg canvas (no display, no pyplot state). A plot that cannot be drawn is reported in
+evaluation.json ("plots_error"), not fatal: the gate needs the numbers, not the pictures.
+
 Failures go to {SAGEMAKER_BASE_DIR}/output/failure (and output/message, which Processing
 jobs report as ExitMessage), exit code 1.
 """
@@ -26,6 +32,8 @@ from typing import Any
 import joblib
 import numpy as np
 import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from sklearn.metrics import (
     accuracy_score,
     confusion_matrix,
@@ -34,7 +42,14 @@ from sklearn.metrics import (
     precision_score,
     recall_score,
     roc_auc_score,
+    roc_curve,
 )
+
+PLOT_FILES = {"roc": "roc.png", "confusion_matrix": "confusion_matrix.png",
+              "curves": "curves.json"}
+ROLES = {"challenger": ("challenger (new)", "tab:blue"), "champion": ("champion (live)",
+                                                                     "tab:orange")}
+MAX_CURVE_POINTS = 2000  # curves.json stays small on big test sets
 
 
 class DataError(Exception):
@@ -54,6 +69,8 @@ class Scores:
     metrics: dict[str, float]
     labels: np.ndarray
     predicted: np.ndarray
+    positive_proba: np.ndarray  # the model's probability of classes[1], for the ROC curve
+    classes: np.ndarray
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -146,7 +163,7 @@ def score(model: Model, test: pd.DataFrame, role: str) -> Scores:
         "f1": float(f1_score(labels, predicted, pos_label=positive)),
         "log_loss": float(log_loss(labels, proba, labels=classes)),
     }
-    return Scores(metrics, labels, predicted)
+    return Scores(metrics, labels, predicted, proba[:, 1], classes)
 
 
 def model_quality(model: Model, scores: Scores) -> dict[str, Any]:
@@ -174,18 +191,83 @@ def model_quality(model: Model, scores: Scores) -> dict[str, Any]:
     }
 
 
+def curves(scored: dict[str, Scores]) -> dict[str, Any]:
+    """ROC points and confusion matrices of each scored model: what the plots show."""
+    result: dict[str, Any] = {"roc": {}, "confusion_matrix": {}}
+    for role, scores in scored.items():
+        positive = scores.classes[1]
+        fpr, tpr, _ = roc_curve(scores.labels == positive, scores.positive_proba)
+        if len(fpr) > MAX_CURVE_POINTS:
+            keep = np.unique(np.linspace(0, len(fpr) - 1, MAX_CURVE_POINTS).astype(int))
+            fpr, tpr = fpr[keep], tpr[keep]
+        result["roc"][role] = {"fpr": np.round(fpr, 5).tolist(), "tpr": np.round(tpr, 5).tolist(),
+                               "auc": scores.metrics["roc_auc"]}
+        matrix = confusion_matrix(scores.labels, scores.predicted, labels=scores.classes)
+        result["confusion_matrix"][role] = {"labels": [str(c) for c in scores.classes.tolist()],
+                                            "counts": matrix.astype(int).tolist()}
+    return result
+
+
+def save_png(figure: Figure, path: Path) -> None:
+    FigureCanvasAgg(figure).print_png(str(path))
+
+
+def roc_figure(roc: dict[str, Any], test_rows: int) -> Figure:
+    figure = Figure(figsize=(5.6, 4.6), dpi=110, layout="constrained")
+    ax = figure.subplots()
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="chance")
+    for role, curve in roc.items():
+        name, color = ROLES[role]
+        ax.plot(curve["fpr"], curve["tpr"], color=color, linewidth=2,
+                label=f"{name}: AUC {curve['auc']:.4f}")
+    # a little room past 0 and 1: a perfect model's curve runs along the axes
+    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.02), xlabel="false positive rate",
+           ylabel="true positive rate", title=f"ROC on the same test split ({test_rows} rows)")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    return figure
+
+
+def confusion_figure(matrices: dict[str, Any]) -> Figure:
+    figure = Figure(figsize=(4.2 * len(matrices), 4.0), dpi=110, layout="constrained")
+    for ax, (role, matrix) in zip(np.atleast_1d(figure.subplots(1, len(matrices))),
+                                  matrices.items(), strict=True):
+        counts = np.asarray(matrix["counts"])
+        ax.imshow(counts, cmap="Blues", vmin=0)
+        labels = matrix["labels"]
+        ax.set(xticks=range(len(labels)), yticks=range(len(labels)), xticklabels=labels,
+               yticklabels=labels, xlabel="predicted", ylabel="actual", title=ROLES[role][0])
+        for (i, j), n in np.ndenumerate(counts):
+            ax.text(j, i, str(n), ha="center", va="center", fontsize=13,
+                    color="white" if n > counts.max() / 2 else "black")
+    figure.suptitle("Confusion matrix on the test split")
+    return figure
+
+
+def write_plots(scored: dict[str, Scores], test_rows: int, output_dir: Path) -> dict[str, str]:
+    """roc.png, confusion_matrix.png and curves.json in output_dir; returns their names."""
+    data = curves(scored)
+    (output_dir / PLOT_FILES["curves"]).write_text(json.dumps(data) + "\n")
+    save_png(roc_figure(data["roc"], test_rows), output_dir / PLOT_FILES["roc"])
+    save_png(confusion_figure(data["confusion_matrix"]),
+             output_dir / PLOT_FILES["confusion_matrix"])
+    return dict(PLOT_FILES)
+
+
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     test = read_test(args.test_dir)
     with tempfile.TemporaryDirectory(prefix="evaluate-") as tmp:
         challenger = load_model(args.model_dir, Path(tmp), "challenger")
         challenger_scores = score(challenger, test, "challenger")
+        scored = {"challenger": challenger_scores}
         champion_metrics, champion_error = None, None
         if is_empty(args.champion_dir):
             print("no champion model: scoring the challenger only", flush=True)
         else:
             try:
                 champion = load_model(args.champion_dir, Path(tmp), "champion")
-                champion_metrics = score(champion, test, "champion").metrics
+                scored["champion"] = score(champion, test, "champion")
+                champion_metrics = scored["champion"].metrics
             except Exception as e:  # a champion that cannot score is a finding, not a crash
                 champion_error = str(e) if isinstance(e, DataError) else f"{type(e).__name__}: {e}"
                 print(f"champion not scored: {champion_error}", flush=True)
@@ -201,6 +283,12 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         for name, value in (result[role] or {}).items():
             print(f"{role}:{name}={value:.4f};", flush=True)
     args.output_dir.mkdir(parents=True, exist_ok=True)
+    result.update(plots={}, plots_error=None)
+    try:
+        result["plots"] = write_plots(scored, len(test), args.output_dir)
+    except Exception as e:  # pictures are for people; the gate needs only the numbers
+        result["plots_error"] = f"{type(e).__name__}: {e}"
+        print(f"plots not drawn: {result['plots_error']}", flush=True)
     (args.output_dir / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 

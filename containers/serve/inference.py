@@ -78,7 +78,15 @@ def _parse_csv(body: bytes) -> np.ndarray:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise RequestError("The CSV body is not valid UTF-8 text.") from None
-    rows = [line.split(",") for line in text.splitlines() if line.strip()]
+    lines = [line for line in text.splitlines() if line.strip()]
+    try:
+        # numpy's C parser takes half the time of a Python split per value (100-row
+        # batches, bench/); what it refuses goes through the checks below, which accept
+        # what float() accepts and say exactly what is wrong with the rest
+        return np.loadtxt(lines, delimiter=",", comments=None, dtype=np.float64, ndmin=2)
+    except ValueError:
+        pass
+    rows = [line.split(",") for line in lines]
     width = len(rows[0])
     for number, row in enumerate(rows, start=1):
         if len(row) != width:

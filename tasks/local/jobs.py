@@ -150,11 +150,13 @@ class _Runner:
                 return
 
     def upload_dir(self, source: Path, uri: str) -> int:
+        """Store every file under ``source``; the files move into the store (the workspace
+        of a completed job is deleted anyway), so big outputs are not copied."""
         bucket, prefix = parse_s3_uri(uri)
         count = 0
         for path in sorted(p for p in source.rglob("*") if p.is_file()):
             key = f"{prefix.rstrip('/')}/{path.relative_to(source).as_posix()}"
-            self.s3.upload_file(str(path), bucket, key)
+            self.s3.move_file(str(path), bucket, key)
             count += 1
         return count
 

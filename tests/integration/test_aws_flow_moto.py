@@ -1,26 +1,24 @@
 """The whole flow on the AWS runtime against moto (in-process ``mock_aws``).
 
 moto completes SageMaker jobs at once and runs no containers, so the test plays
-the container's part: when a job is created, the real container script runs
-here with the job's inputs staged from (moto's) S3, and its outputs go back to
-S3 where SageMaker would put them. Every request the flow sends is recorded
-through botocore's event hooks and checked against the service model's
-server-side constraints too (botocore itself checks types and required members).
+the container's part (aws_helpers.ContainerRunner): when a job is created, the
+real container script runs here with the job's inputs staged from (moto's) S3,
+and its outputs go back to S3 where SageMaker would put them. Every request the
+flow sends is recorded through botocore's event hooks and checked against the
+service model's server-side constraints too (botocore itself checks types and
+required members).
 """
 
 from __future__ import annotations
 
-import io
 import json
-import subprocess
-import tarfile
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+from aws_helpers import ContainerRunner, s3_uri_split, server_side_check
 from moto import mock_aws
 from sklearn.datasets import load_breast_cancer
 
@@ -28,8 +26,6 @@ import tasks.runtime
 from flows.config import PipelineConfig, build_config
 from flows.pipeline import ml_pipeline
 from tasks.images import STEPS, content_tag
-from tasks.local.containers import container_command, job_environment
-from tasks.local.validation import validate_request
 from tasks.runtime import Clients, get_clients
 
 pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_server")]
@@ -50,90 +46,6 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     with mock_aws():
         yield
     tasks.runtime._CACHE.clear()
-
-
-def s3_uri_split(uri: str) -> tuple[str, str]:
-    bucket, _, key = uri[5:].partition("/")
-    return bucket, key
-
-
-class ContainerRunner:
-    """Runs the real container scripts for moto's instantly 'Completed' jobs."""
-
-    def __init__(self, s3: Any) -> None:
-        self.s3 = s3
-        self.created: list[str] = []
-
-    def stage(self, uri: str, target: Path) -> None:
-        bucket, prefix = s3_uri_split(uri)
-        for item in self.s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", []):
-            rel = item["Key"][len(prefix):].lstrip("/") or item["Key"].rsplit("/", 1)[-1]
-            (target / rel).parent.mkdir(parents=True, exist_ok=True)
-            self.s3.download_file(bucket, item["Key"], str(target / rel))
-
-    def upload(self, source: Path, uri: str) -> None:
-        bucket, prefix = s3_uri_split(uri)
-        for path in sorted(p for p in source.rglob("*") if p.is_file()):
-            self.s3.upload_file(str(path), bucket,
-                                f"{prefix.rstrip('/')}/{path.relative_to(source).as_posix()}")
-
-    @staticmethod
-    def folder(image_uri: str) -> Path:
-        repository = image_uri.split("/", 1)[1].split("@")[0]
-        return PROJECT / "containers" / repository.removeprefix("sagepipe-")
-
-    def run(self, command: list[str], base: Path, env: dict[str, str]) -> None:
-        done = subprocess.run(command, env=job_environment(base, env), capture_output=True,
-                              text=True, check=False)
-        assert done.returncode == 0, done.stdout + done.stderr
-
-    def processing(self, params: dict[str, Any], **_: Any) -> None:
-        self.created.append(params["ProcessingJobName"])
-        with tempfile.TemporaryDirectory() as tmp:
-            base = Path(tmp) / "opt" / "ml"
-            local = lambda p: Path(str(base) + p[len("/opt/ml"):])  # noqa: E731
-            for item in params["ProcessingInputs"]:
-                self.stage(item["S3Input"]["S3Uri"], local(item["S3Input"]["LocalPath"]))
-            spec = params["AppSpecification"]
-            command = container_command(self.folder(spec["ImageUri"]), base, mode="process",
-                                        arguments=spec["ContainerArguments"])
-            self.run(command, base, {})
-            for item in params["ProcessingOutputConfig"]["Outputs"]:
-                self.upload(local(item["S3Output"]["LocalPath"]), item["S3Output"]["S3Uri"])
-
-    def training(self, params: dict[str, Any], **_: Any) -> None:
-        self.created.append(params["TrainingJobName"])
-        with tempfile.TemporaryDirectory() as tmp:
-            base = Path(tmp) / "opt" / "ml"
-            channels = {}
-            for channel in params["InputDataConfig"]:
-                target = base / "input" / "data" / channel["ChannelName"]
-                self.stage(channel["DataSource"]["S3DataSource"]["S3Uri"], target)
-                channels[f"SM_CHANNEL_{channel['ChannelName'].upper()}"] = str(target)
-            (base / "model").mkdir(parents=True)
-            hps = params["HyperParameters"]
-            command = container_command(
-                self.folder(params["AlgorithmSpecification"]["TrainingImage"]), base,
-                mode="train", hyperparameters=hps)
-            self.run(command, base, {**channels, "SM_MODEL_DIR": str(base / "model"),
-                                     "SM_HPS": json.dumps(hps)})
-            archive = io.BytesIO()
-            with tarfile.open(fileobj=archive, mode="w:gz") as tar:
-                for path in (base / "model").iterdir():
-                    tar.add(path, arcname=path.name)
-            bucket, prefix = s3_uri_split(params["OutputDataConfig"]["S3OutputPath"])
-            self.s3.put_object(Bucket=bucket, Body=archive.getvalue(),
-                               Key=f"{prefix}/{params['TrainingJobName']}/output/model.tar.gz")
-
-
-def server_side_check(recorded: list[tuple[str, str]]) -> Any:
-    def check(params: dict[str, Any], model: Any, **_: Any) -> None:
-        service = model.service_model.service_name
-        if service == "s3":
-            return  # S3's model has no server-side constraints worth checking here
-        validate_request(service, model.name, params)
-        recorded.append((service, model.name))
-    return check
 
 
 def seed_account(clients: Clients) -> None:

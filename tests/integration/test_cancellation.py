@@ -118,14 +118,14 @@ def test_the_cancellation_hook_stops_only_this_runs_jobs(tmp_path: Path) -> None
             Tags=[{"Key": FLOW_RUN_TAG, "Value": run_id}])
 
     try:
-        start("mine", "run-1")
-        start("theirs", "run-2")
+        start("cancel-demo-mine", "run-1")
+        start("cancel-demo-theirs", "run-2")
         flow_run = SimpleNamespace(id="run-1", parameters={"config": config.model_dump()})
         _stop_jobs_of_run(None, flow_run, None)
         statuses = {}
         wait_for(lambda: statuses.update({j["TrainingJobName"]: j["TrainingJobStatus"]
                                           for j in training_jobs(config)})
-                 or statuses.get("mine") == "Stopped", 30, "mine to stop")
-        assert statuses["theirs"] == "InProgress"
+                 or statuses.get("cancel-demo-mine") == "Stopped", 30, "mine to stop")
+        assert statuses["cancel-demo-theirs"] == "InProgress"
     finally:
         teardown(Path(config.runtime.state_dir))

@@ -6,6 +6,7 @@ its paths on the command line or in SM_* variables, exactly like a job would.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -339,3 +340,72 @@ def test_evaluate_fails_on_a_broken_challenger_or_missing_test_data(
     result = run(EVALUATE, *args, "--output-dir", tmp_path / "out", base=tmp_path / "b")
     assert "No .csv test data" in assert_clean_failure(result, tmp_path / "b")
     assert not (tmp_path / "out" / "evaluation.json").exists()
+
+
+EVALUATION_KEYS = {"label_column", "test_rows", "challenger", "champion", "champion_error",
+                   "binary_classification_metrics"}
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk."""
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path.name} is not a PNG"
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def test_evaluate_draws_roc_and_confusion_matrix_of_both_models(
+    model_dir: Path, splits: Path, tmp_path: Path
+) -> None:
+    report = evaluate(tmp_path, model_dir, splits / "test", champion=model_dir)
+    assert set(report) == EVALUATION_KEYS | {"plots", "plots_error"}  # the old keys, unchanged
+    assert report["plots"] == {"roc": "roc.png", "confusion_matrix": "confusion_matrix.png",
+                               "curves": "curves.json"}
+    assert report["plots_error"] is None
+    out = tmp_path / "out"
+    roc_width, _ = png_size(out / "roc.png")
+    matrix_width, _ = png_size(out / "confusion_matrix.png")
+    assert roc_width >= 500 and matrix_width >= 2 * 400  # two matrices side by side
+    curves = json.loads((out / "curves.json").read_text())
+    assert set(curves["roc"]) == set(curves["confusion_matrix"]) == {"challenger", "champion"}
+    roc = curves["roc"]["challenger"]
+    assert roc["auc"] == report["challenger"]["roc_auc"]
+    assert (roc["fpr"][0], roc["tpr"][0], roc["fpr"][-1], roc["tpr"][-1]) == (0, 0, 1, 1)
+    assert np.all(np.diff(roc["fpr"]) >= 0)
+    # the ROC points give back the AUC the gate uses
+    assert np.trapezoid(roc["tpr"], roc["fpr"]) == pytest.approx(roc["auc"], abs=1e-4)
+    matrix = curves["confusion_matrix"]["challenger"]
+    expected = report["binary_classification_metrics"]["confusion_matrix"]
+    assert matrix["counts"] == [[expected[a][p] for p in matrix["labels"]]
+                                for a in matrix["labels"]]
+
+
+def test_evaluate_without_champion_draws_the_challenger_alone(
+    model_dir: Path, splits: Path, tmp_path: Path
+) -> None:
+    report = evaluate(tmp_path, model_dir, splits / "test")
+    curves = json.loads((tmp_path / "out" / "curves.json").read_text())
+    assert set(curves["roc"]) == {"challenger"} and report["champion"] is None
+    assert png_size(tmp_path / "out" / "confusion_matrix.png")[0] < 600  # one matrix
+
+
+def test_a_plot_that_cannot_be_drawn_does_not_fail_the_evaluation(
+    model_dir: Path, splits: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = importlib.util.spec_from_file_location("evaluate_script", EVALUATE)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, script)  # dataclasses look their module up
+    spec.loader.exec_module(script)
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("no fonts")
+
+    monkeypatch.setattr(script, "roc_figure", broken)
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(tmp_path / "ml"))
+    args = ["--model-dir", model_dir, "--test-dir", splits / "test", "--output-dir",
+            tmp_path / "out"]
+    assert script.main([str(a) for a in args]) == 0
+    report = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    assert report["plots"] == {} and report["plots_error"] == "RuntimeError: no fonts"
+    assert report["challenger"]["roc_auc"] > 0.9
+    assert not (tmp_path / "ml" / "output" / "failure").exists()

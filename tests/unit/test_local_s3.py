@@ -267,6 +267,26 @@ def test_upload_and_download_file_round_trip(s3: LocalS3, tmp_path: Path) -> Non
         s3.upload_file(str(source), "nope", "k")
 
 
+def test_move_file_stores_the_file_itself_as_an_ordinary_version(s3: LocalS3,
+                                                                   tmp_path: Path) -> None:
+    source = tmp_path / "part.csv"
+    payload = b"a,b\n" + b"1,2\n" * (3 << 20)  # 12 MB: several hashing chunks
+    source.write_bytes(payload)
+    inode = source.stat().st_ino
+    s3.move_file(str(source), "data", "out/part.csv")
+    assert not source.exists()
+    head = s3.head_object(Bucket="data", Key="out/part.csv")
+    assert head["ETag"] == '"' + hashlib.md5(payload).hexdigest() + '"'
+    assert head["ContentLength"] == len(payload)
+    assert read(s3, "out/part.csv") == payload
+    blob = s3.path_of("data", "out/part.csv")
+    assert blob.name == hashlib.sha256(payload).hexdigest()
+    assert blob.stat().st_ino == inode  # renamed, not copied
+    with pytest.raises(ClientError) as error:
+        s3.move_file(str(tmp_path / "x"), "nope", "k")
+    assert code(error) == "NoSuchBucket"
+
+
 def test_put_object_streams_file_bodies_in_chunks(s3: LocalS3) -> None:
     class OnlyChunkedReads:
         """A body that fails the test if anyone reads it whole."""

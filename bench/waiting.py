@@ -1,0 +1,177 @@
+"""Measurement 4: what waiting for a SageMaker job costs in API calls, and how late it sees the end.
+
+The project's wait (``tasks.jobs.run_job``) runs for real against a fake clock and
+a fake SageMaker client whose training job is InProgress for ``duration`` simulated
+seconds, then Completed. Nothing sleeps: ``sleep`` advances the clock. Beside it:
+
+* botocore's own ``training_job_completed_or_stopped`` waiter (Delay and
+  MaxAttempts read from botocore's waiter model), driven by the same fake;
+* a fixed 5 s poll (``run_job`` with a flat policy);
+* the same backoff with a 60 s cap, to show the trade-off the target sits on.
+
+Per policy: DescribeTrainingJob calls per job-hour (for a one-hour job, and for a
+four-hour one, where the steady rate shows), the log-stream calls made alongside,
+and the worst-case completion-detection lag: the largest gap between two polls,
+found by ending the job just after each poll of a long run.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+from unittest import mock
+
+import botocore.session
+import botocore.waiter
+from botocore.exceptions import ClientError, WaiterError
+
+from tasks.jobs import TRAINING, WaitPolicy, run_job
+from tasks.runtime import Clients
+
+__all__ = ["measure_waiting"]
+
+HOUR = 3600.0
+DURATIONS = (120.0, 600.0, HOUR, 4 * HOUR)
+_QUIET = logging.getLogger("bench.waiting")
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False
+
+
+class FakeSageMaker:
+    """One training job that is InProgress for ``duration`` seconds after its creation."""
+
+    def __init__(self, clock: FakeClock, duration: float) -> None:
+        self.clock, self.duration = clock, duration
+        self.created: float | None = None
+        self.describes: list[float] = []
+
+    def create_training_job(self, **params: Any) -> dict[str, Any]:
+        self.created = self.clock.now
+        return {"TrainingJobArn": "arn:aws:sagemaker:us-east-1:0:training-job/bench"}
+
+    def describe_training_job(self, **params: Any) -> dict[str, Any]:
+        self.describes.append(self.clock.now)
+        if self.created is None:
+            raise ClientError({"Error": {"Code": "ValidationException",
+                                         "Message": "Requested resource not found."}},
+                              "DescribeTrainingJob")
+        done = self.clock.now >= self.created + self.duration
+        return {"TrainingJobName": params["TrainingJobName"],
+                "TrainingJobStatus": "Completed" if done else "InProgress"}
+
+
+class FakeLogs:
+    """CloudWatch Logs with the job's one stream and nothing new in it: what a quiet
+    training job looks like to the tail (one DescribeLogStreams, one GetLogEvents)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def describe_log_streams(self, **params: Any) -> dict[str, Any]:
+        self.calls += 1
+        return {"logStreams": [{"logStreamName": f"{params['logStreamNamePrefix']}algo-1"}]}
+
+    def get_log_events(self, **params: Any) -> dict[str, Any]:
+        self.calls += 1
+        return {"events": [], "nextForwardToken": "f/0"}
+
+
+@dataclass
+class FakeClock:
+    now: float = 0.0
+
+    def sleep(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
+
+
+@dataclass(frozen=True)
+class Waited:
+    describes: int
+    log_calls: int
+    lag: float
+    polls: list[float]
+
+
+def wait_with_run_job(policy: WaitPolicy, duration: float) -> Waited:
+    clock = FakeClock()
+    sagemaker, logs = FakeSageMaker(clock, duration), FakeLogs()
+    clients = Clients(s3=None, sagemaker=sagemaker, sagemaker_runtime=None, sns=None,
+                      logs=logs, ecr=None, codebuild=None)
+    run_job(clients, TRAINING, {"TrainingJobName": "bench-job"}, policy=policy, log=_QUIET,
+            clock=lambda: clock.now, sleep=clock.sleep)
+    assert sagemaker.created is not None
+    return Waited(len(sagemaker.describes), logs.calls,
+                  clock.now - (sagemaker.created + duration), sagemaker.describes)
+
+
+def wait_with_botocore(duration: float) -> Waited:
+    """botocore's TrainingJobCompletedOrStopped waiter on the same fake job."""
+    model = botocore.session.get_session().get_waiter_model("sagemaker")
+    clock = FakeClock()
+    sagemaker = FakeSageMaker(clock, duration)
+    sagemaker.create_training_job(TrainingJobName="bench-job")
+    # what client.get_waiter(...) builds, minus its docstring machinery
+    waiter = botocore.waiter.Waiter(
+        "TrainingJobCompletedOrStopped", model.get_waiter("TrainingJobCompletedOrStopped"),
+        botocore.waiter.NormalizedOperationMethod(sagemaker.describe_training_job))
+    with mock.patch.object(botocore.waiter, "time", SimpleNamespace(sleep=clock.sleep)):
+        try:
+            waiter.wait(TrainingJobName="bench-job")
+            lag = clock.now - duration
+        except WaiterError:  # MaxAttempts ran out before the job ended
+            lag = float("inf")
+    return Waited(len(sagemaker.describes), 0, lag, sagemaker.describes)
+
+
+def botocore_waiter_config() -> dict[str, Any]:
+    model = botocore.session.get_session().get_waiter_model("sagemaker")
+    config = model.get_waiter("TrainingJobCompletedOrStopped")
+    return {"delay": config.delay, "max_attempts": config.max_attempts,
+            "gives_up_after_hours": round(config.delay * config.max_attempts / HOUR, 2)}
+
+
+def _worst_lag(waiter: Any, horizon: float) -> float:
+    """The largest lag over completion times in (0, horizon]: end just after each poll."""
+    polls = [t for t in waiter(horizon * 2).polls if t <= horizon]
+    return max(waiter(t + 1e-3).lag for t in polls)
+
+
+def measure_waiting() -> dict[str, Any]:
+    default = WaitPolicy()
+    policies: dict[str, dict[str, Any]] = {
+        "project default": {"policy": default},
+        "botocore waiter": {"policy": None},
+        "fixed 5 s": {"policy": WaitPolicy(first_poll=5, max_poll=5, factor=1.0)},
+        "backoff, 60 s cap": {"policy": WaitPolicy(first_poll=default.first_poll,
+                                                   max_poll=60.0, factor=default.factor)},
+    }
+    out: dict[str, Any] = {"botocore_waiter": botocore_waiter_config(),
+                           "project_policy": {"first_poll": default.first_poll,
+                                              "factor": default.factor,
+                                              "max_poll": default.max_poll},
+                           "policies": {}}
+    for name, spec in policies.items():
+        policy = spec["policy"]
+
+        def waiter(duration: float, policy: WaitPolicy | None = policy) -> Waited:
+            if policy is None:
+                return wait_with_botocore(duration)
+            return wait_with_run_job(policy, duration)
+
+        per_duration = {}
+        for duration in DURATIONS:
+            waited = waiter(duration)
+            per_duration[f"{duration / 60:g} min"] = {
+                "describes": waited.describes,
+                "describes_per_job_hour": round(waited.describes * HOUR / duration, 1),
+                "log_calls_per_job_hour": round(waited.log_calls * HOUR / duration, 1),
+                "lag_seconds": round(waited.lag, 2)}
+        out["policies"][name] = {
+            "by_duration": per_duration,
+            "describes_per_job_hour": per_duration["60 min"]["describes_per_job_hour"],
+            "log_calls_per_job_hour": per_duration["60 min"]["log_calls_per_job_hour"],
+            "worst_lag_seconds": round(_worst_lag(waiter, HOUR), 2),
+        }
+    return out

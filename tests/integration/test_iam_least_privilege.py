@@ -1,0 +1,303 @@
+"""Least privilege, proven: the roles of infra/sagepipe.yaml against what the code sends.
+
+The stack is deployed into moto's CloudFormation, the flow is configured from its
+outputs (as a user fills in deployments/settings/aws.yaml) and run on the AWS
+runtime, and every request is recorded through botocore's event hooks. The branches
+a moto run cannot reach (a blue/green update, a manual approval, a cancelled run
+stopping its jobs and build) are driven through the same functions the flow calls.
+Each request is mapped to the IAM actions and resources it needs (iam_model.py) and
+compared with the policies as deployed: nothing missing, nothing unused. The same
+for the trigger Lambda and its three calls.
+
+moto checks no IAM permission itself: the proof is the mapping plus the comparison,
+and the mapping says, operation by operation, what AWS checks.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import ModuleType, SimpleNamespace
+from typing import Any, ClassVar
+
+import boto3
+import pytest
+from aws_helpers import (
+    ACCOUNT,
+    PROJECT,
+    REGION,
+    CodeBuildPushes,
+    ContainerRunner,
+    DeployedStack,
+    RequestRecorder,
+    answer,
+    deploy_stack,
+    load_template,
+    moto_credentials,
+    stand_in_for_missing_sagemaker_apis,
+)
+from iam_model import (
+    Env,
+    compare,
+    execution_role_needs,
+    flow_needs,
+    format_table,
+    lambda_log_needs,
+    trigger_needs,
+)
+from moto import mock_aws
+from moto.sagemaker.models import sagemaker_backends
+from sklearn.datasets import load_breast_cancer
+
+import tasks.runtime
+from flows.config import PipelineConfig, build_config
+from flows.pipeline import _stop_jobs_of_run, ml_pipeline
+from tasks.images import _stop_build
+from tasks.registry import set_approval
+from tasks.runtime import get_clients
+
+DATA_KEY = "datasets/breast-cancer/data.csv"
+
+
+@pytest.fixture()
+def stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[DeployedStack]:
+    moto_credentials(monkeypatch)
+    tasks.runtime._CACHE.clear()
+    with mock_aws():
+        yield deploy_stack()
+    tasks.runtime._CACHE.clear()
+
+
+def push_example_data(stack: DeployedStack) -> None:
+    """The user's step (their own credentials, not the flow's role): data into datasets/."""
+    s3 = boto3.client("s3", region_name=REGION)
+    bucket = stack.outputs["BucketName"]
+    # moto's CloudFormation ignores VersioningConfiguration; AWS applies the template's
+    # (test_infra_cloudformation checks the template asks for it)
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    frame = load_breast_cancer(as_frame=True).frame
+    frame.columns = [c.replace(" ", "_") for c in frame.columns]
+    s3.put_object(Bucket=bucket, Key=DATA_KEY, Body=frame.to_csv(index=False).encode())
+
+
+def config_from_outputs(stack: DeployedStack, **overrides: Any) -> PipelineConfig:
+    """deployments/settings/aws.yaml's change-me values, filled from the stack's outputs."""
+    out = stack.outputs
+    return build_config({
+        "project": stack.parameters["ProjectName"],
+        "runtime": {"kind": "aws", "region": REGION},
+        "dataset_uri": out["DatasetUri"],
+        "artifacts_uri": out["ArtifactsUri"],
+        "image_repository_prefix": out["ImageRepositoryPrefix"],
+        "build_project": out["BuildProject"],
+        "jobs": {"role_arn": out["SageMakerExecutionRoleArn"], "poll_first_seconds": 0.01,
+                 "poll_max_seconds": 0.05},
+        "gate": {"threshold": 0.5, "margin": 0.001},
+        "endpoint": {"name": out["EndpointName"], "staging_name": f"{out['EndpointName']}-staging",
+                     "alarms": out["EndpointAlarms"].split(","), "timeout_seconds": 30},
+        "notifications": {"topic_arn": out["TopicArn"]},
+        **overrides,
+    })
+
+
+def report(role: str, verdict: Any) -> None:
+    print("\n" + format_table(role, verdict))
+    assert not verdict.missing, f"{role} lacks what the code needs: {verdict.missing}"
+    assert not verdict.unused_actions, f"{role} grants actions never used: " \
+        f"{verdict.unused_actions}"
+    assert not verdict.unused_resources, f"{role} grants resources never used: " \
+        f"{verdict.unused_resources}"
+
+
+@pytest.mark.flow
+@pytest.mark.usefixtures("prefect_server")
+def test_flow_role_and_execution_role_grant_exactly_what_the_flow_uses(
+        stack: DeployedStack, capsys: pytest.CaptureFixture[str]) -> None:
+    push_example_data(stack)
+    weak = config_from_outputs(stack, hyperparameters={
+        "model": "random_forest", "n_estimators": 1, "max_depth": 1})
+    clients = get_clients(weak.runtime)
+    recorder = RequestRecorder()
+    recorder.watch(clients.s3, clients.sagemaker, clients.sagemaker_runtime, clients.sns,
+                   clients.logs, clients.ecr, clients.codebuild)
+    # SageMaker's and CodeBuild's own work, done with their credentials (not recorded)
+    runner = ContainerRunner(boto3.client("s3", region_name=REGION),
+                             logs=boto3.client("logs", region_name=REGION))
+    clients.sagemaker.meta.events.register(
+        "provide-client-params.sagemaker.CreateProcessingJob", runner.processing)
+    clients.sagemaker.meta.events.register(
+        "provide-client-params.sagemaker.CreateTrainingJob", runner.training)
+    builds = CodeBuildPushes(boto3.client("ecr", region_name=REGION),
+                             boto3.client("logs", region_name=REGION),
+                             stack.physical("ImageBuildLogGroup"))
+    builds.attach(clients.codebuild)
+    stand_in_for_missing_sagemaker_apis(clients.sagemaker)
+
+    # 1: a fresh account: images built by CodeBuild, staging then production created
+    first = ml_pipeline(config=weak, commit="f00dcafe")
+    assert first["outcome"] == "deployed", first.get("error")
+    assert all(image["built"] for image in first["images"].values())
+    # 2: a better model on a dataset given as a prefix: blue/green update of both
+    strong = config_from_outputs(stack, dataset_uri=stack.outputs["DatasetUri"].rsplit(
+        "/", 1)[0] + "/")
+    second = ml_pipeline(config=strong)
+    assert second["outcome"] == "deployed", second.get("error") or second.get("decision")
+    assert second["endpoint"]["action"] == "updated"
+
+    # branches moto cannot reach in a run, through the functions the flow calls:
+    # a person's answer to a manual approval
+    set_approval(clients, second["model_package"]["arn"], "approved", "approved by a person")
+    # a cancelled run: its jobs are still running; the on_cancellation hook stops them,
+    # and an interrupted or timed-out image build is stopped
+    backend = sagemaker_backends[ACCOUNT][REGION]
+    training = backend.training_jobs[second["steps"]["train"]["job"]]
+    processing = backend.processing_jobs[second["steps"]["evaluate"]["job"]]
+    training.training_job_status = "InProgress"
+    processing.processing_job_status = "InProgress"
+    flow_run = SimpleNamespace(id=second["run_id"],
+                               parameters={"config": strong.model_dump(mode="json")})
+    _stop_jobs_of_run(None, flow_run, None)
+    assert training.training_job_status == "Stopped"
+    assert processing.processing_job_status != "InProgress"
+    assert _stop_build(clients, builds.builds[0], logging.getLogger("test"))
+
+    env = Env(REGION, ACCOUNT, stack.outputs["KmsKeyArn"])
+    sm = boto3.client("sagemaker", region_name=REGION)
+
+    def package(arn: str) -> dict[str, Any]:
+        spec = sm.describe_model_package(ModelPackageName=arn)["InferenceSpecification"]
+        return dict(spec["Containers"][0])
+
+    flow = compare(stack.role_statements("FlowRole"),
+                   [n for r in recorder.requests for n in flow_needs(r, env)])
+    execution = compare(stack.role_statements("SageMakerExecutionRole"),
+                        execution_role_needs(recorder.requests, env, package))
+    with capsys.disabled():
+        print(f"\nOperations recorded: {len(recorder.requests)} requests, "
+              f"{len(recorder.operations())} distinct operations")
+        report("FlowRole (Prefect flow runs)", flow)
+        report("SageMakerExecutionRole (jobs and endpoints)", execution)
+
+
+# ---------------------------------------------------------------- the trigger Lambda
+
+
+class FakePrefectApi(BaseHTTPRequestHandler):
+    """The four Prefect REST routes the trigger uses: a deployment, and runs that end
+    Completed (job ``ok``) or Failed (any other job)."""
+
+    runs: ClassVar[dict[str, str]] = {}  # idempotency key (CodePipeline job id) -> run id
+
+    def _reply(self, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/api/deployments/name/"):
+            self._reply({"id": "deployment-1", "parameters": {}})
+        else:
+            run_id = self.path.rsplit("/", 1)[-1]
+            done = run_id.startswith("ok-")
+            self._reply({"id": run_id, "name": "able-heron", "state": {
+                "type": "COMPLETED" if done else "FAILED",
+                "message": None if done else "JobFailed: training crashed"}})
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path.endswith("/create_flow_run"):
+            key = body["idempotency_key"]
+            prefix = "ok" if key.startswith("0") else "bad"
+            run_id = self.runs.setdefault(key, f"{prefix}-{uuid.uuid4()}")
+            self._reply({"id": run_id, "name": "able-heron",
+                         "state": {"type": "PENDING", "name": "Pending"}})
+        else:
+            self._reply([])  # no outcome artifact
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+def load_trigger() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "sagepipe_trigger_handler", PROJECT / "deployments" / "trigger" / "handler.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def job_event(job_id: str, user_parameters: str, token: str | None = None) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "actionConfiguration": {"configuration": {"UserParameters": user_parameters}},
+        "inputArtifacts": [{"name": "SourceCode", "revision": "f00dcafe"}]}
+    if token:
+        data["continuationToken"] = token
+    return {"CodePipeline.job": {"id": job_id, "data": data}}
+
+
+def test_trigger_role_grants_exactly_the_trigger_calls(
+        stack: DeployedStack, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakePrefectApi)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        # the function's environment as the stack deployed it
+        function = boto3.client("lambda", region_name=REGION).get_function_configuration(
+            FunctionName=stack.outputs["TriggerFunctionName"])
+        environment = function["Environment"]["Variables"]
+        secret_arn = environment["PREFECT_API_SECRET_ARN"]
+        assert secret_arn == stack.parameters["PrefectApiSecretArn"]
+        boto3.client("secretsmanager", region_name=REGION).put_secret_value(
+            SecretId=secret_arn, SecretString=json.dumps(
+                {"api_url": f"http://127.0.0.1:{server.server_port}/api", "api_key": "pnu_x"}))
+        for name, value in environment.items():
+            monkeypatch.setenv(name, value)
+        # UserParameters as the pipeline's Orchestrate action sends them
+        action = load_template()["Resources"]["Pipeline"]["Properties"]["Stages"][2][
+            "Actions"][0]["Configuration"]["UserParameters"]["Fn::Sub"]
+        user_parameters = action.replace("${PrefectDeploymentName}",
+                                         stack.parameters["PrefectDeploymentName"])
+
+        trigger = load_trigger()
+        recorder = RequestRecorder()
+        codepipeline = trigger.aws("codepipeline")  # the clients the handler will use
+        recorder.watch(trigger.aws("secretsmanager"), codepipeline)
+        # moto has no CodePipeline job APIs: answered here, after validation
+        for op in ("PutJobSuccessResult", "PutJobFailureResult"):
+            codepipeline.meta.events.register(f"before-call.codepipeline.{op}",
+                                              lambda **_: answer({}))
+
+        ok_job, bad_job = "0" + str(uuid.uuid4())[1:], "f" + str(uuid.uuid4())[1:]
+        first = trigger.handler(job_event(ok_job, user_parameters), None)
+        assert first["status"] == "continue", first
+        token = json.loads(recorder.requests[-1].params["continuationToken"])
+        done = trigger.handler(job_event(ok_job, user_parameters, json.dumps(token)), None)
+        assert done["status"] == "success", done
+        assert trigger.handler(job_event(bad_job, user_parameters), None)["status"] == \
+            "continue"
+        token = json.loads(recorder.requests[-1].params["continuationToken"])
+        failed = trigger.handler(job_event(bad_job, user_parameters, json.dumps(token)), None)
+        assert failed["status"] == "failure", failed
+    finally:
+        server.shutdown()
+
+    assert recorder.operations() == {("secretsmanager", "GetSecretValue"),
+                                     ("codepipeline", "PutJobSuccessResult"),
+                                     ("codepipeline", "PutJobFailureResult")}
+    env = Env(REGION, ACCOUNT, stack.outputs["KmsKeyArn"])
+    needs = [n for r in recorder.requests for n in trigger_needs(r)]
+    verdict = compare(stack.role_statements("TriggerRole"),
+                      needs + lambda_log_needs(env, stack.outputs["TriggerFunctionName"]))
+    with capsys.disabled():
+        report("TriggerRole (CodePipeline trigger Lambda)", verdict)

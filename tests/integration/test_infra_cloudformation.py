@@ -1,0 +1,266 @@
+"""infra/sagepipe.yaml deployed into moto's CloudFormation, and read back.
+
+moto creates the bucket, KMS key and alias, repositories, log groups, topic, event
+rules, roles and the Lambda. It does not create, and these tests check in the
+template instead, where each case says so:
+
+* CodeBuild projects, the CodePipeline, CloudWatch alarms, the bucket and topic
+  policies: moto's CloudFormation skips those types (aws_helpers.MOTO_SKIPS);
+* Secrets Manager: the stack creates no secret; it takes the secret's ARN;
+* bucket versioning, public access block, lifecycle and ownership controls, and the
+  repositories' scanning, encryption and lifecycle settings: moto's CloudFormation
+  ignores those properties (the resources exist, the settings do not).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+from aws_helpers import (
+    MOTO_SKIPS,
+    PROJECT,
+    REGION,
+    DeployedStack,
+    deploy_stack,
+    load_template,
+)
+from moto import mock_aws
+
+from tasks.images import STEPS
+
+SERVICE_OF_ROLE = {"FlowRole": "ecs-tasks.amazonaws.com",
+                   "SageMakerExecutionRole": "sagemaker.amazonaws.com",
+                   "ImageBuildRole": "codebuild.amazonaws.com",
+                   "TestsBuildRole": "codebuild.amazonaws.com",
+                   "PipelineRole": "codepipeline.amazonaws.com",
+                   "TriggerRole": "lambda.amazonaws.com"}
+# Actions that support no resource-level permissions: the only ones allowed on "*".
+RESOURCELESS = {"sagemaker:ListTrainingJobs", "sagemaker:ListProcessingJobs",
+                "sagemaker:ListModelPackages", "ecr:GetAuthorizationToken",
+                "cloudwatch:PutMetricData", "codepipeline:PutJobSuccessResult",
+                "codepipeline:PutJobFailureResult"}
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[DeployedStack]:
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                           "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": REGION}.items():
+            patch.setenv(key, value)
+        patch.delenv("AWS_PROFILE", raising=False)
+        with mock_aws():
+            yield deploy_stack()
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    return load_template()
+
+
+def client(name: str) -> Any:
+    return boto3.client(name, region_name=REGION)
+
+
+def props(template: dict[str, Any], logical: str) -> dict[str, Any]:
+    return dict(template["Resources"][logical]["Properties"])
+
+
+def test_every_resource_is_created_by_moto_or_named_as_skipped(
+        stack: DeployedStack, template: dict[str, Any]) -> None:
+    for logical, resource in template["Resources"].items():
+        if resource["Type"] in MOTO_SKIPS:
+            assert logical not in stack.resources
+        else:
+            assert logical in stack.resources, f"moto did not create {logical}"
+
+
+def test_outputs_fill_every_change_me_value_of_the_aws_settings(
+        stack: DeployedStack) -> None:
+    settings = yaml.safe_load((PROJECT / "deployments" / "settings" / "aws.yaml").read_text())
+    out = stack.outputs
+    # the values aws.yaml leaves to the stack
+    assert "change-me" in settings["dataset_uri"] and out["DatasetUri"].startswith(
+        f"s3://{out['BucketName']}/datasets/")
+    assert "change-me" in settings["artifacts_uri"]
+    assert out["ArtifactsUri"] == f"s3://{out['BucketName']}/pipeline"
+    assert "change-me" in settings["jobs"]["role_arn"]
+    assert out["SageMakerExecutionRoleArn"].startswith("arn:aws:iam::")
+    assert "change-me" in settings["notifications"]["topic_arn"]
+    assert out["TopicArn"].endswith(":sagepipe-demo-events")
+    # and the names aws.yaml already uses are the stack's defaults
+    assert out["BuildProject"] == settings["build_project"]
+    assert out["ImageRepositoryPrefix"] == settings["image_repository_prefix"]
+    assert out["EndpointName"] == settings["endpoint"]["name"] == settings["project"]
+    assert out["EndpointAlarms"].split(",") == ["sagepipe-demo-endpoint-5xx",
+                                                "sagepipe-demo-endpoint-latency"]
+
+
+def test_bucket_is_encrypted_with_the_stack_key_and_kept(stack: DeployedStack,
+                                                         template: dict[str, Any]) -> None:
+    rules = client("s3").get_bucket_encryption(Bucket=stack.outputs["BucketName"])[
+        "ServerSideEncryptionConfiguration"]["Rules"]
+    assert rules[0]["ApplyServerSideEncryptionByDefault"] == {
+        "SSEAlgorithm": "aws:kms", "KMSMasterKeyID": stack.outputs["KmsKeyArn"]}
+    key = client("kms")
+    assert key.get_key_rotation_status(KeyId=stack.outputs["KmsKeyArn"])["KeyRotationEnabled"]
+    # deleting the stack keeps the data, and the key that decrypts it
+    for logical in ("ArtifactBucket", "EncryptionKey"):
+        assert template["Resources"][logical]["DeletionPolicy"] == "Retain"
+        assert template["Resources"][logical]["UpdateReplacePolicy"] == "Retain"
+    # moto's CloudFormation ignores these properties: checked in the template
+    bucket = props(template, "ArtifactBucket")
+    assert bucket["VersioningConfiguration"] == {"Status": "Enabled"}
+    assert set(bucket["PublicAccessBlockConfiguration"].values()) == {True}
+    assert len(bucket["PublicAccessBlockConfiguration"]) == 4
+    assert bucket["OwnershipControls"]["Rules"] == [{"ObjectOwnership": "BucketOwnerEnforced"}]
+    noncurrent = bucket["LifecycleConfiguration"]["Rules"][0]
+    assert noncurrent["Status"] == "Enabled"
+    assert noncurrent["NoncurrentVersionExpiration"] == {
+        "NoncurrentDays": {"Ref": "NoncurrentVersionDays"}}
+
+
+def test_bucket_policy_refuses_plain_http(template: dict[str, Any]) -> None:
+    # AWS::S3::BucketPolicy: skipped by moto's CloudFormation
+    policy = props(template, "ArtifactBucketPolicy")
+    assert policy["Bucket"] == {"Ref": "ArtifactBucket"}
+    [deny] = policy["PolicyDocument"]["Statement"]
+    assert (deny["Effect"], deny["Principal"], deny["Action"]) == ("Deny", "*", "s3:*")
+    assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert deny["Resource"] == [{"Fn::GetAtt": ["ArtifactBucket", "Arn"]},
+                                {"Fn::Sub": "${ArtifactBucket.Arn}/*"}]
+
+
+def test_one_immutable_repository_per_step(stack: DeployedStack,
+                                           template: dict[str, Any]) -> None:
+    repositories = client("ecr").describe_repositories()["repositories"]
+    assert sorted(r["repositoryName"] for r in repositories) == sorted(
+        f"sagepipe-{step}" for step in STEPS)
+    assert {r["imageTagMutability"] for r in repositories} == {"IMMUTABLE"}
+    # moto's CloudFormation ignores scanning, encryption and lifecycle: the template
+    for logical in ("PreprocessRepository", "TrainRepository", "EvaluateRepository",
+                    "ServeRepository"):
+        repository = props(template, logical)
+        assert repository["ImageScanningConfiguration"] == {"ScanOnPush": True}
+        assert repository["EncryptionConfiguration"]["EncryptionType"] == "KMS"
+        rules = json.loads(repository["LifecyclePolicy"]["LifecyclePolicyText"]["Fn::Sub"]
+                           .replace("${ImagesToKeep}", "30"))["rules"]
+        assert rules[0]["selection"]["countNumber"] == 30
+
+
+def test_log_groups_are_encrypted_and_expire(stack: DeployedStack) -> None:
+    groups = {g["logGroupName"]: g for g in client("logs").describe_log_groups()["logGroups"]}
+    for logical in ("ImageBuildLogGroup", "TestsBuildLogGroup", "TriggerLogGroup"):
+        group = groups[stack.physical(logical)]
+        assert group["retentionInDays"] == 365
+        assert group.get("kmsKeyId", stack.outputs["KmsKeyArn"]) == stack.outputs["KmsKeyArn"]
+
+
+def test_job_state_changes_reach_the_encrypted_topic(stack: DeployedStack,
+                                                     template: dict[str, Any]) -> None:
+    events = client("events")
+    for logical, kind in (("TrainingJobEventsRule", "Training"),
+                          ("ProcessingJobEventsRule", "Processing")):
+        name = stack.physical(logical)
+        rule = events.describe_rule(Name=name)
+        pattern = json.loads(rule["EventPattern"])
+        assert pattern["detail-type"] == [f"SageMaker {kind} Job State Change"]
+        assert pattern["detail"][f"{kind}JobName"] == [{"prefix": "sagepipe-demo-"}]
+        assert rule["State"] == "ENABLED"
+        targets = events.list_targets_by_rule(Rule=name)["Targets"]
+        assert [t["Arn"] for t in targets] == [stack.outputs["TopicArn"]]
+    assert props(template, "EventsTopic")["KmsMasterKeyId"] == {
+        "Fn::GetAtt": ["EncryptionKey", "Arn"]}
+    # AWS::SNS::TopicPolicy: skipped by moto. EventBridge may publish only from these
+    # rules, the alarms only from this project's alarms.
+    statements = props(template, "EventsTopicPolicy")["PolicyDocument"]["Statement"]
+    by_sid = {s["Sid"]: s for s in statements}
+    assert by_sid["JobStateChangesFromEventBridge"]["Condition"]["ArnEquals"][
+        "aws:SourceArn"] == [{"Fn::GetAtt": ["TrainingJobEventsRule", "Arn"]},
+                             {"Fn::GetAtt": ["ProcessingJobEventsRule", "Arn"]}]
+    # the key lets those two services use it for the topic
+    key_policy = client("kms").get_key_policy(KeyId=stack.outputs["KmsKeyArn"],
+                                              PolicyName="default")["Policy"]
+    key_policy = json.loads(key_policy) if isinstance(key_policy, str) else key_policy
+    services = next(s for s in key_policy["Statement"]
+                    if s["Sid"] == "EventsAndAlarmsPublishToTheEncryptedTopic")
+    assert sorted(services["Principal"]["Service"]) == ["cloudwatch.amazonaws.com",
+                                                        "events.amazonaws.com"]
+
+
+def test_endpoint_alarms_watch_errors_and_latency(template: dict[str, Any]) -> None:
+    # AWS::CloudWatch::Alarm: skipped by moto's CloudFormation
+    metrics = {}
+    for logical in ("Endpoint5xxAlarm", "EndpointLatencyAlarm"):
+        alarm = props(template, logical)
+        assert alarm["Namespace"] == "AWS/SageMaker"
+        assert alarm["Dimensions"] == [{"Name": "EndpointName", "Value": {"Ref": "ProjectName"}},
+                                       {"Name": "VariantName", "Value": "AllTraffic"}]
+        assert alarm["AlarmActions"] == [{"Ref": "EventsTopic"}]
+        metrics[alarm["MetricName"]] = alarm["TreatMissingData"]
+    assert metrics == {"Invocation5XXErrors": "notBreaching", "ModelLatency": "notBreaching"}
+
+
+def test_roles_trust_one_service_of_this_account_and_scope_their_grants(
+        stack: DeployedStack) -> None:
+    iam = client("iam")
+    for logical, service in SERVICE_OF_ROLE.items():
+        trust = iam.get_role(RoleName=stack.physical(logical))["Role"][
+            "AssumeRolePolicyDocument"]
+        [statement] = trust["Statement"]
+        assert statement["Principal"] == {"Service": service}
+        assert statement["Condition"] == {"StringEquals": {"aws:SourceAccount": "123456789012"}}
+        for grant in stack.role_statements(logical):
+            actions = [grant["Action"]] if isinstance(grant["Action"], str) else grant["Action"]
+            assert all("*" not in action for action in actions), (logical, grant["Sid"])
+            if grant["Resource"] == "*":
+                assert set(actions) <= RESOURCELESS, (logical, grant["Sid"])
+
+
+def test_trigger_gets_the_secret_by_reference(stack: DeployedStack,
+                                              template: dict[str, Any]) -> None:
+    function = client("lambda").get_function_configuration(
+        FunctionName=stack.outputs["TriggerFunctionName"])
+    assert (function["Runtime"], function["Handler"]) == ("python3.12", "handler.handler")
+    assert function["Role"].endswith(stack.physical("TriggerRole"))
+    # the environment names the secret; the API key itself never enters the stack
+    assert function["Environment"]["Variables"] == {
+        "PREFECT_API_SECRET_ARN": stack.parameters["PrefectApiSecretArn"],
+        "HTTP_TIMEOUT_SECONDS": "20"}
+    assert client("lambda").get_function_concurrency(
+        FunctionName=stack.outputs["TriggerFunctionName"])["ReservedConcurrentExecutions"] == 2
+    assert template["Parameters"]["PrefectApiSecretArn"]["AllowedPattern"].startswith(
+        "^arn:aws[a-z-]*:secretsmanager:")
+    assert props(template, "TriggerFunction")["LoggingConfig"] == {
+        "LogGroup": {"Ref": "TriggerLogGroup"}}
+
+
+def test_pipeline_runs_source_tests_and_the_trigger(template: dict[str, Any]) -> None:
+    # AWS::CodePipeline::Pipeline and AWS::CodeBuild::Project: skipped by moto
+    pipeline = props(template, "Pipeline")
+    stages = {s["Name"]: s["Actions"][0] for s in pipeline["Stages"]}
+    assert list(stages) == ["Source", "Build", "Orchestrate"]
+    assert stages["Source"]["ActionTypeId"]["Provider"] == "CodeStarSourceConnection"
+    assert stages["Build"]["Configuration"]["ProjectName"] == {"Ref": "TestsBuildProject"}
+    orchestrate = stages["Orchestrate"]
+    assert orchestrate["ActionTypeId"]["Provider"] == "Lambda"
+    assert orchestrate["Configuration"]["FunctionName"] == {"Ref": "TriggerFunction"}
+    # the commit reaches the trigger as the input artifact's revision
+    assert orchestrate["InputArtifacts"] == [{"Name": "SourceCode"}]
+    parameters = json.loads(orchestrate["Configuration"]["UserParameters"]["Fn::Sub"].replace(
+        "${PrefectDeploymentName}", template["Parameters"]["PrefectDeploymentName"]["Default"]))
+    prefect = yaml.safe_load((PROJECT / "deployments" / "prefect.yaml").read_text())
+    names = {f"ml-pipeline/{d['name']}" for d in prefect["deployments"]}
+    assert parameters == {"deployment": "ml-pipeline/production"}
+    assert parameters["deployment"] in names
+
+    tests = props(template, "TestsBuildProject")
+    assert (PROJECT / tests["Source"]["BuildSpec"]).is_file()
+    images = props(template, "ImageBuildProject")
+    assert images["Source"]["Type"] == "S3"  # the flow sends an S3 zip (tasks/images.py)
+    assert images["Environment"]["PrivilegedMode"] is True  # docker build needs the daemon
+    assert images["LogsConfig"]["CloudWatchLogs"]["GroupName"] == {"Ref": "ImageBuildLogGroup"}

@@ -1,0 +1,246 @@
+"""From a CodePipeline job to a finished flow run, against a real Prefect server.
+
+The module starts what `make prefect-up` starts (a Prefect server on a free port
+and a process worker polling `sagepipe-local`), registers both deployments with
+`prefect deploy --prefect-file deployments/prefect.yaml`, and lets the worker
+run the flow on the local runtime in a temporary state dir. The Lambda handler
+talks to that server over HTTP; its CodePipeline and Secrets Manager clients are
+boto3 clients with botocore Stubbers (moto has no CodePipeline job APIs), so
+every AWS request is validated against the service model and checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from lambda_fakes import (
+    ARTIFACT_SECRETS,
+    REVISION,
+    FakeAWS,
+    fake_aws,
+    free_port,
+    handler,
+    job_event,
+)
+from prefect_aws.workers.ecs_worker import ECSWorker
+from sklearn.datasets import load_breast_cancer
+
+from flows.config import build_config, load_config
+from flows.server import LocalServer, down, up
+from tasks.data import push_dataset
+from tasks.local import teardown
+from tasks.local.common import pid_alive
+from tasks.runtime import get_clients
+from tasks.storage import ensure_local_resources
+
+pytestmark = pytest.mark.flow
+PROJECT = Path(__file__).resolve().parents[2]
+SAGEPIPE = Path(sys.executable).with_name("sagepipe")
+ENDPOINT = "trigger-endpoint"
+FLOW_IMAGE = "111122223333.dkr.ecr.us-east-1.amazonaws.com/sagepipe-flow:test"
+
+
+@dataclass
+class Stack:
+    server: LocalServer
+    config: dict[str, Any]
+    env: dict[str, str]
+
+    @property
+    def api_url(self) -> str:
+        return self.server.api_url
+
+    def flow_run(self, run_id: str) -> dict[str, Any]:
+        return dict(httpx.get(f"{self.api_url}/flow_runs/{run_id}", timeout=10).json())
+
+    def wait_final(self, run_id: str, timeout: float = 300) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = self.flow_run(run_id)
+            if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                return run
+            time.sleep(0.5)
+        raise AssertionError(f"flow run {run_id} did not finish in {timeout} s")
+
+    def settings(self) -> dict[str, Any]:
+        return {"api_url": self.api_url, "api_key": ""}
+
+    def sagepipe(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(SAGEPIPE), *args], env=self.env, cwd=PROJECT, text=True,
+                              capture_output=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("trigger")
+    server = up(tmp / "prefect", port=free_port(), poll_seconds=0.5, ui=False)
+    state = tmp / "state"
+    try:
+        env = {**os.environ, "PREFECT_API_URL": server.api_url,
+               "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "SAGEPIPE_FLOW_IMAGE": FLOW_IMAGE}
+        httpx.post(f"{server.api_url}/work_pools/", timeout=10, json={
+            "name": "sagepipe-ecs", "type": "ecs",
+            "base_job_template": ECSWorker.get_default_base_job_template()}
+        ).raise_for_status()
+        deploy = subprocess.run(
+            [str(SAGEPIPE.with_name("prefect")), "deploy", "--prefect-file",
+             "deployments/prefect.yaml", "--all", "--no-prompt"],
+            env=env, cwd=PROJECT, text=True, capture_output=True, timeout=300)
+        assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+
+        config = build_config({
+            "project": "trigger-demo",
+            "runtime": {"kind": "local", "state_dir": str(state)},
+            "dataset_uri": "s3://trigger-bucket/data/data.csv",
+            "artifacts_uri": "s3://trigger-bucket/pipeline",
+            "jobs": {"poll_first_seconds": 0.1, "poll_max_seconds": 0.3},
+            "endpoint": {"name": ENDPOINT, "timeout_seconds": 120},
+        })
+        ensure_local_resources(config.runtime, "trigger-bucket", "trigger-demo-events")
+        frame = load_breast_cancer(as_frame=True).frame
+        frame.columns = [c.replace(" ", "_") for c in frame.columns]
+        frame.to_csv(tmp / "data.csv", index=False)
+        push_dataset(get_clients(config.runtime), tmp / "data.csv", config.dataset_uri,
+                     "target")
+        yield Stack(server, config.model_dump(mode="json"), env)
+    finally:
+        teardown(state)
+        down(tmp / "prefect", grace=10)
+        assert not pid_alive(server.worker_pid) and not pid_alive(server.server_pid)
+
+
+@pytest.fixture()
+def aws(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAWS]:
+    with fake_aws(monkeypatch, timeout="10") as fake:
+        yield fake
+
+
+def new_job() -> str:
+    return str(uuid.uuid4())
+
+
+def invoke(aws: FakeAWS, event: dict[str, Any], status: str) -> dict[str, Any]:
+    """One Lambda invocation that must end in ``status``; returns what CodePipeline got."""
+    result = handler.handler(event, None)
+    assert result["status"] == status, aws.sent[-1:]
+    return aws.last()
+
+
+def test_prefect_deploy_registers_both_deployments_from_the_settings(stack: Stack) -> None:
+    # `make prefect-up` twice: the second finds the first still running
+    assert up(Path(stack.server.directory), port=free_port()) == stack.server
+    local = httpx.get(f"{stack.api_url}/deployments/name/ml-pipeline/local").json()
+    assert local["parameters"] == {"config": load_config("local").model_dump(mode="json")}
+    assert local["work_pool_name"] == "sagepipe-local"
+    assert local["entrypoint"] == "flows/pipeline.py:ml_pipeline"
+    assert local["pull_steps"] == [{"prefect.deployments.steps.set_working_directory": {
+        "directory": str(PROJECT)}}]
+    production = httpx.get(f"{stack.api_url}/deployments/name/ml-pipeline/production").json()
+    assert production["parameters"] == {"config": load_config("aws").model_dump(mode="json")}
+    assert production["work_pool_name"] == "sagepipe-ecs"
+    assert production["job_variables"] == {"image": FLOW_IMAGE}
+
+
+def test_a_codepipeline_job_runs_the_deployment_to_success(
+        stack: Stack, aws: FakeAWS, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO")
+    job_id = new_job()
+    user = {"deployment": "ml-pipeline/local", "parameters": {"config": stack.config}}
+
+    # round 1: the run is created; CodePipeline is told to come back
+    aws.expect_secret(stack.settings())
+    aws.expect_continuation(job_id)
+    sent = invoke(aws, job_event(user, job_id=job_id), "continue")
+    token = sent["continuationToken"]
+    run_id = json.loads(token)["flow_run_id"]
+    assert sent["executionDetails"]["externalExecutionId"] == run_id
+    run = stack.flow_run(run_id)
+    assert run["idempotency_key"] == job_id
+    assert run["parameters"]["commit"] == REVISION  # the input artifact's revision
+    assert run["parameters"]["config"] == stack.config
+
+    # the same job invoked again (a Lambda retry): the same run; the secret is cached
+    aws.expect_continuation(job_id, token)
+    invoke(aws, job_event(user, job_id=job_id), "continue")
+
+    # CodePipeline's next job carries the token; the run has not finished yet
+    aws.expect_continuation(later := new_job(), token)
+    invoke(aws, job_event(user, job_id=later, token=token), "continue")
+
+    assert stack.wait_final(run_id)["state"]["type"] == "COMPLETED"
+    aws.expect_success(last := new_job())
+    sent = invoke(aws, job_event(user, job_id=last, token=token), "success")
+    assert "continuationToken" not in sent
+    assert sent["executionDetails"]["externalExecutionId"] == run_id
+    variables = sent["outputVariables"]
+    assert variables["FlowRunId"] == run_id
+    assert variables["FlowRunUrl"] == f"{stack.api_url[:-4]}/runs/flow-run/{run_id}"
+    assert variables["Outcome"] == "deployed"
+    assert variables["Decision"].startswith("deploy: roc_auc")
+    assert variables["ModelPackageArn"].endswith(":model-package/trigger-demo/1")
+    assert variables["Endpoint"] == ENDPOINT
+    aws.done()
+    assert not any(secret in caplog.text for secret in ARTIFACT_SECRETS)
+
+
+def test_a_failing_flow_fails_the_job_with_its_message_and_a_link(
+        stack: Stack, aws: FakeAWS) -> None:
+    job_id = new_job()
+    config = {**stack.config, "label_column": "no_such_column"}
+    user = {"deployment": "ml-pipeline/local", "parameters": {"config": config}}
+    aws.expect_secret(stack.settings())
+    aws.expect_continuation(job_id)
+    token = invoke(aws, job_event(user, job_id=job_id), "continue")["continuationToken"]
+    run_id = json.loads(token)["flow_run_id"]
+    assert stack.wait_final(run_id)["state"]["type"] == "FAILED"
+
+    aws.expect_failure(later := new_job())
+    failure = invoke(aws, job_event(user, job_id=later, token=token), "failure")[
+        "failureDetails"]
+    assert failure["type"] == "JobFailed"
+    assert failure["externalExecutionId"] == run_id
+    assert "DataError" in failure["message"]
+    assert "no label column 'no_such_column'" in failure["message"]
+    assert f"/runs/flow-run/{run_id}" in failure["message"]
+    aws.done()
+
+    # `sagepipe trigger` with the job id as its idempotency key follows the same run
+    result = stack.sagepipe("trigger", "ml-pipeline/local", "--idempotency-key", job_id,
+                            "--poll", "0.5")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert run_id in result.stdout
+    assert "ended Failed" in result.stderr and "no_such_column" in result.stderr
+
+
+def test_sagepipe_trigger_follows_a_run_to_its_end(stack: Stack) -> None:
+    sets = [arg for key in ("project", "runtime.state_dir", "dataset_uri", "artifacts_uri",
+                            "endpoint.name", "jobs.poll_first_seconds",
+                            "jobs.poll_max_seconds")
+            for arg in ("--set", f"{key}={_get(stack.config, key)}")]
+    result = stack.sagepipe("trigger", "ml-pipeline/local", *sets, "--commit", "feedbeef",
+                            "--poll", "0.5")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "for commit feedbeef" in result.stdout
+    assert "completed:" in result.stdout and f"endpoint: {ENDPOINT}" in result.stdout
+
+    refused = stack.sagepipe("trigger", "ml-pipeline/local", "--set", "gate.margin=7")
+    assert refused.returncode == 2 and "gate.margin" in refused.stderr
+
+
+def _get(config: dict[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
