@@ -225,6 +225,10 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "ratio": round(median([r["rerun_seconds"] / r["seconds"] for r in server]), 3),
             "jobs_started": max(r["rerun_jobs_started"] for r in server),
         }
+        phased = [r["rerun_phases"] for r in server if r.get("rerun_phases")]
+        if phased:
+            out["cached_rerun"]["phases"] = {k: round(median([p[k] for p in phased]), 3)
+                                             for k in phased[0]}
         out["job_seconds"] = round(median([r["job_seconds"] for r in server]), 3)
     if runs.get("bare") and runs["bare"][0].get("steps"):
         steps = runs["bare"][0]["steps"]

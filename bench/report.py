@@ -87,6 +87,10 @@ def table(results: dict[str, Any]) -> str:
             rows.append(["server, unchanged re-run", f"{cached['rerun_seconds']:.2f}", "",
                          f"{cached['ratio'] * 100:.0f}% of first, "
                          f"{cached['jobs_started']} jobs started"])
+            if cached.get("phases"):
+                p = cached["phases"]
+                rows.append(["  re-run: start-up / flow / exit", "", "",
+                             f"{p['startup']:.2f} / {p['flow']:.2f} / {p['wind_down']:.2f} s"])
         for variant, p in orch.get("phases", {}).items():
             rows.append([f"  {variant}: start-up / flow / exit", "", "",
                          f"{p['startup']:.2f} / {p['flow']:.2f} / {p['wind_down']:.2f} s"])
@@ -115,6 +119,8 @@ def table(results: dict[str, Any]) -> str:
         if not isinstance(figures, dict):
             continue
         for way in ("preprocess", "pyarrow table", "pyarrow stream"):
+            if way not in figures:
+                continue
             f = figures[way]
             share = f.get("share_of_pyarrow")
             rows.append([label, way, f"{f['rows_per_second']:,}", f"{f['seconds']:.2f}",

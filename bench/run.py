@@ -36,7 +36,7 @@ RESULTS = ROOT / "bench" / "results"
 METAFLOW_PYTHON = ROOT / "bench" / ".venv-metaflow" / "bin" / "python"
 
 FULL = {"rows": 1_000_000, "big_rows_factor": 10, "rounds_big": 3, "rounds_default": 3,
-        "scale_rounds": {"small": 3, "big": 2}, "serving_requests": {1: 2000, 100: 400},
+        "scale_rounds": {"small": 3, "big": 3}, "serving_requests": {1: 2000, 100: 400},
         "serving_rounds": 3, "warm_up": True}
 QUICK = {"rows": 50_000, "big_rows_factor": 4, "rounds_big": 1, "rounds_default": 1,
          "scale_rounds": {"small": 1, "big": 1}, "serving_requests": {1: 200, 100: 50},
@@ -61,7 +61,9 @@ def _versions(metaflow: Path | None) -> dict[str, str]:
             capture_output=True, text=True, check=False).stdout.strip()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                             capture_output=True, text=True, check=False).stdout.strip()
-    out["sagepipe_commit"] = commit or "unknown"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                           capture_output=True, text=True, check=False).stdout.strip()
+    out["sagepipe_commit"] = (commit or "unknown") + ("+changes" if dirty else "")
     return out
 
 

@@ -55,6 +55,8 @@ class EndpointSettings(BaseModel):
     alarms: list[str] = Field(default_factory=list,
                               description="CloudWatch alarms that roll a deployment back")
     timeout_seconds: float = Field(3600, gt=0)
+    poll_first_seconds: float = Field(1.0, gt=0, le=300)
+    poll_max_seconds: float = Field(30.0, gt=0, le=600)
     staging_name: str | None = Field(
         None, pattern=r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$",
         description="deploy and smoke-test here first, then production")
@@ -139,7 +141,8 @@ def deploy_package(clients: Clients, *, endpoint: str, package_arn: str, role_ar
                    smoke_payload: str, timeout: float,
                    log: logging.Logger | logging.LoggerAdapter[Any],
                    tags: list[dict[str, str]] | None = None,
-                   sleep: Callable[[float], None] = time.sleep) -> DeployResult:
+                   sleep: Callable[[float], None] = time.sleep,
+                   first_poll: float = 1.0, max_poll: float = 30.0) -> DeployResult:
     model_request, config_request = deploy_requests(
         endpoint=endpoint, package_arn=package_arn, role_arn=role_arn,
         instance_type=instance_type, instance_count=instance_count, tags=tags)
@@ -163,7 +166,8 @@ def deploy_package(clients: Clients, *, endpoint: str, package_arn: str, role_ar
         action: Literal["created", "updated", "unchanged"] = "created"
     else:
         if current["EndpointStatus"] in _TRANSITIONAL:  # a retry, or somebody else's update
-            current = wait_endpoint(clients, endpoint, timeout=timeout, sleep=sleep, log=log)
+            current = wait_endpoint(clients, endpoint, timeout=timeout, sleep=sleep, log=log,
+                          first_poll=first_poll, max_poll=max_poll)
         previous = current["EndpointConfigName"]
         if previous == config_name and current["EndpointStatus"] == "InService":
             action = "unchanged"
@@ -177,7 +181,8 @@ def deploy_package(clients: Clients, *, endpoint: str, package_arn: str, role_ar
             sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=config_name,
                                DeploymentConfig=deploy_config)
             action = "updated"
-    final = wait_endpoint(clients, endpoint, timeout=timeout, sleep=sleep, log=log)
+    final = wait_endpoint(clients, endpoint, timeout=timeout, sleep=sleep, log=log,
+                          first_poll=first_poll, max_poll=max_poll)
     if final["EndpointStatus"] != "InService":
         raise DeployFailed(endpoint, f"Endpoint {endpoint} ended {final['EndpointStatus']}: "
                            f"{final.get('FailureReason', 'no reason given')}")
@@ -192,7 +197,8 @@ def deploy_package(clients: Clients, *, endpoint: str, package_arn: str, role_ar
             log.error("Smoke test failed (%s); rolling %s back to %s", exc, endpoint, previous)
             sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=previous,
                                DeploymentConfig=deploy_config)
-            wait_endpoint(clients, endpoint, timeout=timeout, sleep=sleep, log=log)
+            wait_endpoint(clients, endpoint, timeout=timeout, sleep=sleep, log=log,
+                          first_poll=first_poll, max_poll=max_poll)
             raise DeployRolledBack(endpoint, f"Smoke test of {endpoint} on {config_name} "
                                    f"failed ({exc}); rolled back to {previous}.") from exc
         raise DeployFailed(endpoint, f"Smoke test of {endpoint} failed: {exc}") from exc
@@ -232,6 +238,7 @@ def deploy_model(runtime: RuntimeSettings, settings: EndpointSettings, package_a
         role_arn=role_arn, instance_type=settings.instance_type,
         instance_count=settings.instance_count, deploy_config=config,
         smoke_payload=smoke_payload, timeout=settings.timeout_seconds, log=get_run_logger(),
+        first_poll=settings.poll_first_seconds, max_poll=settings.poll_max_seconds,
         tags=[{"Key": k, "Value": v[:256]} for k, v in tags.items()])
     get_run_logger().info("Endpoint %s %s: serves %s; smoke test answered %s", result.endpoint,
                           result.action, result.endpoint_config, result.smoke_test)
