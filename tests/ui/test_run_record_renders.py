@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -110,8 +111,13 @@ def assert_plots_loaded(page: Page, screenshot: Path) -> None:
     for image in images:
         assert image["inline"], image  # a data URI: no URL the browser could fail to reach
         assert image["width"] > 0 and image["height"] > 0, f"{image['alt']} did not load"
-    page.screenshot(screenshot, height=min(int(page.evaluate(PAGE_HEIGHT_JS)) + 40, 8000))
-    assert page.evaluate(IN_VIEW_JS), "a plot lies outside the screenshot"
+    for _ in range(3):  # resizing the viewport can reflow the page: measure again
+        page.screenshot(screenshot, height=min(int(page.evaluate(PAGE_HEIGHT_JS)) + 40, 12000))
+        if page.evaluate(IN_VIEW_JS):
+            break
+        time.sleep(1)
+    else:
+        raise AssertionError("a plot lies outside the screenshot")
 
 
 def test_the_run_records_plots_render_from_the_flow_runs_artifacts_tab(
