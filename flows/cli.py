@@ -4,6 +4,7 @@
     sagepipe invoke <endpoint> <file|-> [--content-type text/csv]
     sagepipe status
     sagepipe data push <file> | --example      sagepipe data versions
+    sagepipe data example <name> [-o file]
     sagepipe logs <job>
     sagepipe down
     sagepipe trigger [ml-pipeline/local] [--set key=value] [--commit SHA] [--idempotency-key K]
@@ -96,6 +97,12 @@ def run(env: str = EnvOption, set_: list[str] = SetOption,
         _fail(f"Run failed: {exc}")
     typer.secho(f"\nRun {record['run_name'] or record['run_id']}: {record['summary']}",
                 fg=typer.colors.GREEN if record["outcome"] != "failed" else typer.colors.RED)
+    problem = record.get("problem")
+    if problem:
+        typer.echo(f"Problem: {problem['type']} ({problem['source']}); to override, "
+                   f"{problem['override']}")
+    for warning in (record.get("data_schema") or {}).get("warnings") or []:
+        typer.secho(f"Data: {warning}", fg=typer.colors.YELLOW)
     typer.echo(f"Record: {record['record_uri']}")
     endpoint = config.endpoint.name
     if record["outcome"] in ("deployed", "unchanged", "rejected"):
@@ -197,7 +204,8 @@ def down(env: str = EnvOption) -> None:
 
 
 @data_app.command("push")
-def data_push(file: Path = typer.Argument(None, help="a CSV file with a header row"),
+def data_push(file: Path = typer.Argument(None, help="a CSV (, ; tab |, optionally gzip) or "
+                                                      "Parquet file with a header row"),
               example: bool = typer.Option(False, help="push the example breast-cancer data"),
               if_missing: bool = typer.Option(False, help="do nothing if the dataset exists"),
               env: str = EnvOption, set_: list[str] = SetOption) -> None:
@@ -212,15 +220,38 @@ def data_push(file: Path = typer.Argument(None, help="a CSV file with a header r
         return
     if example == (file is not None):
         _fail("Give a CSV file or --example (one of them).", 2)
+    from flows.examples import write_example  # pandas and scikit-learn: only when needed
+
     with tempfile.TemporaryDirectory() as tmp:
-        path = file if file is not None else _write_example(Path(tmp) / "breast_cancer.csv")
+        path = file if file is not None else write_example("breast-cancer", Path(tmp))
         if not path.is_file():
             _fail(f"No file {path}.", 2)
         try:
-            version = push_dataset(clients, path, config.dataset_uri, config.label_column)
+            pushed = push_dataset(clients, path, config.dataset_uri, config.data_rules())
         except PipelineError as exc:
             _fail(f"Refused: {exc}", 2)
-    typer.echo(f"Stored {config.dataset_uri} version {version}")
+    typer.echo(f"Stored {config.dataset_uri} version {pushed.version_id}")
+    if pushed.report is not None:
+        typer.echo(f"Data: {pushed.report.describe()}")
+        if config.problem == "auto":
+            typer.echo("To override the problem type: problem: binary, multiclass or regression "
+                       "in the settings, or --set problem=... on `sagepipe run`.")
+
+
+@data_app.command("example")
+def data_example(name: str = typer.Argument(..., help="breast-cancer, iris, diabetes, churn, "
+                                                       "churn-parquet"),
+                 output: Path = typer.Option(Path("."), "--output", "-o",
+                                             help="a file, or a folder for its own name")) -> None:
+    """Write an example dataset: each has settings of the same name (--env NAME)."""
+    from flows.examples import EXAMPLES, write_example
+
+    if name not in EXAMPLES:
+        rows = "\n".join(f"  {n:14} {what}" for n, (_, what, _) in EXAMPLES.items())
+        _fail(f"No example {name!r}. Examples:\n{rows}", 2)
+    path = write_example(name, output)
+    typer.echo(f"Wrote {path} ({EXAMPLES[name][1]}). Next:\n"
+               f"  {_me()} data push {path} --env {name}\n  {_me()} run --env {name}")
 
 
 def _dataset_exists(clients: Any, uri: str) -> bool:
@@ -232,16 +263,6 @@ def _dataset_exists(clients: Any, uri: str) -> bool:
     except ClientError:
         return False
     return True
-
-
-def _write_example(path: Path) -> Path:
-    """sklearn's breast cancer data with snake_case columns and a 0/1 ``target``."""
-    from sklearn.datasets import load_breast_cancer
-
-    frame = load_breast_cancer(as_frame=True).frame
-    frame.columns = [c.replace(" ", "_") for c in frame.columns]
-    frame.to_csv(path, index=False)
-    return path
 
 
 @data_app.command("versions")

@@ -15,10 +15,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tasks.data import DataRules, DataSettings, Problem
 from tasks.endpoints import EndpointSettings
 from tasks.errors import ConfigError
-from tasks.gate import LOWER_IS_BETTER, Metric
+from tasks.gate import ALL_METRICS, DEFAULT_METRIC, OnSchemaChange, gate_metric, threshold_problem
 from tasks.runtime import RuntimeSettings
+from tasks.stepcode import step_module
 from tasks.steps import JobSettings
 
 __all__ = ["GateSettings", "PipelineConfig", "SplitSettings", "load_config", "settings_path"]
@@ -40,19 +42,42 @@ class GateSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    metric: Metric = "roc_auc"
-    threshold: float = Field(0.9, ge=0, description="absolute bar (a maximum for log_loss)")
-    margin: float = Field(0.001, ge=0, le=1, description="required improvement over the live model")
+    metric: str | None = Field(
+        None, description="roc_auc, pr_auc, accuracy, f1, log_loss (binary); accuracy, "
+        "macro_f1, weighted_f1, log_loss, roc_auc_ovr (multiclass); rmse, mae, r2, mape "
+        "(regression). Unset: roc_auc, macro_f1 or r2 by problem type")
+    threshold: float | None = Field(
+        None, description="absolute bar (a maximum for log_loss, rmse, mae, mape); unset: "
+        "a default per metric (none for rmse and mae, which are in the label's units)")
+    margin: float = Field(0.001, ge=0, description="required improvement over the live model")
     approval: Literal["auto", "manual"] = Field(
         "auto", description="manual: pause for a person's approval in the Prefect UI")
     approval_timeout_seconds: int = Field(3600, ge=60, le=7 * 24 * 3600)
+    on_schema_change: OnSchemaChange = Field(
+        "reject", description="when the live model cannot be scored on new data whose columns "
+        "or classes changed: reject, or let the threshold alone decide (threshold_only)")
 
     @model_validator(mode="after")
-    def _threshold_in_range(self) -> GateSettings:
-        if self.metric not in LOWER_IS_BETTER and self.threshold > 1:
-            raise ValueError(f"gate.threshold {self.threshold} is out of range for "
-                             f"{self.metric}, which lies in [0, 1]")
+    def _known_metric(self) -> GateSettings:
+        if self.metric is not None and self.metric not in ALL_METRICS:
+            guess = difflib.get_close_matches(self.metric, ALL_METRICS, n=1)
+            hint = f" Did you mean {guess[0]!r}?" if guess else ""
+            raise ValueError(f"gate.metric {self.metric!r} is not a metric here.{hint} "
+                             f"Metrics: {', '.join(ALL_METRICS)}")
+        if self.threshold is not None:
+            # unset metric: the default of whichever problem the data turns out to be
+            for metric in [self.metric] if self.metric else list(DEFAULT_METRIC.values()):
+                problem = threshold_problem(metric, self.threshold)
+                if problem:
+                    raise ValueError(problem)
         return self
+
+    def resolve(self, problem: str) -> tuple[str, float]:
+        """(metric, threshold) for the problem type; ConfigError if they do not fit it."""
+        try:
+            return gate_metric(problem, self.metric, self.threshold)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 class NotificationSettings(BaseModel):
@@ -61,8 +86,8 @@ class NotificationSettings(BaseModel):
     topic_arn: str | None = Field(None, description="SNS topic; the local runtime makes one")
 
 
-def _default_hyperparameters() -> dict[str, str | int | float | bool]:
-    return {"model": "logistic_regression", "C": 1.0, "max_iter": 1000}
+def _default_hyperparameters() -> dict[str, str | int | float | bool | None]:
+    return {"model": "hist_gradient_boosting"}
 
 
 class PipelineConfig(BaseModel):
@@ -78,13 +103,17 @@ class PipelineConfig(BaseModel):
     artifacts_uri: str = Field("s3://sagepipe-local/pipeline",
                                pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")
     label_column: str = Field("target", min_length=1)
+    problem: Problem = Field("auto", description="auto: inferred from the label (text or a "
+                             "few distinct values: classes; many numbers: regression)")
+    data: DataSettings = DataSettings()
     containers_dir: str = Field("containers", description="folder with one folder per step")
     image_repository_prefix: str = Field("sagepipe", pattern=r"^[a-z0-9][a-z0-9._/-]*$")
     build_project: str = Field("sagepipe-images", description="CodeBuild project for images")
     split: SplitSettings = SplitSettings()
-    hyperparameters: dict[str, str | int | float | bool] = Field(
+    hyperparameters: dict[str, str | int | float | bool | None] = Field(
         default_factory=_default_hyperparameters,
-        description="passed to the training script (SageMaker sends them as strings)")
+        description="model (linear, random_forest, hist_gradient_boosting, xgboost) and its "
+        "parameters; passed to the training script (SageMaker sends them as strings)")
     jobs: JobSettings = JobSettings()
     gate: GateSettings = GateSettings()
     endpoint: EndpointSettings = EndpointSettings()
@@ -95,7 +124,32 @@ class PipelineConfig(BaseModel):
         if self.split.validation_fraction + self.split.test_fraction >= 0.8:
             raise ValueError("split.validation_fraction + split.test_fraction must leave at "
                              "least 20% of the rows for training")
+        problem = None if self.problem == "auto" else self.problem
+        try:  # ValueError: pydantic reports it with the other errors, Prefect refuses the run
+            if problem:
+                self.gate.resolve(problem)
+            self.check_hyperparameters(problem)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
         return self
+
+    def check_hyperparameters(self, problem: str | None) -> dict[str, Any] | None:
+        """The train step's own check of ``hyperparameters`` (its hyperparameters.py), for a
+        problem type or (None) what can be checked before the data is known."""
+        rules = step_module(self.containers_path / "train", "hyperparameters")
+        if rules is None:
+            return None
+        try:
+            resolved: dict[str, Any] = rules.resolve(dict(self.hyperparameters), problem)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return resolved
+
+    def data_rules(self) -> DataRules:
+        return DataRules(label_column=self.label_column, problem=self.problem, data=self.data,
+                         validation_fraction=self.split.validation_fraction,
+                         test_fraction=self.split.test_fraction,
+                         step_dir=str(self.containers_path / "preprocess"))
 
     @property
     def model_package_group(self) -> str:
@@ -126,6 +180,8 @@ def _describe_errors(exc: ValidationError, source: str) -> str:
             hint = f" Did you mean {guess[0]!r}?" if guess else ""
             lines.append(f"- unknown key {where!r}.{hint} Known keys here: "
                          f"{', '.join(known)}")
+        elif error["type"] == "value_error":  # our own checks: the message says it all
+            lines.append(f"- {error['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"- {where}: {error['msg']} (got {error.get('input')!r})")
     return f"Invalid pipeline config in {source}:\n" + "\n".join(lines)

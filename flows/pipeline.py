@@ -23,9 +23,9 @@ from prefect.utilities.urls import url_for
 from flows.config import PipelineConfig
 from flows.report import collect_plots, publish_artifacts
 from flows.trigger import publish_outcome
-from tasks.data import pin_data
+from tasks.data import DataPin, pin_data
 from tasks.endpoints import deploy_model
-from tasks.errors import DeployRolledBack, PipelineError
+from tasks.errors import ConfigError, DeployRolledBack, PipelineError
 from tasks.gate import GateDecision, decide
 from tasks.images import build_images
 from tasks.jobs import PROCESSING, TRAINING, stop_job
@@ -101,8 +101,11 @@ def ml_pipeline(config: PipelineConfig = PipelineConfig(),
         tags = {FLOW_RUN_TAG: run_id, "sagepipe:project": config.project,
                 **({"sagepipe:commit": commit} if commit else {})}
 
-        pin = pin_data(runtime, config.dataset_uri, config.artifacts_uri, config.label_column)
+        pin = pin_data(runtime, config.dataset_uri, config.artifacts_uri, config.data_rules())
         record["data"] = pin.model_dump()
+        sampled = pin.report.problem if pin.report else "auto"
+        if config.problem == "auto" and sampled != "auto":  # the settings must fit the data
+            _check_settings(config, sampled, exact=False)
         images = build_images(runtime, str(config.containers_path),
                               config.image_repository_prefix, config.build_project,
                               config.artifacts_uri)
@@ -114,9 +117,13 @@ def ml_pipeline(config: PipelineConfig = PipelineConfig(),
                                    label_column=config.label_column,
                                    validation_fraction=config.split.validation_fraction,
                                    test_fraction=config.split.test_fraction,
-                                   seed=config.split.seed)
+                                   seed=config.split.seed, problem=_problem_arg(config, pin),
+                                   delimiter=config.data_rules().delimiter,
+                                   missing_values=list(config.data.missing_values))
         pre = _step(record, "preprocess", _runner("preprocess", force),
                     runtime, pre_plan, config, tags)
+        problem = _read_schema(config, record, pre.outputs["schema"], pin)
+        metric, threshold = _check_settings(config, problem, exact=True)
         train_plan = plan_train(**common, splits=pre.outputs, image=images["train"],
                                 label_column=config.label_column,
                                 hyperparameters=config.hyperparameters)
@@ -143,9 +150,9 @@ def ml_pipeline(config: PipelineConfig = PipelineConfig(),
         evaluation_uri = evaluated.outputs["evaluation"]
         evaluation = read_json(get_clients(runtime), evaluation_uri)
         record["evaluation"] = evaluation
-        decision = decide(evaluation, metric=config.gate.metric,
-                          threshold=config.gate.threshold, margin=config.gate.margin,
-                          has_champion=champion is not None)
+        decision = decide(evaluation, metric=metric, threshold=threshold,
+                          margin=config.gate.margin, has_champion=champion is not None,
+                          on_schema_change=config.gate.on_schema_change)
         record["decision"] = decision.model_dump() | {"summary": decision.summary}
         log.info("Gate: %s", decision.summary)
 
@@ -155,11 +162,14 @@ def ml_pipeline(config: PipelineConfig = PipelineConfig(),
         package_arn = register_model(
             runtime, group=config.model_package_group, idempotency_key=trained.job_name,
             image=images["serve"].uri, model_data_url=model_uri, evaluation_uri=evaluation_uri,
-            approval=approval, description=decision.summary,
+            approval=approval, description=decision.summary, problem=problem,
             metadata={"commit": commit or "", "data_digest": pin.digest,
                       "dataset_uri": pin.source_uri, "flow_run_id": run_id,
-                      "training_job": trained.job_name,
-                      f"{decision.metric}": f"{decision.challenger:.6f}"},
+                      "training_job": trained.job_name, "problem_type": problem,
+                      "label_column": config.label_column,
+                      "feature_count": str(len(record["data_schema"]["feature_columns"])),
+                      **({decision.metric: f"{decision.challenger:.6f}"}
+                         if decision.challenger is not None else {})},
             instance_type=config.endpoint.instance_type)
         record["model_package"] = {"arn": package_arn, "approval": approval}
         if approval == "pending":
@@ -189,6 +199,57 @@ def ml_pipeline(config: PipelineConfig = PipelineConfig(),
             except Exception:  # the original error matters more than the bookkeeping
                 log.exception("Could not record or notify the failure")
         raise
+
+
+def _problem_arg(config: PipelineConfig, pin: DataPin) -> str:
+    """What the preprocess job is told: the configured problem, or the family the first
+    rows suggest (the job counts the classes of the whole dataset)."""
+    if config.problem != "auto":
+        return config.problem
+    sampled = pin.report.problem if pin.report else "auto"
+    return {"binary": "classification", "multiclass": "classification"}.get(sampled, sampled)
+
+
+def _check_settings(config: PipelineConfig, problem: str, *, exact: bool) -> tuple[str, float]:
+    """The gate's (metric, threshold) for the problem, hyperparameters checked for it too.
+
+    Not ``exact`` (a sample's binary or multiclass): settings that fit either are fine.
+    """
+    candidates = [problem] if exact or problem == "regression" else ["binary", "multiclass"]
+    errors: list[ConfigError] = []
+    for candidate in candidates:
+        try:
+            config.check_hyperparameters(candidate)
+            return config.gate.resolve(candidate)
+        except ConfigError as exc:
+            errors.append(exc)
+    how = "inferred from the data" if config.problem == "auto" else "configured"
+    raise ConfigError(f"The settings do not fit this {problem} problem ({how}): {errors[0]} "
+                      "To override the problem type, set problem: binary, multiclass or "
+                      "regression.")
+
+
+def _read_schema(config: PipelineConfig, record: dict[str, Any], schema_uri: str,
+                 pin: DataPin) -> str:
+    """The preprocess job's findings into the record; returns the problem type."""
+    log = get_run_logger()
+    schema = read_json(get_clients(config.runtime), schema_uri.rstrip("/") + "/schema.json")
+    problem = str(schema["problem"])
+    source = str(schema.get("problem_source") or "")
+    if config.problem == "auto" and not source.startswith("inferred") and pin.report:
+        source = pin.report.problem_source  # the job was told the family the sample showed
+    record["problem"] = {
+        "type": problem, "source": source,
+        "override": "set problem: binary, multiclass or regression (--set problem=...)"}
+    record["data_schema"] = {k: schema.get(k) for k in (
+        "problem", "classes", "class_rows", "label_stats", "feature_columns", "input_columns",
+        "dropped_columns", "dropped_rows", "rows", "input_rows", "format", "warnings",
+        "columns")}
+    log.info("Problem: %s (%s); override with problem: binary, multiclass or regression",
+             problem, source)
+    for warning in schema.get("warnings") or []:
+        log.warning("Data: %s", warning)
+    return problem
 
 
 def _runner(step: str, force: bool) -> Any:

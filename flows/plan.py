@@ -74,10 +74,13 @@ def build_plan(config: PipelineConfig, commit: str | None = None) -> list[Planne
         when="only for images not yet in ECR"))
     common: dict[str, Any] = {"project": config.project, "runtime": runtime,
                               "artifacts_uri": config.artifacts_uri, "settings": config.jobs}
+    problem = config.problem if config.problem != "auto" else "<inferred from the data>"
     pre = plan_preprocess(**common, pin=pin, image=images["preprocess"],
                           label_column=config.label_column,
                           validation_fraction=config.split.validation_fraction,
-                          test_fraction=config.split.test_fraction, seed=config.split.seed)
+                          test_fraction=config.split.test_fraction, seed=config.split.seed,
+                          problem=problem, delimiter=config.data_rules().delimiter,
+                          missing_values=list(config.data.missing_values))
     train = plan_train(**common, splits=pre.outputs, image=images["train"],
                        label_column=config.label_column, hyperparameters=config.hyperparameters)
     evaluate = plan_evaluate(**common, model_uri=train.outputs["model"],
@@ -95,6 +98,8 @@ def build_plan(config: PipelineConfig, commit: str | None = None) -> list[Planne
         image=images["serve"].uri, model_data_url=train.outputs["model"],
         evaluation_uri=evaluate.outputs["evaluation"], approval="approved",
         description="<gate decision>", instance_type=config.endpoint.instance_type,
+        problem=config.problem if config.problem != "auto" else None,
+        constraints_uri=evaluate.outputs["evaluation"].rsplit("/", 1)[0] + "/constraints.json",
         metadata={"commit": commit or "", "data_digest": "<data-digest>",
                   "dataset_uri": config.dataset_uri, "training_job": train.name})
     calls.append(PlannedCall("sagemaker", "CreateModelPackage", package,

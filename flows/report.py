@@ -21,16 +21,19 @@ from tasks.plots import draw_plots
 __all__ = ["PLOT_TITLES", "collect_plots", "metrics_rows", "publish_artifacts",
            "record_markdown"]
 
-METRICS = ("roc_auc", "accuracy", "f1", "log_loss")
 PLOT_TITLES = {"roc": "ROC curves, new vs live model",
                "confusion_matrix": "Confusion matrix",
+               "per_class_f1": "F1 score of each class, new vs live model",
+               "predicted_vs_actual": "Predicted vs actual values, new vs live model",
+               "residuals": "Residuals, new vs live model",
                "metric_history": "Metric history of the model versions"}
 
 
 def metrics_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per metric the evaluate job reported (they depend on the problem type)."""
     evaluation = record.get("evaluation") or {}
     rows = []
-    for metric in METRICS:
+    for metric in evaluation.get("challenger") or {}:
         challenger = (evaluation.get("challenger") or {}).get(metric)
         champion = (evaluation.get("champion") or {}).get(metric)
         if challenger is None:
@@ -56,10 +59,11 @@ def collect_plots(config: PipelineConfig, record: dict[str, Any]) -> dict[str, s
     champion = (record.get("champion") or {}).get("package_arn")
     live = package if record.get("outcome") == "deployed" else champion
     run_uri = f"{config.artifacts_uri.rstrip('/')}/runs/{record['run_id']}"
+    decision = record.get("decision") or {}
     try:
         plots = draw_plots(config.runtime, evaluation_uri=evaluation_uri, evaluation=evaluation,
-                           group=config.model_package_group, metric=config.gate.metric,
-                           threshold=config.gate.threshold, live_arn=live,
+                           group=config.model_package_group, metric=decision.get("metric"),
+                           threshold=decision.get("threshold"), live_arn=live,
                            current_arn=package, run_uri=run_uri)
     except Exception as exc:
         get_run_logger().warning("No plots for this run: %s: %s", type(exc).__name__, exc)
@@ -85,6 +89,13 @@ def record_markdown(record: dict[str, Any], images: dict[str, str] | None = None
     if record.get("error"):
         lines += ["## Error", "", f"`{record['error']['type']}`: {record['error']['message']}",
                   ""]
+    problem = record.get("problem")
+    if problem:
+        lines += ["## Problem", "", f"**{problem['type']}** ({problem['source']}); to "
+                  f"override, {problem['override']}.", ""]
+    schema = record.get("data_schema") or {}
+    if schema.get("warnings"):
+        lines += ["## Data warnings", ""] + [f"- {w}" for w in schema["warnings"]] + [""]
     data = record.get("data")
     if data:
         lines += ["## Data", "", f"Source `{data['source_uri']}`, snapshot "

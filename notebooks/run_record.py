@@ -97,22 +97,35 @@ curves = read_json(clients, f"{folder}/{evaluation['plots']['curves']}")
 names = {"challenger": ("challenger (new)", "tab:blue"),
          "champion": ("champion (live)", "tab:orange")}
 
-figure, ax = plt.subplots(figsize=(5.5, 4.5))
-ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="chance")
-for role, curve in curves["roc"].items():
-    name, color = names[role]
-    ax.plot(curve["fpr"], curve["tpr"], color=color, linewidth=2,
-            label=f"{name}: AUC {curve['auc']:.4f}")
-ax.set(xlabel="false positive rate", ylabel="true positive rate",
-       title=f"ROC on the same test split ({evaluation['test_rows']} rows)")
-ax.legend(loc="lower right")
-plt.show()
+print("Problem:", evaluation.get("problem", "binary"))
+if "roc" in curves:  # binary
+    figure, ax = plt.subplots(figsize=(5.5, 4.5))
+    ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="chance")
+    for role, curve in curves["roc"].items():
+        name, color = names[role]
+        ax.plot(curve["fpr"], curve["tpr"], color=color, linewidth=2,
+                label=f"{name}: AUC {curve['auc']:.4f}")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate",
+           title=f"ROC on the same test split ({evaluation['test_rows']} rows)")
+    ax.legend(loc="lower right")
+    plt.show()
+if "per_class_f1" in curves:  # multiclass
+    display(pd.DataFrame(curves["per_class_f1"]).rename_axis("class"))
+if "regression" in curves:
+    figure, ax = plt.subplots(figsize=(5.5, 4.5))
+    for role, points in curves["regression"].items():
+        name, color = names[role]
+        ax.scatter(points["actual"], points["predicted"], s=10, alpha=0.5, color=color,
+                   label=name)
+    ax.set(xlabel="actual", ylabel="predicted", title="Predicted vs actual on the test split")
+    ax.legend(loc="upper left")
+    plt.show()
 
 # %%
-matrices = curves["confusion_matrix"]
-figure, axes = plt.subplots(1, len(matrices), figsize=(4.2 * len(matrices), 3.8),
-                            squeeze=False)
-for ax, (role, matrix) in zip(axes[0], matrices.items(), strict=True):
+matrices = curves.get("confusion_matrix", {})  # classification only
+figure, axes = plt.subplots(1, max(len(matrices), 1), figsize=(4.2 * max(len(matrices), 1),
+                                                                3.8), squeeze=False)
+for ax, (role, matrix) in zip(axes[0], matrices.items(), strict=False):
     counts = np.asarray(matrix["counts"])
     ax.imshow(counts, cmap="Blues", vmin=0)
     ax.set(xticks=range(len(matrix["labels"])), yticks=range(len(matrix["labels"])),
@@ -130,9 +143,9 @@ plt.show()
 # From the Model Registry: every version the pipeline registered, with its gate metric.
 
 # %%
-metric = decision.get("metric") or config.gate.metric
+metric = decision.get("metric")
 history = pd.DataFrame([p.model_dump() for p in model_history(
-    clients, config.model_package_group, metric)])
+    clients, config.model_package_group, metric)] if metric else [])
 display(history)
 if not history.empty:
     figure, ax = plt.subplots(figsize=(6.4, 3.6))
@@ -145,7 +158,7 @@ if not history.empty:
     mine = history[history["arn"] == package]
     ax.scatter(mine["version"], mine["value"], s=150, facecolors="none", edgecolors="black",
                label="this run")
-    ax.axhline(config.gate.threshold, linestyle="--", color="grey", label="gate threshold")
+    ax.axhline(decision["threshold"], linestyle="--", color="grey", label="gate threshold")
     ax.set(xlabel="model version", ylabel=metric, xticks=history["version"])
     ax.legend(fontsize=8)
     plt.show()

@@ -7,31 +7,108 @@ versions' ETags. Every job reads the snapshot, so a run is reproducible even if
 the source changes mid-run, and the same data always lands under the same
 prefix: cache keys built from it change exactly when the data does.
 
-Before any compute is spent, ``check_csv_sample`` reads the head of the first
-object and refuses data the pipeline cannot use (empty, no label column,
-non-numeric features) with a message that says what to fix.
+Before anything is stored or run, the data is checked with the preprocess step's own
+rules (its ``dataset.py``, see :mod:`tasks.stepcode`): the format (CSV with any common
+separator, gzip, Parquet; anything else is refused with what it looks like), the label
+column, the problem type (``auto`` is inferred from the label), the features. ``sagepipe
+data push`` reads the whole label column of the local file, so it also refuses classes too
+small to reach every split; a run's pin step reads the first bytes of each stored object.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
-import math
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, Literal
 
 from botocore.exceptions import ClientError
 from prefect import get_run_logger, task
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import DataError
 from .runtime import Clients, RuntimeSettings, get_clients, retry_transient
+from .stepcode import DEFAULT_CONTAINERS, step_module
 
-__all__ = ["DataPin", "PinnedObject", "check_csv_sample", "parse_s3_uri", "pin_data",
+__all__ = ["DataPin", "DataRules", "DataSettings", "DatasetReport", "PinnedObject",
+           "PushedDataset", "inspect_file", "inspect_object", "parse_s3_uri", "pin_data",
            "pin_dataset", "push_dataset"]
 
 SAMPLE_BYTES = 256 * 1024
+PARQUET_SAMPLE_BYTES = 64 << 20  # a first row group larger than this is not sampled
+Problem = Literal["auto", "binary", "multiclass", "regression"]
+
+
+class DataSettings(BaseModel):
+    """How to read the dataset files (config ``data:``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    delimiter: Literal[",", ";", "\t", "|", "comma", "semicolon", "tab", "pipe"] | None = Field(
+        None, description="CSV separator; detected from the header when unset")
+    missing_values: list[str] = Field(
+        default_factory=list, max_length=50,
+        description="more spellings of 'missing' besides empty, NA, N/A, null, NaN, ?, ...")
+
+
+class DataRules(BaseModel):
+    """What the data checks need to know: the label, the problem, how to read the files."""
+
+    model_config = ConfigDict(frozen=True)
+
+    label_column: str = "target"
+    problem: Problem = "auto"
+    data: DataSettings = DataSettings()
+    validation_fraction: float = 0.15
+    test_fraction: float = 0.15
+    step_dir: str = str(DEFAULT_CONTAINERS / "preprocess")
+
+    @property
+    def delimiter(self) -> str | None:
+        names = {"comma": ",", "semicolon": ";", "tab": "\t", "pipe": "|"}
+        return names.get(self.data.delimiter or "", self.data.delimiter)
+
+
+class DatasetReport(BaseModel):
+    """What the checks found: the format, the columns, the problem type and why."""
+
+    format: str
+    compression: str | None = None
+    delimiter: str | None = None
+    columns: list[str]
+    problem: str  # binary | multiclass | regression; auto when the step ships no checks
+    problem_source: str
+    rows_checked: int
+    complete: bool  # every label was read (a local file), not just the first rows
+    classes: dict[str, int] | None = None
+    features: list[str] = []
+    unusable: dict[str, str] = {}
+
+    def describe(self) -> str:
+        what = {"csv": "CSV", "parquet": "Parquet"}.get(self.format, self.format)
+        if self.delimiter:
+            what += f" separated by {_SEPARATORS.get(self.delimiter, repr(self.delimiter))}"
+        if self.compression:
+            what += f", {self.compression}-compressed"
+        text = f"{what}; {len(self.columns)} columns"
+        if self.problem != "auto":
+            text += f"; problem {self.problem} ({self.problem_source})"
+        if self.classes:
+            shown = ", ".join(f"{c}: {n}" for c, n in list(self.classes.items())[:8])
+            text += f"; rows per class {shown}{' ...' if len(self.classes) > 8 else ''}"
+        if self.unusable:
+            text += "; not usable as features " + ", ".join(
+                f"{c} ({why})" for c, why in self.unusable.items())
+        return text
+
+
+_SEPARATORS = {",": "commas", ";": "semicolons", "\t": "tabs", "|": "pipes"}
+
+
+class PushedDataset(BaseModel):
+    version_id: str
+    report: DatasetReport | None
 
 
 class PinnedObject(BaseModel):
@@ -47,6 +124,7 @@ class DataPin(BaseModel):
     objects: list[PinnedObject]
     digest: str
     snapshot_uri: str
+    report: DatasetReport | None = None  # what the checks of the first object found
 
     @property
     def rows_hint(self) -> int:
@@ -120,65 +198,178 @@ def _pinned(key: str, head: dict[str, Any]) -> PinnedObject:
                         size=int(head["ContentLength"]))
 
 
-def check_csv_sample(clients: Clients, bucket: str, obj: PinnedObject,
-                     label_column: str) -> list[str]:
-    """Cheap checks on the first rows of a stored object; returns the header."""
+def _rules(rules: DataRules | str) -> DataRules:
+    return DataRules(label_column=rules) if isinstance(rules, str) else rules
+
+
+def _checks(rules: DataRules) -> ModuleType | None:
+    """The preprocess step's ``dataset.py``, or None if the step ships no checks."""
+    return step_module(Path(rules.step_dir), "dataset")
+
+
+def _report(sample: Any, *, complete: bool, classes: dict[Any, int] | None = None
+            ) -> DatasetReport:
+    fmt = sample.format
+    counted = classes if classes is not None else (
+        sample.label.classes() if sample.problem != "regression" else None)
+    return DatasetReport(
+        format=fmt.format, compression=fmt.compression, delimiter=fmt.delimiter,
+        columns=list(sample.columns), problem=sample.problem,
+        problem_source=sample.problem_source, rows_checked=sample.label.rows,
+        complete=complete, features=list(sample.features), unusable=dict(sample.unusable),
+        classes=None if counted is None or sample.problem == "regression"
+        else {str(k): int(v) for k, v in counted.items()})
+
+
+def _inspect_head(checks: ModuleType, head: bytes, where: str, rules: DataRules, *,
+                  truncated: bool) -> Any:
+    """The step's checks on a CSV file's first bytes, as a sample report."""
+    return checks.inspect_head(head, name=f"Dataset {where}", label=rules.label_column,
+                               problem=rules.problem, delimiter=rules.delimiter,
+                               missing=checks.missing_set(rules.data.missing_values),
+                               truncated=truncated)
+
+
+def inspect_file(path: Path, rules: DataRules | str) -> DatasetReport | None:
+    """Check a local file the way a run would, reading its whole label column.
+
+    Refuses (DataError) what the preprocess step cannot use; None when it ships no checks.
+    """
+    rules = _rules(rules)
+    checks = _checks(rules)
+    size = path.stat().st_size
+    if size == 0:
+        raise DataError(f"{path} is empty. Push a table with a header row and data rows.")
+    if checks is None:
+        return None
+    where = str(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(SAMPLE_BYTES)
+        fmt = checks.sniff(head, f"Dataset {where}")
+        if fmt.format == "parquet":
+            sample = checks.inspect_table(
+                checks.first_rows(path), name=f"Dataset {where}", label=rules.label_column,
+                problem=rules.problem, missing=checks.missing_set(rules.data.missing_values),
+                complete=False)
+        else:
+            sample = _inspect_head(checks, head, where, rules,
+                                   truncated=size > SAMPLE_BYTES or fmt.compression is not None)
+        labels = checks.scan_labels(path, sample.format, rules.label_column,
+                                    checks.missing_set(rules.data.missing_values))
+        problem, source = checks.check_problem(labels, rules.label_column, rules.problem,
+                                               f"Dataset {where}", complete=True)
+    except checks.DataError as exc:
+        raise DataError(str(exc)) from None
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(f"Dataset {where} cannot be read as {sample_format(checks, path)}: "
+                        f"{exc}") from None
+    classes = None
+    if problem != "regression":
+        classes = labels.classes()
+        try:
+            checks.check_class_rows(classes, rules.label_column, f"Dataset {where}",
+                                    validation_fraction=rules.validation_fraction,
+                                    test_fraction=rules.test_fraction)
+        except checks.DataError as exc:
+            raise DataError(str(exc)) from None
+    report = _report(sample, complete=True, classes=classes)
+    return report.model_copy(update={"problem": problem, "problem_source": source,
+                                     "rows_checked": labels.rows})
+
+
+def sample_format(checks: ModuleType, path: Path) -> str:
+    with open(path, "rb") as fh:
+        try:
+            return str(checks.sniff(fh.read(4096), str(path)).describe())
+        except checks.DataError:
+            return "a table"
+
+
+class _S3Object(io.RawIOBase):
+    """One stored object version, seekable, read with ranged GETs: Parquet reads its footer
+    first, then only the columns it needs."""
+
+    def __init__(self, clients: Clients, bucket: str, obj: PinnedObject) -> None:
+        self.clients, self.bucket, self.obj, self.position = clients, bucket, obj, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.obj.size}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def readinto(self, buffer: Any) -> int:
+        count = min(len(buffer), self.obj.size - self.position)
+        if count <= 0:
+            return 0
+        body = self.clients.s3.get_object(
+            Bucket=self.bucket, Key=self.obj.key, VersionId=self.obj.version_id,
+            Range=f"bytes={self.position}-{self.position + count - 1}")["Body"].read()
+        buffer[:len(body)] = body
+        self.position += len(body)
+        return len(body)
+
+
+def inspect_object(clients: Clients, bucket: str, obj: PinnedObject,
+                   rules: DataRules | str) -> DatasetReport | None:
+    """Check the first bytes (Parquet: the first rows) of one stored object version."""
+    rules = _rules(rules)
     where = f"s3://{bucket}/{obj.key}"
     if obj.size == 0:
-        raise DataError(f"Dataset {where} is empty. Push a CSV with a header row and data.")
+        raise DataError(f"Dataset {where} is empty. Push a table with a header row and data.")
+    checks = _checks(rules)
+    if checks is None:
+        return None
     head = clients.s3.get_object(Bucket=bucket, Key=obj.key, VersionId=obj.version_id,
                                  Range=f"bytes=0-{SAMPLE_BYTES - 1}")["Body"].read()
-    return check_csv_head(head, where=where, label_column=label_column,
-                          truncated=obj.size > SAMPLE_BYTES)
+    try:
+        fmt = checks.sniff(head, f"Dataset {where}")
+        if fmt.format == "csv":
+            sample = _inspect_head(checks, head, where, rules,
+                                   truncated=obj.size > SAMPLE_BYTES or bool(fmt.compression))
+            return _report(sample, complete=False)
+        return _inspect_parquet(checks, clients, bucket, obj, rules, where)
+    except checks.DataError as exc:
+        raise DataError(str(exc)) from None
 
 
-def check_csv_head(head: bytes, *, where: str, label_column: str, truncated: bool) -> list[str]:
-    """Refuse data the pipeline cannot use, from its first bytes; returns the header.
+def _inspect_parquet(checks: ModuleType, clients: Clients, bucket: str, obj: PinnedObject,
+                     rules: DataRules, where: str) -> DatasetReport:
+    import pyarrow.parquet as pq
 
-    Preprocessing validates every row; this catches the common mistakes (empty
-    file, wrong label column, text in a feature) before any job is started.
-    """
-    # utf-8-sig: spreadsheet exports start with a byte-order mark that is not data
-    lines = head.decode("utf-8-sig", errors="replace").splitlines()
-    if truncated and lines:
-        lines = lines[:-1]  # the last line of a partial read may be cut
-    reader = csv.reader(io.StringIO("\n".join(lines)))
-    numbered = [(reader.line_num, r) for r in reader if r]  # line_num: the physical line
-    rows = [r for _, r in numbered]
-    if not rows:
-        raise DataError(f"Dataset {where} is empty. Push a CSV with a header row and data.")
-    header = [h.strip() for h in rows[0]]
-    if label_column not in header:
-        raise DataError(
-            f"Dataset {where} has no label column {label_column!r}. Columns found: "
-            f"{', '.join(header[:20])}{' ...' if len(header) > 20 else ''}. Set label_column "
-            "in the pipeline config, or add the column to the data.")
-    if len(rows) < 2:
-        raise DataError(f"Dataset {where} has a header but no rows. Push data rows too.")
-    for line_no, row in numbered[1:]:
-        if len(row) != len(header):
-            raise DataError(f"Dataset {where} line {line_no} has {len(row)} fields; the header "
-                            f"has {len(header)}. Fix the CSV.")
-        for name, value in zip(header, row, strict=True):
-            if name == label_column:
-                continue
-            if not value.strip():
-                raise DataError(f"Dataset {where} column {name!r} has a missing value on "
-                                f"line {line_no}. Fill or drop missing values.")
-            try:
-                number = float(value)
-            except ValueError:
-                raise DataError(
-                    f"Dataset {where} column {name!r} is not numeric: line {line_no} holds "
-                    f"{value[:40]!r}. The example model needs numeric features; encode or "
-                    "drop that column.") from None
-            if math.isnan(number):
-                raise DataError(f"Dataset {where} column {name!r} has a missing value on "
-                                f"line {line_no}. Fill or drop missing values.")
-    return header
+    try:
+        parquet = pq.ParquetFile(io.BufferedReader(_S3Object(clients, bucket, obj), 1 << 20))
+        columns = list(parquet.schema_arrow.names)
+        first_group = (parquet.metadata.row_group(0).total_byte_size
+                       if parquet.metadata.num_row_groups else 0)
+        if first_group <= PARQUET_SAMPLE_BYTES:
+            sample = checks.inspect_table(
+                checks.first_rows(parquet), name=f"Dataset {where}",
+                label=rules.label_column, problem=rules.problem,
+                missing=checks.missing_set(rules.data.missing_values), complete=False)
+            return _report(sample, complete=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"Dataset {where} cannot be read as Parquet: {exc}") from None
+    # a huge first row group: check the columns only, the job infers the rest
+    checks.check_label_column(columns, rules.label_column, f"Dataset {where}",
+                              checks.FileFormat("parquet"))
+    return DatasetReport(format="parquet", columns=columns, problem=rules.problem,
+                         problem_source="configured" if rules.problem != "auto" else
+                         "to be inferred by the preprocess job (first row group too large to "
+                         "sample)", rows_checked=0, complete=False)
 
 
-def push_dataset(clients: Clients, path: Path, uri: str, label_column: str) -> str:
+def push_dataset(clients: Clients, path: Path, uri: str,
+                 rules: DataRules | str) -> PushedDataset:
     """Store ``path`` as a new version of ``uri`` after the same checks a run does.
 
     Bad data is refused before the upload, so the stored versions stay usable.
@@ -187,27 +378,25 @@ def push_dataset(clients: Clients, path: Path, uri: str, label_column: str) -> s
     if not key or key.endswith("/"):
         raise DataError(f"{uri} names a prefix; give the object key to write, e.g. "
                         f"{uri.rstrip('/')}/data.csv")
-    size = path.stat().st_size
-    if size == 0:
-        raise DataError(f"{path} is empty. Push a CSV with a header row and data.")
-    with open(path, "rb") as fh:
-        check_csv_head(fh.read(SAMPLE_BYTES), where=str(path), label_column=label_column,
-                       truncated=size > SAMPLE_BYTES)
+    report = inspect_file(path, rules)
     clients.s3.upload_file(str(path), bucket, key)
-    return str(clients.s3.head_object(Bucket=bucket, Key=key).get("VersionId"))
+    version = str(clients.s3.head_object(Bucket=bucket, Key=key).get("VersionId"))
+    return PushedDataset(version_id=version, report=report)
 
 
 def pin_dataset(clients: Clients, dataset_uri: str, artifacts_uri: str,
-                label_column: str) -> DataPin:
+                rules: DataRules | str) -> DataPin:
     bucket, objects = resolve_versions(clients, dataset_uri)
-    header: list[str] | None = None
+    first: DatasetReport | None = None
     for obj in objects:
-        columns = check_csv_sample(clients, bucket, obj, label_column)
-        if header is not None and columns != header:
-            raise DataError(f"Dataset objects disagree on columns: s3://{bucket}/{obj.key} has "
-                            f"{len(columns)} columns, the first object {len(header)}. All "
-                            "parts of a dataset need the same header.")
-        header = columns
+        report = inspect_object(clients, bucket, obj, rules)
+        if first is not None and report is not None and (
+                report.columns, report.format) != (first.columns, first.format):
+            raise DataError(f"Dataset objects disagree: s3://{bucket}/{obj.key} has "
+                            f"{len(report.columns)} columns ({report.format}), the first "
+                            f"object {len(first.columns)} ({first.format}). All parts of a "
+                            "dataset need the same format and header.")
+        first = first or report
     names = [o.key.rsplit("/", 1)[-1] for o in objects]
     if len(set(names)) != len(names):
         raise DataError(f"Dataset {dataset_uri} has two objects with the same file name in "
@@ -224,7 +413,7 @@ def pin_dataset(clients: Clients, dataset_uri: str, artifacts_uri: str,
                                CopySource={"Bucket": bucket, "Key": obj.key,
                                            "VersionId": obj.version_id})
     return DataPin(source_uri=dataset_uri, bucket=bucket, objects=objects, digest=digest,
-                   snapshot_uri=f"s3://{art_bucket}/{snapshot_prefix}")
+                   snapshot_uri=f"s3://{art_bucket}/{snapshot_prefix}", report=first)
 
 
 def _already_copied(clients: Clients, bucket: str, key: str, etag: str) -> bool:
@@ -239,9 +428,12 @@ def _already_copied(clients: Clients, bucket: str, key: str, etag: str) -> bool:
 
 @task(name="pin-data", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient)
 def pin_data(runtime: RuntimeSettings, dataset_uri: str, artifacts_uri: str,
-             label_column: str) -> DataPin:
-    """Resolve and snapshot the dataset; never cached, so a new version is always seen."""
-    pin = pin_dataset(get_clients(runtime), dataset_uri, artifacts_uri, label_column)
-    get_run_logger().info("Pinned %d object(s) of %s as %s", len(pin.objects), dataset_uri,
-                          pin.snapshot_uri)
+             rules: DataRules) -> DataPin:
+    """Resolve, check and snapshot the dataset; never cached, so a new version is seen."""
+    pin = pin_dataset(get_clients(runtime), dataset_uri, artifacts_uri, rules)
+    log = get_run_logger()
+    log.info("Pinned %d object(s) of %s as %s", len(pin.objects), dataset_uri,
+             pin.snapshot_uri)
+    if pin.report is not None:
+        log.info("Data: %s", pin.report.describe())
     return pin

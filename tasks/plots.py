@@ -33,7 +33,8 @@ from .runtime import Clients, RuntimeSettings, get_clients, is_not_found
 __all__ = ["EVALUATE_PLOTS", "RunPlots", "VersionPoint", "data_uri", "draw_plots",
            "history_png", "model_history"]
 
-EVALUATE_PLOTS = ("roc", "confusion_matrix")  # drawn by the evaluate container
+# drawn by the evaluate container, by problem type
+EVALUATE_PLOTS = ("roc", "confusion_matrix", "per_class_f1", "predicted_vs_actual", "residuals")
 HISTORY_VERSIONS = 40  # the newest versions in the history plot
 MAX_WIDTH = 640  # pixels of a plot inlined into the run record
 
@@ -157,9 +158,10 @@ def _read(clients: Clients, uri: str) -> bytes:
 
 @task(name="draw-plots", cache_policy=NO_CACHE)
 def draw_plots(runtime: RuntimeSettings, *, evaluation_uri: str, evaluation: dict[str, Any],
-               group: str, metric: str, threshold: float, live_arn: str | None,
+               group: str, metric: str | None, threshold: float | None, live_arn: str | None,
                current_arn: str | None, run_uri: str) -> RunPlots:
-    """Draw and store the metric history; gather the evaluate job's plots for the UI."""
+    """Draw and store the metric history (of the gate's metric, when the gate decided);
+    gather the evaluate job's plots for the UI."""
     clients = get_clients(runtime)
     log = get_run_logger()
     folder = evaluation_uri.rsplit("/", 1)[0]
@@ -167,8 +169,8 @@ def draw_plots(runtime: RuntimeSettings, *, evaluation_uri: str, evaluation: dic
             if name in EVALUATE_PLOTS}
     if evaluation.get("plots_error"):
         log.warning("The evaluate job drew no plots: %s", evaluation["plots_error"])
-    points = model_history(clients, group, metric)
-    if points:
+    points = model_history(clients, group, metric) if metric and threshold is not None else []
+    if points and metric and threshold is not None:
         history = f"{run_uri.rstrip('/')}/plots/metric_history.png"
         bucket, key = parse_s3_uri(history)
         clients.s3.put_object(Bucket=bucket, Key=key, ContentType="image/png",

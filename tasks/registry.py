@@ -8,6 +8,7 @@ endpoint's config names a model, and that model was created from a package
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -21,6 +22,17 @@ __all__ = ["Champion", "ensure_group", "find_champion", "get_champion", "registe
            "register_package", "set_approval", "update_approval"]
 
 APPROVAL = {"approved": "Approved", "rejected": "Rejected", "pending": "PendingManualApproval"}
+TASKS = {"binary": "CLASSIFICATION", "multiclass": "CLASSIFICATION", "regression": "REGRESSION"}
+# CustomerMetadataProperties keys and values may hold letters, separators, digits and
+# _.:/=+-@ only (CreateModelPackage: [\p{L}\p{Z}\p{N}_.:\/=+\-@]*, keys up to 128 and values
+# up to 256 characters, at most 50 entries):
+# https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_CreateModelPackage.html
+_METADATA_UNSAFE = re.compile(r"[^\w .:/=+\-@]")
+
+
+def metadata_text(value: str, limit: int) -> str:
+    """``value`` with what CustomerMetadataProperties refuses replaced, cut to ``limit``."""
+    return _METADATA_UNSAFE.sub("_", value)[:limit]
 
 
 class Champion(BaseModel):
@@ -69,10 +81,23 @@ def find_champion(clients: Clients, endpoint_name: str) -> Champion | None:
 def model_package_request(*, group: str, idempotency_key: str, image: str,
                           model_data_url: str, evaluation_uri: str, approval: str,
                           description: str, metadata: dict[str, str],
-                          instance_type: str) -> dict[str, Any]:
-    """The CreateModelPackage request; the ClientToken makes a retry return the same package."""
+                          instance_type: str, problem: str | None = None,
+                          constraints_uri: str | None = None) -> dict[str, Any]:
+    """The CreateModelPackage request; the ClientToken makes a retry return the same package.
+
+    ``evaluation_uri`` is the ModelQuality statistics (evaluation.json carries the
+    ``<type>_metrics`` block); ``constraints_uri`` the feature schema in Model Monitor's
+    constraints format, as ModelDataQuality constraints.
+    """
     token = str(uuid.uuid5(uuid.NAMESPACE_URL, f"sagepipe:{group}:{idempotency_key}"))
+    metrics: dict[str, Any] = {"ModelQuality": {"Statistics": {
+        "ContentType": "application/json", "S3Uri": evaluation_uri}}}
+    if constraints_uri:
+        metrics["ModelDataQuality"] = {"Constraints": {
+            "ContentType": "application/json", "S3Uri": constraints_uri}}
+    extra: dict[str, Any] = {"Task": TASKS[problem]} if problem in TASKS else {}
     return dict(
+        **extra,
         ModelPackageGroupName=group,
         ModelPackageDescription=description[:1024],
         ClientToken=token,
@@ -83,9 +108,9 @@ def model_package_request(*, group: str, idempotency_key: str, image: str,
             "SupportedResponseMIMETypes": ["application/json", "text/csv"],
             "SupportedRealtimeInferenceInstanceTypes": [instance_type],
         },
-        ModelMetrics={"ModelQuality": {"Statistics": {
-            "ContentType": "application/json", "S3Uri": evaluation_uri}}},
-        CustomerMetadataProperties={k: str(v)[:256] for k, v in metadata.items() if v},
+        ModelMetrics=metrics,
+        CustomerMetadataProperties={metadata_text(k, 128): metadata_text(str(v), 256)
+                                    for k, v in list(metadata.items())[:50] if v},
     )
 
 
@@ -93,6 +118,17 @@ def register_package(clients: Clients, **request_args: Any) -> str:
     """Create the run's model package (a retry with the same key returns the same one)."""
     response = clients.sagemaker.create_model_package(**model_package_request(**request_args))
     return str(response["ModelPackageArn"])
+
+
+def _exists(clients: Clients, uri: str) -> bool:
+    bucket, _, key = uri[5:].partition("/")
+    try:
+        clients.s3.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if is_not_found(exc) or exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+            return False
+        raise
+    return True
 
 
 def set_approval(clients: Clients, package_arn: str, approval: str, reason: str) -> None:
@@ -122,13 +158,17 @@ def get_champion(runtime: RuntimeSettings, endpoint_name: str) -> Champion | Non
 @task(name="register-model", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient)
 def register_model(runtime: RuntimeSettings, *, group: str, idempotency_key: str, image: str,
                    model_data_url: str, evaluation_uri: str, approval: str, description: str,
-                   metadata: dict[str, str], instance_type: str) -> str:
+                   metadata: dict[str, str], instance_type: str,
+                   problem: str | None = None) -> str:
     clients = get_clients(runtime)
     ensure_group(clients, group, f"Models of the sagepipe project {group}")
+    constraints = evaluation_uri.rsplit("/", 1)[0] + "/constraints.json"
     arn = register_package(clients, group=group, idempotency_key=idempotency_key, image=image,
                            model_data_url=model_data_url, evaluation_uri=evaluation_uri,
                            approval=approval, description=description, metadata=metadata,
-                           instance_type=instance_type)
+                           instance_type=instance_type, problem=problem,
+                           constraints_uri=constraints if _exists(clients, constraints)
+                           else None)
     get_run_logger().info("Registered %s as %s", arn, APPROVAL[approval])
     return arn
 

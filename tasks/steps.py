@@ -18,6 +18,7 @@ from prefect.context import TaskRunContext
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .data import DataPin
+from .gate import ALL_METRICS
 from .images import ImageRef
 from .jobs import PROCESSING, TRAINING, WaitPolicy, content_key, job_name, run_job
 from .runtime import RuntimeSettings, get_clients, retry_transient, runtime_identity
@@ -27,7 +28,7 @@ __all__ = ["JobOutcome", "JobPlan", "JobSettings", "plan_evaluate", "plan_prepro
            "plan_train", "run_step"]
 
 _PROC = "/opt/ml/processing"
-METRICS = ("roc_auc", "accuracy", "f1", "log_loss")
+DELIMITER_ARGS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
 
 
 class JobSettings(BaseModel):
@@ -139,13 +140,20 @@ def _finish(step: str, kind: Literal["processing", "training"], project: str,
 def plan_preprocess(*, project: str, runtime: RuntimeSettings, artifacts_uri: str,
                     pin: DataPin, image: ImageRef, label_column: str,
                     validation_fraction: float, test_fraction: float, seed: int,
-                    settings: JobSettings) -> JobPlan:
+                    settings: JobSettings, problem: str = "auto", delimiter: str | None = None,
+                    missing_values: list[str] | None = None) -> JobPlan:
+    """``problem``: binary, multiclass, regression, classification (binary or multiclass by
+    the classes found) or auto; ``delimiter`` None: detected by the job."""
     def build(name: str, out: str) -> dict[str, Any]:
         outputs = {s: f"{out}/{s}" for s in ("train", "validation", "test", "schema")}
         args = ["--input-dir", f"{_PROC}/input/data", "--output-dir", f"{_PROC}/output",
-                "--label-column", label_column, "--validation-fraction",
-                str(validation_fraction), "--test-fraction", str(test_fraction),
-                "--seed", str(seed)]
+                "--label-column", label_column, "--problem", problem,
+                "--validation-fraction", str(validation_fraction),
+                "--test-fraction", str(test_fraction), "--seed", str(seed)]
+        if delimiter:
+            args += ["--delimiter", DELIMITER_ARGS.get(delimiter, delimiter)]
+        for value in missing_values or []:
+            args.append(f"--missing-value={value}")  # one token: a value may start with -
         request = _processing(name, image, args, {"data": pin.snapshot_uri}, outputs, settings)
         return {**request, "_outputs": outputs}
     return _finish("preprocess", "processing", project, runtime, artifacts_uri, build)
@@ -154,15 +162,18 @@ def plan_preprocess(*, project: str, runtime: RuntimeSettings, artifacts_uri: st
 def plan_train(*, project: str, runtime: RuntimeSettings, artifacts_uri: str,
                splits: dict[str, str], image: ImageRef, label_column: str,
                hyperparameters: dict[str, Any], settings: JobSettings) -> JobPlan:
-    hps = {k: _hp(v) for k, v in hyperparameters.items()}
+    """``splits``: train and validation (CSV), and schema (the preprocess step's
+    schema.json: problem type, classes, column kinds) when the step wrote one."""
+    hps = {k: _hp(v) for k, v in hyperparameters.items() if v is not None}
     hps["label_column"] = label_column
+    types = {"train": "text/csv", "validation": "text/csv", "schema": "application/json"}
 
     def build(name: str, out: str) -> dict[str, Any]:
-        channels = [{"ChannelName": ch, "ContentType": "text/csv", "InputMode": "File",
+        channels = [{"ChannelName": ch, "ContentType": types[ch], "InputMode": "File",
                      "DataSource": {"S3DataSource": {
                          "S3DataType": "S3Prefix", "S3Uri": splits[ch] + "/",
                          "S3DataDistributionType": "FullyReplicated"}}}
-                    for ch in ("train", "validation")]
+                    for ch in types if ch in splits]
         request: dict[str, Any] = {
             "TrainingJobName": name,
             "RoleArn": settings.role_arn,
@@ -170,7 +181,7 @@ def plan_train(*, project: str, runtime: RuntimeSettings, artifacts_uri: str,
                 "TrainingImage": image.uri, "TrainingInputMode": "File",
                 "MetricDefinitions": [{"Name": f"validation:{m}",
                                        "Regex": f"validation:{m}=([0-9.eE+-]+);"}
-                                      for m in METRICS]},
+                                      for m in ALL_METRICS]},
             "HyperParameters": hps,
             "InputDataConfig": channels,
             "OutputDataConfig": {"S3OutputPath": out},

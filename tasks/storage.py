@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from typing import Any
 
@@ -33,14 +35,14 @@ def sample_rows(clients: Clients, split_uri: str, label_column: str, rows: int =
     listing = clients.s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
     key = listing["Contents"][0]["Key"]
     head = clients.s3.get_object(Bucket=bucket, Key=key, Range="bytes=0-65535")["Body"].read()
-    lines = head.decode().splitlines()
-    header = lines[0].split(",")
-    label_at = header.index(label_column)
-    body = []
-    for line in lines[1:rows + 1]:
-        values = line.split(",")
-        body.append(",".join(v for i, v in enumerate(values) if i != label_at))
-    return "\n".join(body) + "\n"
+    lines = head.decode("utf-8", errors="ignore").splitlines()
+    table = list(csv.reader(lines[: rows + 1]))  # the split's rows: quoted where needed
+    label_at = table[0].index(label_column)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    for row in table[1:]:
+        writer.writerow(v for i, v in enumerate(row) if i != label_at)
+    return out.getvalue()
 
 
 def list_run_records(clients: Clients, artifacts_uri: str, limit: int = 20) -> list[dict[str, Any]]:

@@ -1,15 +1,19 @@
 """Score the new model and the live one on the same test split: the evaluation step.
 
 A Processing job. The challenger (the model just trained) must score, or the step fails;
-the champion (the model now serving) is optional and may be incompatible with today's
-data: then it is reported, not fatal, so the gate can decide. The output also carries the
-challenger's metrics in the SageMaker Model Registry "ModelQuality" format, so the
-register step can attach them to the model package unchanged.
+the champion (the model now serving) is optional and may not fit today's data: when its
+columns, label, problem type or classes differ from the challenger's, the difference is
+reported (``schema_change``) and the champion is not scored, so the gate can decide. A
+champion that fails for another reason is reported too, never fatal.
 
-Next to evaluation.json go the pictures people look at before trusting the gate: roc.png
-(the ROC curves of both models on this test split), confusion_matrix.png, and curves.json
-(the numbers behind them, so a notebook can re-draw them). They are drawn with matplotlib's
-Agg canvas (no display, no pyplot state). A plot that cannot be drawn is reported in
+Metrics by problem type (model.json says which): binary roc_auc, pr_auc, accuracy, f1,
+log_loss; multiclass accuracy, macro_f1, weighted_f1, log_loss, roc_auc_ovr; regression rmse,
+mae, r2, mape. evaluation.json also carries the challenger's metrics in the SageMaker Model
+Registry "ModelQuality" format (the ``<type>_metrics`` block), so the register step can attach
+the file unchanged; constraints.json describes the model's features in Model Monitor's data
+quality constraints format (name, type, completeness, categories), for the registry too.
+
+Next to them go the plots (see plots.py). A plot that cannot be drawn is reported in
 evaluation.json ("plots_error"), not fatal: the gate needs the numbers, not the pictures.
 
 Failures go to {SAGEMAKER_BASE_DIR}/output/failure (and output/message, which Processing
@@ -32,24 +36,22 @@ from typing import Any
 import joblib
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from plots import write_plots
 from sklearn.metrics import (
     accuracy_score,
+    average_precision_score,
     confusion_matrix,
     f1_score,
     log_loss,
+    mean_absolute_error,
+    mean_absolute_percentage_error,
     precision_score,
+    r2_score,
     recall_score,
     roc_auc_score,
-    roc_curve,
 )
 
-PLOT_FILES = {"roc": "roc.png", "confusion_matrix": "confusion_matrix.png",
-              "curves": "curves.json"}
-ROLES = {"challenger": ("challenger (new)", "tab:blue"), "champion": ("champion (live)",
-                                                                     "tab:orange")}
-MAX_CURVE_POINTS = 2000  # curves.json stays small on big test sets
+CATEGORY_DOMAIN = 100  # categories listed per text feature in constraints.json
 
 
 class DataError(Exception):
@@ -59,18 +61,25 @@ class DataError(Exception):
 @dataclass(frozen=True)
 class Model:
     estimator: Any
-    feature_columns: list[str]
+    problem: str
     label_column: str
-    classes: list[Any]
+    classes: list[Any] | None
+    features: list[dict[str, Any]]  # name, kind (numeric | categorical), categories
+
+    @property
+    def names(self) -> list[str]:
+        return [f["name"] for f in self.features]
+
+    def kind(self, name: str) -> str | None:
+        return next((f["kind"] for f in self.features if f["name"] == name), None)
 
 
 @dataclass(frozen=True)
 class Scores:
-    metrics: dict[str, float]
-    labels: np.ndarray
+    metrics: dict[str, float | None]
+    labels: np.ndarray  # class indices, or values (regression)
     predicted: np.ndarray
-    positive_proba: np.ndarray  # the model's probability of classes[1], for the ROC curve
-    classes: np.ndarray
+    proba: np.ndarray | None  # per class (classification)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -105,153 +114,232 @@ def load_model(directory: Path, scratch: Path, role: str) -> Model:
         )
     info = json.loads((directory / "model.json").read_text())
     try:
-        return Model(
-            estimator=joblib.load(directory / "model.joblib"),
-            feature_columns=list(info["feature_columns"]),
-            label_column=str(info["label_column"]),
-            classes=list(info["classes"]),
-        )
+        # models trained before sagepipe knew problem types: binary, numeric features
+        features = info.get("features") or [{"name": c, "kind": "numeric"}
+                                            for c in info["feature_columns"]]
+        return Model(estimator=joblib.load(directory / "model.joblib"),
+                     problem=info.get("problem", "binary"),
+                     label_column=str(info["label_column"]), classes=info.get("classes"),
+                     features=features)
     except KeyError as e:
         raise DataError(f"The {role} model.json has no {e.args[0]!r} entry.") from None
 
 
 def read_test(directory: Path) -> pd.DataFrame:
+    """The test split, every cell as text (NaN for empty)."""
     files = sorted(directory.glob("*.csv")) if directory.is_dir() else []
     if not files:
         raise DataError(f"No .csv test data in {directory}. Check the test input of the job.")
-    frame = pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+    frame = pd.concat([pd.read_csv(f, dtype=str, keep_default_na=False, na_values=[""])
+                       for f in files], ignore_index=True)
     if frame.empty:
         raise DataError(f"The test data in {directory} has a header but no rows.")
     return frame
 
 
+def model_inputs(model: Model, test: pd.DataFrame) -> pd.DataFrame:
+    """The test split as the model's training saw its data: numbers float64, text object."""
+    out = pd.DataFrame(index=test.index)
+    for feature in model.features:
+        values = test[feature["name"]]
+        if feature["kind"] == "numeric":
+            numbers = pd.to_numeric(values, errors="coerce").astype("float64")
+            out[feature["name"]] = numbers.where(np.isfinite(numbers))
+        else:
+            out[feature["name"]] = values.astype(object).where(values.notna(), np.nan)
+    return out
+
+
+def targets(model: Model, test: pd.DataFrame, role: str) -> np.ndarray:
+    """Class indices (classification) or values (regression) of the test labels."""
+    raw = test[model.label_column]
+    if model.problem == "regression":
+        values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise DataError(f"The test labels '{model.label_column}' hold values that are not "
+                            "numbers; a regression model cannot be scored on them.")
+        return values
+    classes = model.classes or []
+    numeric = all(isinstance(c, int | float) for c in classes)
+    if numeric:
+        keys = pd.to_numeric(raw, errors="coerce").astype("float64")
+        index: dict[Any, int] = {float(c): i for i, c in enumerate(classes)}
+    else:
+        keys = raw.astype(str).str.strip()
+        index = {str(c): i for i, c in enumerate(classes)}
+    codes = keys.map(index)
+    if codes.isna().any():
+        unknown = sorted({str(v) for v in raw[codes.isna()]})[:10]
+        raise DataError(f"The test labels {', '.join(unknown)} are not among the {role}'s "
+                        f"classes {classes[:20]}.")
+    return codes.to_numpy(dtype=np.int64)
+
+
+def metrics_of(problem: str, y: np.ndarray, predicted: np.ndarray,
+               proba: np.ndarray | None) -> dict[str, float | None]:
+    if problem == "regression":
+        return {"rmse": float(np.sqrt(np.mean((predicted - y) ** 2))),
+                "mae": float(mean_absolute_error(y, predicted)),
+                "r2": float(r2_score(y, predicted)),
+                "mape": float(mean_absolute_percentage_error(y, predicted))}
+    assert proba is not None
+    labels = list(range(proba.shape[1]))
+    if problem == "binary":
+        return {"roc_auc": float(roc_auc_score(y == 1, proba[:, 1])),
+                "pr_auc": float(average_precision_score(y == 1, proba[:, 1])),
+                "accuracy": float(accuracy_score(y, predicted)),
+                "f1": float(f1_score(y, predicted, pos_label=1, zero_division=0)),
+                "log_loss": float(log_loss(y, proba, labels=labels))}
+    every_class = len(np.unique(y)) == len(labels)
+    return {"accuracy": float(accuracy_score(y, predicted)),
+            "macro_f1": float(f1_score(y, predicted, average="macro", labels=labels,
+                                       zero_division=0)),
+            "weighted_f1": float(f1_score(y, predicted, average="weighted", labels=labels,
+                                          zero_division=0)),
+            "log_loss": float(log_loss(y, proba, labels=labels)),
+            # one-vs-rest AUC needs every class in the test split
+            "roc_auc_ovr": float(roc_auc_score(y, proba, multi_class="ovr", labels=labels))
+            if every_class else None}
+
+
 def score(model: Model, test: pd.DataFrame, role: str) -> Scores:
-    """roc_auc, accuracy, f1, log_loss with classes[1] as the positive class."""
     if model.label_column not in test.columns:
         raise DataError(
             f"The {role} predicts '{model.label_column}', which the test split lacks "
             f"(columns: {', '.join(map(str, test.columns))})."
         )
-    missing = [c for c in model.feature_columns if c not in test.columns]
+    missing = [c for c in model.names if c not in test.columns]
     if missing:
         raise DataError(
             f"The {role} expects features {', '.join(missing[:10])} that the test split lacks."
         )
-    labels = test[model.label_column].to_numpy()
-    unknown = sorted(map(str, set(labels.tolist()) - set(model.classes)))
-    if unknown:
+    y = targets(model, test, role)
+    if model.problem == "binary" and len(np.unique(y)) < 2:
         raise DataError(
-            f"The test labels {', '.join(unknown[:10])} are not among the {role}'s classes "
-            f"{model.classes}."
+            "The test split holds one class only; ROC AUC is undefined. Use more data or a "
+            "larger test_fraction."
         )
-    if len(set(labels.tolist())) < 2:
-        raise DataError(
-            f"The test split holds one class only ({labels[0]}); ROC AUC is undefined. "
-            "Use more data or a larger test_fraction."
-        )
-    try:
-        features = test[model.feature_columns].to_numpy(dtype=np.float64)
-    except ValueError as e:
-        raise DataError(f"The test split has non-numeric feature values: {e}") from None
-    proba = model.estimator.predict_proba(features)
-    classes = np.asarray(model.estimator.classes_)
-    positive = classes[1]
-    predicted = classes[proba.argmax(axis=1)]
-    metrics = {
-        "roc_auc": float(roc_auc_score(labels == positive, proba[:, 1])),
-        "accuracy": float(accuracy_score(labels, predicted)),
-        "f1": float(f1_score(labels, predicted, pos_label=positive)),
-        "log_loss": float(log_loss(labels, proba, labels=classes)),
-    }
-    return Scores(metrics, labels, predicted, proba[:, 1], classes)
+    inputs = model_inputs(model, test)
+    if model.problem == "regression":
+        predicted = np.asarray(model.estimator.predict(inputs), dtype=np.float64)
+        return Scores(metrics_of("regression", y, predicted, None), y, predicted, None)
+    proba = np.asarray(model.estimator.predict_proba(inputs), dtype=np.float64)
+    predicted = proba.argmax(axis=1)
+    return Scores(metrics_of(model.problem, y, predicted, proba), y, predicted, proba)
+
+
+def schema_change(champion: Model, challenger: Model, test: pd.DataFrame) -> dict[str, Any] | None:
+    """How the live model's inputs and outputs differ from the new one's; None if they agree.
+
+    ``comparable`` says whether the champion can still be scored fairly on the new test
+    split: same label, problem and classes, and every column it reads present with the kind
+    it was trained on.
+    """
+    new_names, old_names = set(challenger.names), set(champion.names)
+    change: dict[str, Any] = {
+        "added": sorted(new_names - old_names),
+        "removed": sorted(old_names - new_names),
+        "kind_changed": sorted(n for n in old_names & new_names
+                               if champion.kind(n) != challenger.kind(n)),
+        "label": None if champion.label_column == challenger.label_column
+        else [champion.label_column, challenger.label_column],
+        "problem": None if champion.problem == challenger.problem
+        else [champion.problem, challenger.problem],
+        "classes_added": [], "classes_removed": []}
+    if champion.problem != "regression" and challenger.problem != "regression":
+        old, new = [str(c) for c in champion.classes or []], [str(c) for c in
+                                                                challenger.classes or []]
+        change["classes_added"] = [c for c in new if c not in old]
+        change["classes_removed"] = [c for c in old if c not in new]
+    if not any(change.values()):
+        return None
+    unreadable = [n for n in change["removed"] if n not in test.columns]
+    change["comparable"] = not (unreadable or change["kind_changed"] or change["label"]
+                                or change["problem"] or change["classes_added"]
+                                or change["classes_removed"])
+    parts = []
+    if change["removed"]:
+        parts.append(f"columns the live model uses are gone or dropped: "
+                     f"{', '.join(change['removed'][:10])}")
+    if change["added"]:
+        parts.append(f"new columns: {', '.join(change['added'][:10])}")
+    if change["kind_changed"]:
+        parts.append("columns that changed between number and text: "
+                     + ", ".join(change["kind_changed"][:10]))
+    if change["label"]:
+        parts.append(f"label was '{change['label'][0]}', now '{change['label'][1]}'")
+    if change["problem"]:
+        parts.append(f"problem was {change['problem'][0]}, now {change['problem'][1]}")
+    if change["classes_added"] or change["classes_removed"]:
+        parts.append(f"classes added {change['classes_added'][:10]}, removed "
+                     f"{change['classes_removed'][:10]}")
+    change["summary"] = "; ".join(parts)
+    return change
 
 
 def model_quality(model: Model, scores: Scores) -> dict[str, Any]:
-    """The binary_classification_metrics block of SageMaker's ModelQuality statistics."""
-    classes = np.asarray(model.estimator.classes_)
-    positive = classes[1]
+    """The challenger's block of SageMaker's ModelQuality statistics, by problem type.
 
-    def stat(value: float) -> dict[str, Any]:
+    Shapes from https://docs.aws.amazon.com/sagemaker/latest/dg/model-monitor-model-quality-metrics.html
+    (each metric {"value", "standard_deviation"}; a confusion matrix as nested counts).
+    """
+    def stat(value: float | None) -> dict[str, Any]:
         return {"value": value, "standard_deviation": "NaN"}
 
-    matrix = confusion_matrix(scores.labels, scores.predicted, labels=classes)
-    names = [str(c) for c in classes.tolist()]
-    return {
-        "confusion_matrix": {
-            actual: {pred: int(matrix[i, j]) for j, pred in enumerate(names)}
-            for i, actual in enumerate(names)
-        },
-        "auc": stat(scores.metrics["roc_auc"]),
-        "accuracy": stat(scores.metrics["accuracy"]),
-        "f1": stat(scores.metrics["f1"]),
-        "precision": stat(
-            float(precision_score(scores.labels, scores.predicted, pos_label=positive))
-        ),
-        "recall": stat(float(recall_score(scores.labels, scores.predicted, pos_label=positive))),
-    }
+    m = scores.metrics
+    if model.problem == "regression":
+        return {"regression_metrics": {
+            "mae": stat(m["mae"]), "mse": stat(m["rmse"] ** 2 if m["rmse"] is not None else None),
+            "rmse": stat(m["rmse"]), "r2": stat(m["r2"])}}
+    names = [str(c) for c in model.classes or []]
+    matrix = confusion_matrix(scores.labels, scores.predicted, labels=range(len(names)))
+    counts = {actual: {pred: int(matrix[i, j]) for j, pred in enumerate(names)}
+              for i, actual in enumerate(names)}
+    if model.problem == "binary":
+        precision = precision_score(scores.labels, scores.predicted, pos_label=1, zero_division=0)
+        return {"binary_classification_metrics": {
+            "confusion_matrix": counts, "auc": stat(m["roc_auc"]),
+            "accuracy": stat(m["accuracy"]), "f1": stat(m["f1"]),
+            "precision": stat(float(precision)),
+            "recall": stat(float(recall_score(scores.labels, scores.predicted, pos_label=1,
+                                              zero_division=0)))}}
+    weighted = {name: float(fn(scores.labels, scores.predicted, average="weighted",
+                               labels=range(len(names)), zero_division=0))
+                for name, fn in (("weighted_precision", precision_score),
+                                 ("weighted_recall", recall_score))}
+    return {"multiclass_classification_metrics": {
+        "confusion_matrix": counts, "accuracy": stat(m["accuracy"]),
+        "weighted_f1": stat(m["weighted_f1"]),
+        **{name: stat(value) for name, value in weighted.items()}}}
 
 
-def curves(scored: dict[str, Scores]) -> dict[str, Any]:
-    """ROC points and confusion matrices of each scored model: what the plots show."""
-    result: dict[str, Any] = {"roc": {}, "confusion_matrix": {}}
-    for role, scores in scored.items():
-        positive = scores.classes[1]
-        fpr, tpr, _ = roc_curve(scores.labels == positive, scores.positive_proba)
-        if len(fpr) > MAX_CURVE_POINTS:
-            keep = np.unique(np.linspace(0, len(fpr) - 1, MAX_CURVE_POINTS).astype(int))
-            fpr, tpr = fpr[keep], tpr[keep]
-        result["roc"][role] = {"fpr": np.round(fpr, 5).tolist(), "tpr": np.round(tpr, 5).tolist(),
-                               "auc": scores.metrics["roc_auc"]}
-        matrix = confusion_matrix(scores.labels, scores.predicted, labels=scores.classes)
-        result["confusion_matrix"][role] = {"labels": [str(c) for c in scores.classes.tolist()],
-                                            "counts": matrix.astype(int).tolist()}
-    return result
+def constraints(model: Model, inputs: pd.DataFrame) -> dict[str, Any]:
+    """The model's features in Model Monitor's data quality constraints format.
 
-
-def save_png(figure: Figure, path: Path) -> None:
-    FigureCanvasAgg(figure).print_png(str(path))
-
-
-def roc_figure(roc: dict[str, Any], test_rows: int) -> Figure:
-    figure = Figure(figsize=(5.6, 4.6), dpi=110, layout="constrained")
-    ax = figure.subplots()
-    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="chance")
-    for role, curve in roc.items():
-        name, color = ROLES[role]
-        ax.plot(curve["fpr"], curve["tpr"], color=color, linewidth=2,
-                label=f"{name}: AUC {curve['auc']:.4f}")
-    # a little room past 0 and 1: a perfect model's curve runs along the axes
-    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.02), xlabel="false positive rate",
-           ylabel="true positive rate", title=f"ROC on the same test split ({test_rows} rows)")
-    ax.legend(loc="lower right")
-    ax.grid(alpha=0.3)
-    return figure
-
-
-def confusion_figure(matrices: dict[str, Any]) -> Figure:
-    figure = Figure(figsize=(4.2 * len(matrices), 4.0), dpi=110, layout="constrained")
-    for ax, (role, matrix) in zip(np.atleast_1d(figure.subplots(1, len(matrices))),
-                                  matrices.items(), strict=True):
-        counts = np.asarray(matrix["counts"])
-        ax.imshow(counts, cmap="Blues", vmin=0)
-        labels = matrix["labels"]
-        ax.set(xticks=range(len(labels)), yticks=range(len(labels)), xticklabels=labels,
-               yticklabels=labels, xlabel="predicted", ylabel="actual", title=ROLES[role][0])
-        for (i, j), n in np.ndenumerate(counts):
-            ax.text(j, i, str(n), ha="center", va="center", fontsize=13,
-                    color="white" if n > counts.max() / 2 else "black")
-    figure.suptitle("Confusion matrix on the test split")
-    return figure
-
-
-def write_plots(scored: dict[str, Scores], test_rows: int, output_dir: Path) -> dict[str, str]:
-    """roc.png, confusion_matrix.png and curves.json in output_dir; returns their names."""
-    data = curves(scored)
-    (output_dir / PLOT_FILES["curves"]).write_text(json.dumps(data) + "\n")
-    save_png(roc_figure(data["roc"], test_rows), output_dir / PLOT_FILES["roc"])
-    save_png(confusion_figure(data["confusion_matrix"]),
-             output_dir / PLOT_FILES["confusion_matrix"])
-    return dict(PLOT_FILES)
+    https://docs.aws.amazon.com/sagemaker/latest/dg/model-monitor-byoc-constraints.html
+    """
+    features = []
+    for feature in model.features:
+        values = inputs[feature["name"]]
+        entry: dict[str, Any] = {"name": feature["name"],
+                                 "completeness": float(values.notna().mean())}
+        if feature["kind"] == "numeric":
+            present = values.dropna()
+            whole = bool(len(present)) and bool((present == present.round()).all())
+            entry["inferred_type"] = "Integral" if whole else "Fractional"
+            entry["num_constraints"] = {"is_non_negative": bool((present >= 0).all())}
+        else:
+            entry["inferred_type"] = "String"
+            categories = feature.get("categories") or []
+            if 0 < len(categories) <= CATEGORY_DOMAIN:
+                entry["string_constraints"] = {"domains": categories}
+        features.append(entry)
+    return {"version": 0, "features": features, "monitoring_config": {
+        "evaluate_constraints": "Enabled", "emit_metrics": "Enabled",
+        "datatype_check_threshold": 1.0, "domain_content_threshold": 1.0,
+        "distribution_constraints": {"perform_comparison": "Enabled",
+                                     "comparison_threshold": 0.1,
+                                     "comparison_method": "Robust"}}}
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
@@ -260,32 +348,43 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         challenger = load_model(args.model_dir, Path(tmp), "challenger")
         challenger_scores = score(challenger, test, "challenger")
         scored = {"challenger": challenger_scores}
-        champion_metrics, champion_error = None, None
+        champion_metrics, champion_error, change = None, None, None
         if is_empty(args.champion_dir):
             print("no champion model: scoring the challenger only", flush=True)
         else:
             try:
                 champion = load_model(args.champion_dir, Path(tmp), "champion")
+                change = schema_change(champion, challenger, test)
+                if change and not change["comparable"]:
+                    raise DataError(f"the data's schema changed: {change['summary']}")
                 scored["champion"] = score(champion, test, "champion")
                 champion_metrics = scored["champion"].metrics
             except Exception as e:  # a champion that cannot score is a finding, not a crash
                 champion_error = str(e) if isinstance(e, DataError) else f"{type(e).__name__}: {e}"
                 print(f"champion not scored: {champion_error}", flush=True)
-    result = {
+    result: dict[str, Any] = {
+        "problem": challenger.problem,
         "label_column": challenger.label_column,
+        "classes": challenger.classes,
         "test_rows": len(test),
         "challenger": challenger_scores.metrics,
         "champion": champion_metrics,
         "champion_error": champion_error,
-        "binary_classification_metrics": model_quality(challenger, challenger_scores),
+        "schema_change": change,
+        **model_quality(challenger, challenger_scores),
     }
     for role in ("challenger", "champion"):
         for name, value in (result[role] or {}).items():
-            print(f"{role}:{name}={value:.4f};", flush=True)
+            if value is not None:
+                print(f"{role}:{name}={value:.4f};", flush=True)
     args.output_dir.mkdir(parents=True, exist_ok=True)
+    (args.output_dir / "constraints.json").write_text(
+        json.dumps(constraints(challenger, model_inputs(challenger, test)), indent=2) + "\n")
     result.update(plots={}, plots_error=None)
     try:
-        result["plots"] = write_plots(scored, len(test), args.output_dir)
+        classes = [str(c) for c in challenger.classes or []]
+        result["plots"] = write_plots(challenger.problem, scored, classes, len(test),
+                                      args.output_dir)
     except Exception as e:  # pictures are for people; the gate needs only the numbers
         result["plots_error"] = f"{type(e).__name__}: {e}"
         print(f"plots not drawn: {result['plots_error']}", flush=True)

@@ -1,20 +1,34 @@
-"""Inference handlers for the example classifier, in the SageMaker inference toolkit's shape.
+"""Inference handlers for the tabular model, in the SageMaker inference toolkit's shape.
 
-serve.py (or any server that follows the toolkit's conventions) calls
-model_fn(model_dir) once, then per request input_fn -> predict_fn -> output_fn.
+serve.py (or any server that follows the toolkit's conventions) calls model_fn(model_dir)
+once, then per request input_fn -> predict_fn -> output_fn.
+
+Requests: text/csv rows (one value per feature, or per column of the training data without
+the label, in the data's order; an empty cell is a missing value) or application/json
+(``{"instances": [...]}`` or a bare list) of objects ``{column: value}`` (null for missing;
+extra keys, such as an ID or the label, are ignored) or of positional lists. A text value
+not seen in training is handled the way the model learned to (a rare category, or missing),
+never an error. Answers: classification ``{"label", "probability" (of that label),
+"probabilities" (per class)}``, regression ``{"value"}``; CSV: ``label,probability`` or
+``value`` per row.
+
 Request problems raise RequestError, whose `status` (4xx) the server sends back with the
 message, so a caller learns what is wrong with the payload instead of getting a 500.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import joblib
 import numpy as np
+import pandas as pd
 import sklearn
 
 CSV = "text/csv"
@@ -33,14 +47,22 @@ class RequestError(Exception):
 @dataclass(frozen=True)
 class Model:
     estimator: Any
-    feature_columns: list[str]
+    problem: str  # binary | multiclass | regression
     classes: list[Any]
+    features: list[str]
+    numeric: list[bool]  # per feature
+    input_columns: list[str]  # every column of the training data but the label
+    positions: list[int]  # where each feature sits among input_columns
+    missing: frozenset[str]
+    booleans: dict[str, dict[str, str]]  # text feature -> {"true": "True", ...} as trained
 
 
 @dataclass(frozen=True)
 class Predictions:
-    labels: list[Any]
-    probabilities: list[float]
+    labels: list[Any] | None = None
+    probabilities: np.ndarray | None = None  # rows x classes
+    classes: list[Any] | None = None  # the probabilities' columns
+    values: list[float] | None = None
 
 
 def model_fn(model_dir: str) -> Model:
@@ -53,16 +75,31 @@ def model_fn(model_dir: str) -> Model:
         )
     info = json.loads((directory / "model.json").read_text())
     estimator = joblib.load(directory / "model.joblib")
-    features = list(info["feature_columns"])
-    # Inputs are checked for finiteness here, so sklearn need not check again per request.
+    # models trained before sagepipe knew problem types: binary, numeric features
+    features = info.get("features") or [{"name": c, "kind": "numeric"}
+                                        for c in info["feature_columns"]]
+    names = [f["name"] for f in features]
+    inputs = info.get("input_columns") or names
+    booleans = {}
+    for feature in features:
+        seen = {str(c).lower(): str(c) for c in feature.get("categories") or []}
+        if "true" in seen or "false" in seen:
+            booleans[feature["name"]] = seen
+    problem = info.get("problem", "binary")
+    classes = [] if problem == "regression" else (info.get("classes") or
+                                                  np.asarray(estimator.classes_).tolist())
+    # Inputs are converted (and infinities made missing) here: sklearn need not check again.
     sklearn.set_config(assume_finite=True)
-    model = Model(estimator, features, np.asarray(estimator.classes_).tolist())
-    predict_fn(np.zeros((1, len(features))), model)  # warm up before the first request
+    model = Model(estimator, problem, classes, names,
+                  [f["kind"] == "numeric" for f in features], list(inputs),
+                  [inputs.index(n) for n in names],
+                  frozenset(info.get("missing_values") or ("",)), booleans)
+    predict_fn([[None] * len(names)], model)  # warm up before the first request
     return model
 
 
-def input_fn(request_body: bytes, content_type: str) -> np.ndarray | list[dict[str, Any]]:
-    """Parse a request: a 2-D float array, or (JSON objects) a list of feature dicts."""
+def input_fn(request_body: bytes, content_type: str) -> np.ndarray | list[Any]:
+    """Parse a request: rows (a float array, or lists of cells) or a list of objects."""
     media = (content_type or "").split(";")[0].strip().lower()
     if media not in SUPPORTED:
         raise RequestError(
@@ -73,7 +110,7 @@ def input_fn(request_body: bytes, content_type: str) -> np.ndarray | list[dict[s
     return _parse_csv(request_body) if media == CSV else _parse_json(request_body)
 
 
-def _parse_csv(body: bytes) -> np.ndarray:
+def _parse_csv(body: bytes) -> np.ndarray | list[list[str]]:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -81,35 +118,21 @@ def _parse_csv(body: bytes) -> np.ndarray:
     lines = [line for line in text.splitlines() if line.strip()]
     try:
         # numpy's C parser takes half the time of a Python split per value (100-row
-        # batches, bench/); what it refuses goes through the checks below, which accept
-        # what float() accepts and say exactly what is wrong with the rest
+        # batches, bench/); what it refuses (text, empty cells, quotes) goes the long way
         return np.loadtxt(lines, delimiter=",", comments=None, dtype=np.float64, ndmin=2)
     except ValueError:
         pass
-    rows = [line.split(",") for line in lines]
-    width = len(rows[0])
+    rows = list(csv.reader(lines))
     for number, row in enumerate(rows, start=1):
-        if len(row) != width:
+        if len(row) != len(rows[0]):
             raise RequestError(
-                f"CSV row {number} has {len(row)} values but row 1 has {width}; "
+                f"CSV row {number} has {len(row)} values but row 1 has {len(rows[0])}; "
                 "every row needs one value per feature."
             )
-    try:
-        return np.array(rows, dtype=np.float64)
-    except ValueError:
-        pass
-    for number, row in enumerate(rows, start=1):
-        for column, value in enumerate(row, start=1):
-            try:
-                float(value)
-            except ValueError:
-                raise RequestError(
-                    f"Non-numeric value '{value.strip()}' in CSV row {number}, column {column}."
-                ) from None
-    raise RequestError("The CSV body holds values that are not numbers.")
+    return rows
 
 
-def _parse_json(body: bytes) -> np.ndarray | list[dict[str, Any]]:
+def _parse_json(body: bytes) -> list[Any]:
     try:
         payload = json.loads(body)
     except ValueError as e:
@@ -119,75 +142,121 @@ def _parse_json(body: bytes) -> np.ndarray | list[dict[str, Any]]:
         raise RequestError(
             'JSON must be {"instances": [...]} or a list of rows, with at least one instance.'
         )
-    if all(isinstance(row, dict) for row in instances):
-        return instances
     for number, row in enumerate(instances, start=1):
-        if not isinstance(row, list):
+        if not isinstance(row, list | dict):
             raise RequestError(
-                f"Instance {number} is {type(row).__name__}; each instance must be a list "
-                "of feature values or an object of feature name -> value."
+                f"Instance {number} is {type(row).__name__}; each instance must be an object "
+                "of column name -> value or a list of feature values."
             )
-        for column, value in enumerate(row, start=1):
-            if type(value) not in (int, float):
-                raise RequestError(
-                    f"Non-numeric value {json.dumps(value)} in instance {number}, "
-                    f"position {column}."
-                )
-        if len(row) != len(instances[0]):
+    return instances
+
+
+def _number(value: Any, model: Model, name: str, where: str) -> float:
+    if value is None or (isinstance(value, str) and (value in model.missing or not value.strip())):
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise RequestError(f"Value {json.dumps(value)} for '{name}' in {where} is not a number; "
+                           "send a number, or null for a missing value.")
+    try:
+        number = float(value)
+    except ValueError:
+        raise RequestError(f"Non-numeric value '{value}' for '{name}' in {where}; send a "
+                           "number, or null (an empty CSV cell) for a missing value.") from None
+    return number if math.isfinite(number) else math.nan
+
+
+def _text(value: Any, model: Model, name: str, where: str) -> Any:
+    if value is None or (isinstance(value, str) and (value in model.missing or not value.strip())):
+        return np.nan
+    if isinstance(value, bool):
+        return model.booleans.get(name, {}).get(str(value).lower(), str(value).lower())
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # a JSON 3.0 means the category "3"
+    if isinstance(value, list | dict):
+        raise RequestError(f"Value {json.dumps(value)[:40]} for '{name}' in {where} is "
+                           f"{type(value).__name__}; send text, a number or null.")
+    return str(value)
+
+
+def _row_cells(row: Any, number: int, model: Model) -> list[Any]:
+    """One instance's values, in feature order."""
+    if isinstance(row, dict):
+        lacking = [n for n in model.features if n not in row]
+        if lacking:
             raise RequestError(
-                f"Instance {number} has {len(row)} values but instance 1 has "
-                f"{len(instances[0])}; every instance needs one value per feature."
-            )
-    return np.array(instances, dtype=np.float64)
+                f"Instance {number} lacks feature(s) {', '.join(lacking[:5])}"
+                + (f" and {len(lacking) - 5} more" if len(lacking) > 5 else "")
+                + "; send null for a missing value.")
+        return [row[n] for n in model.features]
+    if len(row) == len(model.features):
+        return list(row)
+    if len(row) == len(model.input_columns):
+        return [row[i] for i in model.positions]
+    expected = str(len(model.features))
+    if len(model.input_columns) != len(model.features):
+        expected += f" (one per feature) or {len(model.input_columns)} (one per data column)"
+    raise RequestError(f"Expected {expected} values per row, got {len(row)} in row {number}.")
 
 
-def _from_dicts(instances: list[dict[str, Any]], features: list[str]) -> np.ndarray:
-    rows = []
-    for number, instance in enumerate(instances, start=1):
-        missing = [f for f in features if f not in instance]
-        if missing:
-            raise RequestError(
-                f"Instance {number} lacks feature(s) {', '.join(missing[:5])}"
-                + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-                + "."
-            )
-        row = [instance[f] for f in features]
-        for name, value in zip(features, row, strict=True):
-            if type(value) not in (int, float):
-                raise RequestError(
-                    f"Non-numeric value {json.dumps(value)} for '{name}' in instance {number}."
-                )
-        rows.append(row)
-    return np.array(rows, dtype=np.float64)
+def _frame(data: np.ndarray | list[Any], model: Model) -> pd.DataFrame:
+    """The request as the frame the model's pipeline was trained on."""
+    if isinstance(data, np.ndarray) and all(model.numeric):
+        width = data.shape[1]
+        if width == len(model.input_columns) and width != len(model.features):
+            data = data[:, model.positions]
+        elif width != len(model.features):
+            _row_cells([0] * width, 1, model)  # raises with the expected counts
+        return pd.DataFrame(np.where(np.isfinite(data), data, np.nan), columns=model.features)
+    rows = data.tolist() if isinstance(data, np.ndarray) else data
+    columns: list[list[Any]] = [[] for _ in model.features]
+    for number, row in enumerate(rows, start=1):
+        cells = _row_cells(row, number, model)
+        where = f"instance {number}" if not isinstance(data, np.ndarray) else f"row {number}"
+        for i, (name, value) in enumerate(zip(model.features, cells, strict=True)):
+            convert = _number if model.numeric[i] else _text
+            columns[i].append(convert(value, model, name, where))
+    return pd.DataFrame({name: pd.Series(values, dtype="float64" if model.numeric[i]
+                                         else object)
+                         for i, (name, values) in enumerate(zip(model.features, columns,
+                                                                strict=True))})
 
 
-def predict_fn(data: np.ndarray | list[dict[str, Any]], model: Model) -> Predictions:
-    """Probability of classes[1] and the predicted label, per row."""
-    features = data if isinstance(data, np.ndarray) else _from_dicts(data, model.feature_columns)
-    expected = len(model.feature_columns)
-    if features.shape[1] != expected:
-        raise RequestError(
-            f"Expected {expected} values per row (one per feature), got {features.shape[1]}."
-        )
-    if not np.isfinite(features).all():
-        raise RequestError("Feature values must be finite numbers (no NaN or infinity).")
-    proba = model.estimator.predict_proba(features)
-    labels = np.asarray(model.classes, dtype=object)[proba.argmax(axis=1)]
-    return Predictions(labels.tolist(), proba[:, 1].tolist())
+def predict_fn(data: np.ndarray | list[Any], model: Model) -> Predictions:
+    """Per row: the label and class probabilities, or the predicted value."""
+    frame = _frame(data, model)
+    if model.problem == "regression":
+        return Predictions(values=np.asarray(model.estimator.predict(frame),
+                                             dtype=np.float64).tolist())
+    proba = np.asarray(model.estimator.predict_proba(frame), dtype=np.float64)
+    labels = [model.classes[i] for i in proba.argmax(axis=1)]
+    return Predictions(labels=labels, probabilities=proba, classes=model.classes)
 
 
 def output_fn(prediction: Predictions, accept: str) -> tuple[bytes, str]:
-    """Serialise as JSON (the default, also for */*) or CSV lines of label,probability."""
+    """Serialise as JSON (the default, also for */*) or CSV lines."""
     for option in (accept or JSON).split(","):
         media = option.split(";")[0].strip().lower()
         if media in (JSON, "application/*", "*/*", ""):
-            rows = zip(prediction.labels, prediction.probabilities, strict=True)
-            body = {"predictions": [{"label": lab, "probability": p} for lab, p in rows]}
-            return json.dumps(body).encode(), JSON
+            return json.dumps({"predictions": _records(prediction)}).encode(), JSON
         if media in (CSV, "text/*"):
-            lines = (
-                f"{lab},{p!r}\n"
-                for lab, p in zip(prediction.labels, prediction.probabilities, strict=True)
-            )
-            return "".join(lines).encode(), CSV
+            out = io.StringIO()
+            writer = csv.writer(out, lineterminator="\n")
+            if prediction.values is not None:
+                writer.writerows([v] for v in prediction.values)
+            else:
+                assert prediction.labels is not None and prediction.probabilities is not None
+                writer.writerows(zip(prediction.labels,
+                                     prediction.probabilities.max(axis=1).tolist(), strict=True))
+            return out.getvalue().encode(), CSV
     raise RequestError(f"Unsupported Accept '{accept}'; ask for {' or '.join(SUPPORTED)}.", 406)
+
+
+def _records(prediction: Predictions) -> list[dict[str, Any]]:
+    if prediction.values is not None:
+        return [{"value": v} for v in prediction.values]
+    assert prediction.labels is not None and prediction.probabilities is not None
+    names = [str(c) for c in prediction.classes or []]
+    return [{"label": label, "probability": max(row),
+             "probabilities": dict(zip(names, row, strict=True))}
+            for label, row in zip(prediction.labels, prediction.probabilities.tolist(),
+                                  strict=True)]
