@@ -49,7 +49,7 @@ class GateSettings(BaseModel):
     threshold: float | None = Field(
         None, description="absolute bar (a maximum for log_loss, rmse, mae, mape); unset: "
         "a default per metric (none for rmse and mae, which are in the label's units)")
-    margin: float = Field(0.001, ge=0, description="required improvement over the live model")
+    margin: float = Field(0.001, ge=0, le=1, description="required improvement over the live model")
     approval: Literal["auto", "manual"] = Field(
         "auto", description="manual: pause for a person's approval in the Prefect UI")
     approval_timeout_seconds: int = Field(3600, ge=60, le=7 * 24 * 3600)
@@ -181,7 +181,8 @@ def _describe_errors(exc: ValidationError, source: str) -> str:
             lines.append(f"- unknown key {where!r}.{hint} Known keys here: "
                          f"{', '.join(known)}")
         elif error["type"] == "value_error":  # our own checks: the message says it all
-            lines.append(f"- {error['msg'].removeprefix('Value error, ')}")
+            message = error["msg"].removeprefix("Value error, ")
+            lines.append(f"- {where}: {message}" if error["loc"] else f"- {message}")
         else:
             lines.append(f"- {where}: {error['msg']} (got {error.get('input')!r})")
     return f"Invalid pipeline config in {source}:\n" + "\n".join(lines)

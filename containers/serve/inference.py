@@ -57,6 +57,11 @@ class Model:
     booleans: dict[str, dict[str, str]]  # text feature -> {"true": "True", ...} as trained
 
 
+class CsvRows(list):  # type: ignore[type-arg]
+    """Rows of a CSV body, each a list of cells as text: errors name a 'row', not an
+    'instance' as for JSON."""
+
+
 @dataclass(frozen=True)
 class Predictions:
     labels: list[Any] | None = None
@@ -110,7 +115,7 @@ def input_fn(request_body: bytes, content_type: str) -> np.ndarray | list[Any]:
     return _parse_csv(request_body) if media == CSV else _parse_json(request_body)
 
 
-def _parse_csv(body: bytes) -> np.ndarray | list[list[str]]:
+def _parse_csv(body: bytes) -> np.ndarray | CsvRows:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -122,7 +127,7 @@ def _parse_csv(body: bytes) -> np.ndarray | list[list[str]]:
         return np.loadtxt(lines, delimiter=",", comments=None, dtype=np.float64, ndmin=2)
     except ValueError:
         pass
-    rows = list(csv.reader(lines))
+    rows = CsvRows(csv.reader(lines))
     for number, row in enumerate(rows, start=1):
         if len(row) != len(rows[0]):
             raise RequestError(
@@ -211,7 +216,7 @@ def _frame(data: np.ndarray | list[Any], model: Model) -> pd.DataFrame:
     columns: list[list[Any]] = [[] for _ in model.features]
     for number, row in enumerate(rows, start=1):
         cells = _row_cells(row, number, model)
-        where = f"instance {number}" if not isinstance(data, np.ndarray) else f"row {number}"
+        where = f"row {number}" if isinstance(data, np.ndarray | CsvRows) else f"instance {number}"
         for i, (name, value) in enumerate(zip(model.features, cells, strict=True)):
             convert = _number if model.numeric[i] else _text
             columns[i].append(convert(value, model, name, where))

@@ -173,6 +173,15 @@ def to_model_frame(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
     return out
 
 
+def classes_of(labels: pd.Series) -> list[Any]:
+    """The distinct labels, numbers as numbers (1 and 1.0 are one class), sorted."""
+    present = labels.dropna().astype(str).str.strip()
+    numbers = pd.to_numeric(present, errors="coerce")
+    if len(numbers) and numbers.notna().all():
+        return sorted({int(v) if float(v).is_integer() else float(v) for v in numbers})
+    return sorted(set(present))
+
+
 def encode_labels(labels: pd.Series, classes: list[Any], name: str) -> np.ndarray:
     """Class indices of the label texts ("1" and "1.0" are the same numeric class)."""
     numeric = all(isinstance(c, int | float) for c in classes)
@@ -319,8 +328,7 @@ def train() -> dict[str, Any]:
     print(f"hyperparameters: {json.dumps(hp, sort_keys=True)}", flush=True)
     frame = read_frame("train", train_files, schema)
     if schema.problem != "regression" and schema.classes is None:
-        schema = Schema(**{**schema.__dict__,
-                           "classes": sorted(frame[schema.label].dropna().unique().tolist())})
+        schema = Schema(**{**schema.__dict__, "classes": classes_of(frame[schema.label])})
     y = label_values(frame, schema, "train")
     if schema.problem != "regression":
         assert schema.classes is not None

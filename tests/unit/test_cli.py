@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import joblib
+import pandas as pd
 import pytest
 import yaml
 from sklearn.datasets import load_breast_cancer
@@ -42,7 +43,8 @@ LOCAL_SETTINGS = PROJECT / "deployments" / "settings" / "local.yaml"
 CONTAINERS = PROJECT / "containers"
 ROLE = "arn:aws:iam::000000000000:role/sagepipe-test"
 LIMIT_MB = "0.01"  # the endpoint's payload limit: 10485 bytes
-GOOD_CSV = "a,b,target\n1.0,2.0,0\n3.0,4.5,1\n"
+# enough rows per class for every split (8 at the default 15% shares)
+GOOD_CSV = "a,b,target\n" + "".join(f"{i}.0,{i % 7}.5,{i % 2}\n" for i in range(24))
 
 runner = CliRunner()
 
@@ -103,8 +105,10 @@ def stored_body(env: Env) -> bytes:
 def pushed_version(env: Env, result: Result) -> str:
     assert result.exit_code == 0, result.output
     prefix = f"Stored {env.config.dataset_uri} version "
-    assert result.stdout.startswith(prefix), result.stdout
-    return result.stdout[len(prefix):].strip()
+    first, *rest = result.stdout.splitlines()
+    assert first.startswith(prefix), result.stdout
+    assert rest[0].startswith("Data: CSV") and "problem binary (inferred: " in rest[0]
+    return first[len(prefix):].strip()
 
 
 def versions_table(env: Env) -> list[list[str]]:
@@ -118,20 +122,18 @@ def versions_table(env: Env) -> list[list[str]]:
 
 BAD_DATA = [
     pytest.param("a,b\n1,2\n3,4\n",
-                 ["has no label column 'target'", "Columns found: a, b.",
-                  "Set label_column in the pipeline config, or add the column to the data."],
+                 ["has no label column 'target'", "Columns found (comma-separated CSV): a, b.",
+                  "Set label_column to one of them, or add the column."],
                  id="no-label-column"),
-    pytest.param("", ["is empty. Push a CSV with a header row and data."], id="empty"),
-    pytest.param("a,b,target\n", ["has a header but no rows. Push data rows too."],
+    pytest.param("", ["is empty. Push a table with a header row and data rows."], id="empty"),
+    pytest.param("a,b,target\n", ["has a header but no data rows. Push data rows too."],
                  id="header-only"),
-    pytest.param("a,b,target\n1,2,0\n3,x7,1\n",
-                 ["column 'b' is not numeric: line 3 holds 'x7'",
-                  "encode or drop that column"], id="non-numeric"),
     pytest.param("a,b,target\n1,2,0\n3,4\n",
-                 ["line 3 has 2 fields; the header has 3. Fix the CSV."], id="field-count"),
-    pytest.param("a,b,target\n1,nan,0\n",
-                 ["column 'b' has a missing value on line 2. Fill or drop missing values."],
-                 id="nan"),
+                 ["line 3 has 2 fields; the header has 3."], id="field-count"),
+    pytest.param("PK\x03\x04\x00\x00", ["looks like a ZIP archive (an Excel .xlsx workbook is "
+                                        "one), not a data table"], id="excel"),
+    pytest.param("a,b,target\n" + "".join(f"{i},2,{int(i >= 30)}\n" for i in range(33)),
+                 ["classes with fewer than 8 rows (1: 3)"], id="small-class"),
 ]
 
 
@@ -320,7 +322,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     frame.to_csv(channel / "train.csv", index=False)
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "SAGEMAKER_"))}
     clean.update(SAGEMAKER_BASE_DIR=str(base), SM_CHANNEL_TRAIN=str(channel),
-                 SM_MODEL_DIR=str(base / "model"))
+                 SM_MODEL_DIR=str(base / "model"),
+                 SM_HPS=json.dumps({"problem": "binary", "model": "linear"}))
     done = subprocess.run([sys.executable, str(CONTAINERS / "train" / "train.py")], env=clean,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -377,9 +380,19 @@ def live(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[
 
 
 def expected_prediction(model: Path, row: str) -> dict[str, Any]:
-    estimator = joblib.load(model / "model.joblib")
-    proba = float(estimator.predict_proba([[float(v) for v in row.split(",")]])[0, 1])
-    return {"label": int(proba >= 0.5), "probability": proba}
+    """The label and the probability of class 1, from the trained pipeline in-process."""
+    pipeline = joblib.load(model / "model.joblib")
+    features = json.loads((model / "model.json").read_text())["feature_columns"]
+    frame = pd.DataFrame([[float(v) for v in row.split(",")]], columns=features)
+    proba = float(pipeline.predict_proba(frame)[0, 1])
+    return {"label": int(proba >= 0.5), "p1": proba}
+
+
+def assert_prediction(answer: dict[str, Any], expected: dict[str, Any]) -> None:
+    assert answer["label"] == expected["label"]
+    assert answer["probabilities"]["1"] == pytest.approx(expected["p1"], abs=1e-9)
+    assert answer["probability"] == pytest.approx(max(expected["p1"], 1 - expected["p1"]),
+                                                  abs=1e-9)
 
 
 def assert_answers(env: Env, model: Path, row: str, tmp_path: Path) -> None:
@@ -389,9 +402,7 @@ def assert_answers(env: Env, model: Path, row: str, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     predictions = json.loads(result.stdout)["predictions"]
     assert len(predictions) == 1
-    expected = expected_prediction(model, row)
-    assert predictions[0]["label"] == expected["label"]
-    assert predictions[0]["probability"] == pytest.approx(expected["probability"], abs=1e-9)
+    assert_prediction(predictions[0], expected_prediction(model, row))
 
 
 def test_invoke_prints_predictions_from_a_file_and_stdin(
@@ -404,7 +415,7 @@ def test_invoke_prints_predictions_from_a_file_and_stdin(
     assert as_csv.exit_code == 0, as_csv.output
     label, probability = as_csv.stdout.strip().split(",")
     assert int(label) == expected_prediction(model_dir, sample_row)["label"]
-    assert 0.0 <= float(probability) <= 1.0
+    assert 0.5 <= float(probability) <= 1.0
 
 
 def oversized(row: str) -> str:
@@ -415,12 +426,13 @@ def oversized(row: str) -> str:
 
 BAD_REQUESTS = [
     pytest.param(lambda row: "1,2,3\n", "text/csv", 400,
-                 "Expected 30 values per row (one per feature), got 3.", id="columns"),
+                 "Expected 30 values per row, got 3 in row 1.", id="columns"),
     pytest.param(lambda row: row + "1,2\n", "text/csv", 400,
                  "CSV row 2 has 2 values but row 1 has 30; every row needs one value per "
                  "feature.", id="ragged"),
-    pytest.param(lambda row: "nan," + row.split(",", 1)[1], "text/csv", 400,
-                 "Feature values must be finite numbers (no NaN or infinity).", id="nan"),
+    pytest.param(lambda row: "abc," + row.split(",", 1)[1], "text/csv", 400,
+                 "Non-numeric value 'abc' for 'mean_radius' in row 1; send a number, or null "
+                 "(an empty CSV cell) for a missing value.", id="text"),
     pytest.param(lambda row: row, "text/plain", 415,
                  "Unsupported Content-Type 'text/plain'; send text/csv or application/json.",
                  id="content-type"),
@@ -466,7 +478,8 @@ def test_invoke_task_raises_endpoint_error_with_the_status(
     assert str(err.value).startswith(f"{live.endpoint} refused the request ({status}): ")
     assert message in str(err.value)
     answer = json.loads(invoke(live.clients, live.endpoint, sample_row))
-    assert answer["predictions"] == [pytest.approx(expected_prediction(model_dir, sample_row))]
+    assert len(answer["predictions"]) == 1
+    assert_prediction(answer["predictions"][0], expected_prediction(model_dir, sample_row))
 
 
 def test_invoke_task_on_an_unknown_endpoint_has_no_status(live: Env) -> None:

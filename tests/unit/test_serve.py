@@ -92,8 +92,9 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (base / "input" / "data" / "train").mkdir(parents=True)
     data.to_csv(base / "input" / "data" / "train" / "train.csv", index=False)
     result = subprocess.run(
-        [sys.executable, str(TRAIN)], env=clean_env(base), capture_output=True, timeout=120
-    )
+        [sys.executable, str(TRAIN)],
+        env=clean_env(base, SM_HPS=json.dumps({"problem": "binary", "model": "linear"})),
+        capture_output=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return base
 
@@ -114,7 +115,10 @@ def rows(base: Path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def expected(base: Path, rows: np.ndarray) -> list[float]:
-    return joblib.load(base / "model" / "model.joblib").predict_proba(rows)[:, 1].tolist()
+    """The trained pipeline's probability of class 1, in-process."""
+    features = json.loads((base / "model" / "model.json").read_text())["feature_columns"]
+    pipeline = joblib.load(base / "model" / "model.joblib")
+    return pipeline.predict_proba(pd.DataFrame(rows, columns=features))[:, 1].tolist()
 
 
 def csv_body(rows: np.ndarray) -> str:
@@ -125,8 +129,11 @@ def test_csv_in_json_out(server: Server, rows: np.ndarray, expected: list[float]
     status, body = server.invoke(csv_body(rows), Content_Type="text/csv")
     assert status == 200
     predictions = json.loads(body)["predictions"]
-    assert [p["probability"] for p in predictions] == pytest.approx(expected, abs=1e-12)
+    assert [p["probabilities"]["1"] for p in predictions] == pytest.approx(expected, abs=1e-12)
     assert [p["label"] for p in predictions] == [int(p >= 0.5) for p in expected]
+    # "probability" is that of the predicted label
+    assert [p["probability"] for p in predictions] == pytest.approx(
+        [max(p, 1 - p) for p in expected], abs=1e-12)
 
 
 def test_csv_out_is_label_comma_probability(server: Server, rows: np.ndarray) -> None:
@@ -136,7 +143,7 @@ def test_csv_out_is_label_comma_probability(server: Server, rows: np.ndarray) ->
     assert len(lines) == 3
     for line in lines:
         label, probability = line.split(",")
-        assert label in {"0", "1"} and 0.0 <= float(probability) <= 1.0
+        assert label in {"0", "1"} and 0.5 <= float(probability) <= 1.0
 
 
 def test_json_payload_shapes(
@@ -151,7 +158,7 @@ def test_json_payload_shapes(
     for payload in payloads:
         status, body = server.invoke(json.dumps(payload), Content_Type="application/json")
         assert status == 200, body
-        got = [p["probability"] for p in json.loads(body)["predictions"]]
+        got = [p["probabilities"]["1"] for p in json.loads(body)["predictions"]]
         assert got == pytest.approx(expected, abs=1e-12)
 
 
@@ -176,15 +183,22 @@ def test_keep_alive_serves_many_requests_on_one_connection(
     ("body", "headers", "status", "message"),
     [
         ("1,2,3\n", {"Content_Type": "text/csv"}, 400, "Expected 30 values per row"),
-        ("1.0," * 29 + "abc\n", {"Content_Type": "text/csv"}, 400, "Non-numeric value 'abc'"),
+        ("1.0," * 29 + "abc\n", {"Content_Type": "text/csv"}, 400,
+         "Non-numeric value 'abc' for 'worst_fractal_dimension' in row 1"),
         ('{"instances": [[1, 2', {"Content_Type": "application/json"}, 400, "Invalid JSON"),
-        ('{"instances": [["x"]]}', {"Content_Type": "application/json"}, 400, "Non-numeric"),
+        ('{"instances": [["x"' + ", 1" * 29 + "]]}", {"Content_Type": "application/json"}, 400,
+         "Non-numeric value 'x' for 'mean_radius' in instance 1"),
+        ('{"instances": [{"mean_radius": 1}]}', {"Content_Type": "application/json"}, 400,
+         "Instance 1 lacks feature(s) mean_texture"),
+        ('{"instances": [7]}', {"Content_Type": "application/json"}, 400,
+         "Instance 1 is int"),
         ("", {"Content_Type": "text/csv"}, 400, "Empty request body"),
         ("a", {"Content_Type": "application/xml"}, 415, "text/csv or application/json"),
         ("1," * 29 + "1", {"Content_Type": "text/csv", "Accept": "image/png"}, 406, "image/png"),
         ("1," * 6000, {"Content_Type": "text/csv"}, 413, "exceeds the 10485 byte limit"),
     ],
-    ids=["columns", "non-numeric", "bad-json", "json-string", "empty", "type", "accept", "size"],
+    ids=["columns", "non-numeric", "bad-json", "json-string", "json-lacks", "json-scalar",
+         "empty", "type", "accept", "size"],
 )
 def test_bad_requests_get_a_clear_4xx(
     server: Server, body: str, headers: dict[str, str], status: int, message: str
@@ -197,7 +211,7 @@ def test_bad_requests_get_a_clear_4xx(
 def test_wrong_column_count_says_expected_and_got(server: Server, rows: np.ndarray) -> None:
     status, data = server.invoke(csv_body(rows[:, :29]), Content_Type="text/csv")
     assert status == 400
-    assert json.loads(data)["error"] == "Expected 30 values per row (one per feature), got 29."
+    assert json.loads(data)["error"] == "Expected 30 values per row, got 29 in row 1."
 
 
 def test_missing_content_length_is_411(server: Server) -> None:
