@@ -29,11 +29,11 @@ __all__ = ["CONTAINERS", "HYPERPARAMETERS", "evaluate", "preprocess", "serve_onc
 
 CONTAINERS = Path(__file__).resolve().parents[1] / "containers"
 LABEL = "target"
-# deployments/settings/local.yaml and PipelineConfig's split defaults
-HYPERPARAMETERS = {"model": "logistic_regression", "C": "1.0", "max_iter": "1000",
-                   "label_column": LABEL}
-SPLIT_ARGS = ["--label-column", LABEL, "--validation-fraction", "0.15",
-              "--test-fraction", "0.15", "--seed", "42"]
+# deployments/settings/local.yaml and PipelineConfig's split defaults; the run tells the
+# preprocess job "classification" when the data's first rows show a few classes
+HYPERPARAMETERS = {"model": "linear", "C": "1.0", "max_iter": "1000", "label_column": LABEL}
+SPLIT_ARGS = ["--label-column", LABEL, "--problem", "classification",
+              "--validation-fraction", "0.15", "--test-fraction", "0.15", "--seed", "42"]
 
 
 def _run(command: list[str], env: dict[str, str], log: Path) -> None:
@@ -63,9 +63,10 @@ def train(splits: Path, work: Path) -> Path:
     flags = [item for key, value in HYPERPARAMETERS.items() for item in (f"--{key}", value)]
     env = {"SAGEMAKER_BASE_DIR": str(base), "SM_MODEL_DIR": str(model),
            "SM_OUTPUT_DATA_DIR": str(base / "output" / "data"),
-           "SM_CHANNELS": json.dumps(["train", "validation"]),
+           "SM_CHANNELS": json.dumps(["train", "validation", "schema"]),
            "SM_CHANNEL_TRAIN": str(splits / "train"),
            "SM_CHANNEL_VALIDATION": str(splits / "validation"),
+           "SM_CHANNEL_SCHEMA": str(splits / "schema"),
            "SM_HPS": json.dumps({k: _decode(v) for k, v in HYPERPARAMETERS.items()})}
     _run([sys.executable, str(CONTAINERS / "train" / "train.py"), *flags], env,
          work / "chain.log")

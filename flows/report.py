@@ -60,11 +60,14 @@ def collect_plots(config: PipelineConfig, record: dict[str, Any]) -> dict[str, s
     live = package if record.get("outcome") == "deployed" else champion
     run_uri = f"{config.artifacts_uri.rstrip('/')}/runs/{record['run_id']}"
     decision = record.get("decision") or {}
+    metric, threshold = decision.get("metric"), decision.get("threshold")
     try:
+        if metric is None:  # a record the gate did not decide: the problem's gate metric
+            metric, threshold = config.gate.resolve(evaluation.get("problem", "binary"))
         plots = draw_plots(config.runtime, evaluation_uri=evaluation_uri, evaluation=evaluation,
-                           group=config.model_package_group, metric=decision.get("metric"),
-                           threshold=decision.get("threshold"), live_arn=live,
-                           current_arn=package, run_uri=run_uri)
+                           group=config.model_package_group, metric=metric,
+                           threshold=threshold, live_arn=live, current_arn=package,
+                           run_uri=run_uri)
     except Exception as exc:
         get_run_logger().warning("No plots for this run: %s: %s", type(exc).__name__, exc)
         return {}

@@ -142,10 +142,11 @@ class ColumnProfile:
         notes = []
         if self.kind == "categorical" and 0 < self.non_numeric <= 0.05 * self.values:
             shown = ", ".join(f"'{e}'" for e in self.examples)
+            verb = "is not a number" if self.non_numeric == 1 else "are not numbers"
             notes.append(
                 f"column '{self.name}' is treated as text because {self.non_numeric} of its "
-                f"{self.values} values {'is not a number' if self.non_numeric == 1 else 'are not numbers'}"
-                f" ({shown}); if they mean 'missing', add them to data.missing_values")
+                f"{self.values} values {verb} ({shown}); if they mean 'missing', add them to "
+                "data.missing_values")
         if self.kind == "numeric" and self.non_finite:
             notes.append(f"column '{self.name}' has {self.non_finite} infinite value(s); the "
                          "model treats them as missing")

@@ -173,8 +173,9 @@ def read_formats(files: list[Path], delimiter: str | None) -> tuple[FileFormat, 
             formats.append(sniff(f.read(64 << 10), file.name))
     kinds = {f.format for f in formats}
     if len(kinds) > 1:
-        raise DataError(f"The input mixes CSV and Parquet files ({', '.join(f.name for f in files)})"
-                        "; give one format for all parts of a dataset.")
+        names = ", ".join(f.name for f in files)
+        raise DataError(f"The input mixes CSV and Parquet files ({names}); give one format "
+                        "for all parts of a dataset.")
     fmt = formats[0]
     if fmt.format == "parquet":
         header = check_columns(list(pq.ParquetFile(files[0]).schema_arrow.names), files[0].name)

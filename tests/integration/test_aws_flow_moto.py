@@ -162,3 +162,57 @@ def test_an_unversioned_bucket_is_refused_before_any_job(aws: None) -> None:
     with pytest.raises(DataError, match="put-bucket-versioning"):
         ml_pipeline(config=make_config("arn:aws:sns:us-east-1:123456789012:t"))
     assert clients.sagemaker.list_processing_jobs()["ProcessingJobSummaries"] == []
+
+
+def test_a_multiclass_run_with_text_labels_on_the_aws_runtime(aws: None) -> None:
+    """Iris with its species as text, semicolon-separated: inferred multiclass, the registry
+    entry says so (Task, metadata, the feature schema as data quality constraints)."""
+    from flows.examples import iris
+
+    topic = "arn:aws:sns:us-east-1:123456789012:placeholder"
+    clients = get_clients(make_config(topic).runtime)
+    seed_account(clients)
+    topic = clients.sns.create_topic(Name="moto-iris-events")["TopicArn"]
+    clients.s3.put_object(Bucket=BUCKET, Key="datasets/iris/iris.csv",
+                          Body=iris().to_csv(index=False, sep=";").encode())
+    runner = ContainerRunner(boto3.client("s3", region_name=REGION))
+    recorded: list[tuple[str, str]] = []
+    for client in (clients.s3, clients.sagemaker, clients.sns):
+        client.meta.events.register("provide-client-params.*.*", server_side_check(recorded))
+    clients.sagemaker.meta.events.register(
+        "provide-client-params.sagemaker.CreateProcessingJob", runner.processing)
+    clients.sagemaker.meta.events.register(
+        "provide-client-params.sagemaker.CreateTrainingJob", runner.training)
+
+    config = make_config(topic, project="moto-iris", label_column="species",
+                         dataset_uri=f"s3://{BUCKET}/datasets/iris/iris.csv",
+                         artifacts_uri=f"s3://{BUCKET}/iris",
+                         endpoint={"name": "moto-iris", "timeout_seconds": 30},
+                         hyperparameters={"model": "linear"})
+    record = ml_pipeline(config=config)
+
+    assert record["outcome"] == "deployed", record.get("error")
+    assert record["problem"]["type"] == "multiclass"
+    assert record["data"]["report"]["delimiter"] == ";"
+    assert record["decision"]["metric"] == "macro_f1"
+    assert record["evaluation"]["classes"] == ["setosa", "versicolor", "virginica"]
+    assert "multiclass_classification_metrics" in record["evaluation"]
+    # the training job read the preprocess step's schema as a channel of its own
+    job = clients.sagemaker.describe_training_job(TrainingJobName=record["steps"]["train"]["job"])
+    assert [c["ChannelName"] for c in job["InputDataConfig"]] == ["train", "validation",
+                                                                  "schema"]
+    sm = clients.sagemaker
+    packages = sm.list_model_packages(ModelPackageGroupName="moto-iris")[
+        "ModelPackageSummaryList"]
+    package = sm.describe_model_package(ModelPackageName=packages[0]["ModelPackageArn"])
+    assert package["CustomerMetadataProperties"]["problem_type"] == "multiclass"
+    metadata = package["CustomerMetadataProperties"]
+    assert metadata["macro_f1"] == f"{record['decision']['challenger']:.6f}"
+    quality = package["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"]
+    constraints = package["ModelMetrics"]["ModelDataQuality"]["Constraints"]["S3Uri"]
+    bucket, key = s3_uri_split(constraints)
+    features = json.loads(clients.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    assert [f["name"] for f in features["features"]] == ["sepal_length", "sepal_width",
+                                                         "petal_length", "petal_width"]
+    assert quality.endswith("evaluation.json")
+    assert {"CreateModelPackage", "CreateTrainingJob"} <= {op for _, op in recorded}

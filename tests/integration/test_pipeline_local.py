@@ -7,6 +7,7 @@ first run, unchanged re-run, a worse model, new data, a crashing script, bad dat
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,19 @@ from flows.config import PipelineConfig, build_config
 from flows.pipeline import ml_pipeline
 from tasks.data import push_dataset
 from tasks.endpoints import invoke
-from tasks.errors import DataError, JobFailed
+from tasks.errors import ConfigError, DataError, JobFailed
 from tasks.local import teardown
 from tasks.runtime import get_clients
 
 pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_server")]
+PROJECT = Path(__file__).resolve().parents[2]
+CRASHING_TRAIN = """import json, os, pathlib, sys
+hps = json.loads(os.environ.get("SM_HPS") or "{}")
+base = pathlib.Path(os.environ["SAGEMAKER_BASE_DIR"])
+(base / "output").mkdir(parents=True, exist_ok=True)
+(base / "output" / "failure").write_text(f"ValueError: C must be positive, got {hps['C']}")
+sys.exit(1)
+"""
 
 ENDPOINT = "it-endpoint"
 
@@ -115,7 +124,11 @@ def test_first_run_deploys_and_the_endpoint_answers(state: Path, dataset: pd.Dat
     for part in ("## Data", "## Images", "## Jobs", "## Champion vs challenger", "## Gate",
                  "## Registry", "## Endpoint"):
         assert part in markdown
-    assert {row["metric"] for row in table} == {"roc_auc", "accuracy", "f1", "log_loss"}
+    assert {row["metric"] for row in table} == {"roc_auc", "pr_auc", "accuracy", "f1",
+                                                "log_loss"}
+    assert record["problem"]["type"] == "binary"
+    assert record["problem"]["source"].startswith("inferred: label 'target' holds 2 distinct")
+    assert "## Problem" in markdown and "**binary**" in markdown
     sns = get_clients(config(state).runtime).sns
     messages = sns.messages(sns.create_topic(Name="it-demo-events")["TopicArn"])
     assert json.loads(messages[-1]["Message"])["outcome"] == "deployed"
@@ -173,14 +186,30 @@ def test_a_new_data_version_retrains(state: Path, dataset: pd.DataFrame,
     assert record["outcome"] in ("deployed", "rejected")
 
 
-def test_a_crashing_training_script_fails_the_run_with_its_reason(state: Path) -> None:
+def test_bad_hyperparameters_are_refused_before_any_job(state: Path) -> None:
+    before = jobs_started(state)
+    with pytest.raises(ConfigError, match="C must be a number > 0; got -1"):
+        config(state, hyperparameters={"model": "logistic_regression", "C": -1})
+    # the problem type is known only from the data: refused after pinning, before jobs
+    with pytest.raises(ConfigError, match="alpha does not apply to linear for a binary"):
+        ml_pipeline(config=config(state, hyperparameters={"model": "linear", "alpha": 2}))
+    assert jobs_started(state) == before
+
+
+def test_a_crashing_training_script_fails_the_run_with_its_reason(state: Path,
+                                                                   tmp_path: Path) -> None:
+    """A user's own train step (no hyperparameters.py: only the job checks) that raises."""
+    containers = tmp_path / "containers"
+    shutil.copytree(PROJECT / "containers", containers)
+    (containers / "train" / "hyperparameters.py").unlink()
+    (containers / "train" / "train.py").write_text(CRASHING_TRAIN)
     endpoint_before = live_config(state)
     before = jobs_started(state)
     with pytest.raises(JobFailed) as err:
-        ml_pipeline(config=config(state, hyperparameters={"model": "logistic_regression",
-                                                          "C": -1}))
+        ml_pipeline(config=config(state, containers_dir=str(containers),
+                                  hyperparameters={"C": -1}))
     assert err.value.status == "Failed"
-    assert "C" in (err.value.reason or "")
+    assert "C must be positive, got -1" in (err.value.reason or "")
     assert jobs_started(state) == before + 1  # the one failed training job, not retried
     clients = get_clients(config(state).runtime)
     from tasks.storage import list_run_records

@@ -67,7 +67,7 @@ def test_every_common_separator_is_detected(tmp_path: Path, sep: str, name: str)
     assert report is not None
     assert (report.format, report.delimiter) == ("csv", sep)
     assert report.columns == ["a", "b", "target"] and report.problem == "binary"
-    assert name in report.describe() or sep == "\t" and "tabs" in report.describe()
+    assert name in report.describe() or (sep == "\t" and "tabs" in report.describe())
 
 
 def test_gzip_csv_and_parquet_are_read(tmp_path: Path) -> None:

@@ -265,7 +265,7 @@ def test_config_prints_the_effective_config_with_overrides(env: Env) -> None:
     assert result.exit_code == 0, result.output
     printed = json.loads(result.stdout)
     assert printed["gate"]["margin"] == 0.05
-    assert printed["gate"]["threshold"] == 0.9  # the rest of gate is the settings file's
+    assert printed["gate"]["approval"] == "auto"  # the rest of gate is the settings file's
     assert printed["runtime"]["state_dir"] == str(env.state)
     assert printed["endpoint"]["name"] == env.endpoint
     assert json.loads(env.cli("config").stdout)["gate"]["margin"] == 0.001

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-
 from container_runs import PREPROCESS, SPLITS, assert_clean_failure, run
 
 
