@@ -26,7 +26,7 @@ import typer
 import yaml
 
 from flows.config import PipelineConfig, load_config
-from tasks.data import parse_s3_uri, push_dataset
+from tasks.data import inspect_dataset, parse_s3_uri, push_dataset
 from tasks.endpoints import invoke as invoke_endpoint
 from tasks.errors import PipelineError
 from tasks.runtime import get_clients
@@ -89,6 +89,7 @@ def run(env: str = EnvOption, set_: list[str] = SetOption,
 
     try:
         config = _config(env, set_)
+        _preflight(config)
     except PipelineError as exc:
         _fail(str(exc), 2)
     try:
@@ -116,6 +117,16 @@ def run(env: str = EnvOption, set_: list[str] = SetOption,
         typer.echo(f"Endpoint {endpoint} answers: {answer.strip()}" if not sample else
                    f"Endpoint {endpoint} is live; sample prediction: {answer.strip()}")
         typer.echo(f"Try: {_me()} invoke {endpoint} - <<< '{rows.splitlines()[0]}'")
+
+
+def _preflight(config: PipelineConfig) -> None:
+    """The checks a run makes before its first job, made here first: bad data or settings
+    that do not fit the data are refused in a second, with exit code 2, before Prefect
+    starts at all."""
+    report = inspect_dataset(get_clients(config.runtime), config.dataset_uri,
+                             config.data_rules())
+    if report is not None and config.problem == "auto" and report.problem != "auto":
+        config.settings_for(report.problem, exact=False)
 
 
 def _me() -> str:
@@ -283,7 +294,10 @@ def plan(env: str = EnvOption, set_: list[str] = SetOption,
     """
     from flows.plan import build_plan
 
-    calls = build_plan(_config(env, set_), commit=commit)
+    try:
+        calls = build_plan(_config(env, set_), commit=commit)
+    except PipelineError as exc:
+        _fail(str(exc), 2)
     bad = 0
     for number, call in enumerate(calls, start=1):
         status = "INVALID" if call.problems else "valid"

@@ -145,6 +145,25 @@ class PipelineConfig(BaseModel):
             raise ConfigError(str(exc)) from None
         return resolved
 
+    def settings_for(self, problem: str, *, exact: bool) -> tuple[str, float]:
+        """The gate's (metric, threshold) for the problem, hyperparameters checked for it.
+
+        Not ``exact`` (binary or multiclass from a sample's classes): settings that fit
+        either are fine, the whole dataset decides later.
+        """
+        candidates = [problem] if exact or problem == "regression" else ["binary", "multiclass"]
+        errors: list[ConfigError] = []
+        for candidate in candidates:
+            try:
+                self.check_hyperparameters(candidate)
+                return self.gate.resolve(candidate)
+            except ConfigError as exc:
+                errors.append(exc)
+        how = "inferred from the data" if self.problem == "auto" else "configured"
+        raise ConfigError(f"The settings do not fit this {problem} problem ({how}): "
+                          f"{errors[0]} To override the problem type, set problem: binary, "
+                          "multiclass or regression.")
+
     def data_rules(self) -> DataRules:
         return DataRules(label_column=self.label_column, problem=self.problem, data=self.data,
                          validation_fraction=self.split.validation_fraction,

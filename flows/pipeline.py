@@ -25,7 +25,7 @@ from flows.report import collect_plots, publish_artifacts
 from flows.trigger import publish_outcome
 from tasks.data import DataPin, pin_data
 from tasks.endpoints import deploy_model
-from tasks.errors import ConfigError, DeployRolledBack, PipelineError
+from tasks.errors import DeployRolledBack, PipelineError
 from tasks.gate import GateDecision, decide
 from tasks.images import build_images
 from tasks.jobs import PROCESSING, TRAINING, stop_job
@@ -105,7 +105,7 @@ def ml_pipeline(config: PipelineConfig = PipelineConfig(),
         record["data"] = pin.model_dump()
         sampled = pin.report.problem if pin.report else "auto"
         if config.problem == "auto" and sampled != "auto":  # the settings must fit the data
-            _check_settings(config, sampled, exact=False)
+            config.settings_for(sampled, exact=False)
         images = build_images(runtime, str(config.containers_path),
                               config.image_repository_prefix, config.build_project,
                               config.artifacts_uri)
@@ -123,7 +123,7 @@ def ml_pipeline(config: PipelineConfig = PipelineConfig(),
         pre = _step(record, "preprocess", _runner("preprocess", force),
                     runtime, pre_plan, config, tags)
         problem = _read_schema(config, record, pre.outputs["schema"], pin)
-        metric, threshold = _check_settings(config, problem, exact=True)
+        metric, threshold = config.settings_for(problem, exact=True)
         train_plan = plan_train(**common, splits=pre.outputs, image=images["train"],
                                 label_column=config.label_column,
                                 hyperparameters=config.hyperparameters)
@@ -208,25 +208,6 @@ def _problem_arg(config: PipelineConfig, pin: DataPin) -> str:
         return config.problem
     sampled = pin.report.problem if pin.report else "auto"
     return {"binary": "classification", "multiclass": "classification"}.get(sampled, sampled)
-
-
-def _check_settings(config: PipelineConfig, problem: str, *, exact: bool) -> tuple[str, float]:
-    """The gate's (metric, threshold) for the problem, hyperparameters checked for it too.
-
-    Not ``exact`` (a sample's binary or multiclass): settings that fit either are fine.
-    """
-    candidates = [problem] if exact or problem == "regression" else ["binary", "multiclass"]
-    errors: list[ConfigError] = []
-    for candidate in candidates:
-        try:
-            config.check_hyperparameters(candidate)
-            return config.gate.resolve(candidate)
-        except ConfigError as exc:
-            errors.append(exc)
-    how = "inferred from the data" if config.problem == "auto" else "configured"
-    raise ConfigError(f"The settings do not fit this {problem} problem ({how}): {errors[0]} "
-                      "To override the problem type, set problem: binary, multiclass or "
-                      "regression.")
 
 
 def _read_schema(config: PipelineConfig, record: dict[str, Any], schema_uri: str,

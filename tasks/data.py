@@ -32,7 +32,8 @@ from .runtime import Clients, RuntimeSettings, get_clients, retry_transient
 from .stepcode import DEFAULT_CONTAINERS, step_module
 
 __all__ = ["DataPin", "DataRules", "DataSettings", "DatasetReport", "PinnedObject",
-           "PushedDataset", "inspect_file", "inspect_object", "parse_s3_uri", "pin_data",
+           "PushedDataset", "inspect_dataset", "inspect_file", "inspect_object", "parse_s3_uri",
+           "pin_data",
            "pin_dataset", "push_dataset"]
 
 SAMPLE_BYTES = 256 * 1024
@@ -366,6 +367,12 @@ def _inspect_parquet(checks: ModuleType, clients: Clients, bucket: str, obj: Pin
                          problem_source="configured" if rules.problem != "auto" else
                          "to be inferred by the preprocess job (first row group too large to "
                          "sample)", rows_checked=0, complete=False)
+
+
+def inspect_dataset(clients: Clients, uri: str, rules: DataRules | str) -> DatasetReport | None:
+    """Check the first object of the stored dataset (what a run's pin step checks first)."""
+    bucket, objects = resolve_versions(clients, uri)
+    return inspect_object(clients, bucket, objects[0], rules)
 
 
 def push_dataset(clients: Clients, path: Path, uri: str,

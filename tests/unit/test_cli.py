@@ -237,6 +237,48 @@ def test_run_refuses_bad_overrides_before_anything_runs(
     assert not env.state.exists()  # no client was made: no job, no bucket, no state at all
 
 
+@pytest.mark.parametrize(("overrides", "message", "needs_data"), [
+    pytest.param(["--set", "hyperparameters.learning_rat=0.1"],
+                 "Invalid hyperparameters: learning_rat is not a parameter of linear (did you "
+                 "mean 'learning_rate'?); linear takes C, alpha, max_iter", False, id="typo"),
+    pytest.param(["--set", "hyperparameters.model=xgboost", "--set",
+                  "hyperparameters.max_depth=500"],
+                 "max_depth must be a whole number >= 1 and <= 100; got 500", False, id="range"),
+    pytest.param(["--set", "gate.metric=r2"],
+                 "The settings do not fit this binary problem (inferred from the data): "
+                 "gate.metric r2 is a metric of regression problems", True, id="metric-vs-data"),
+    pytest.param(["--set", "hyperparameters.alpha=2"],
+                 "alpha does not apply to linear for a binary problem (it is for regression)",
+                 True, id="parameter-vs-data"),
+])
+def test_run_checks_settings_against_the_data_before_any_job(
+        env: Env, tmp_path: Path, overrides: list[str], message: str, needs_data: bool) -> None:
+    good = tmp_path / "good.csv"
+    good.write_text(GOOD_CSV)
+    pushed_version(env, env.cli("data", "push", str(good)))
+
+    result = env.cli("run", *overrides)
+
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+    sm = env.clients.sagemaker
+    assert sm.list_processing_jobs()["ProcessingJobSummaries"] == []
+    assert sm.list_training_jobs()["TrainingJobSummaries"] == []
+    plan = env.cli("plan", *overrides)  # no data, no credentials: what the settings say
+    assert plan.exit_code == (0 if needs_data else 2), plan.output
+    assert needs_data or message in plan.stderr
+
+
+def test_run_without_data_is_refused_before_prefect_starts(env: Env) -> None:
+    result = env.cli("run")
+    assert result.exit_code == 2, result.output
+    assert "Bucket sagepipe-local does not exist" in result.stderr or "No dataset at" in \
+        result.stderr
+    assert "sagepipe data push" in result.stderr
+
+
 def test_run_refuses_a_settings_file_with_an_unknown_top_level_key(tmp_path: Path) -> None:
     env = make_env(tmp_path, projekt="typo")
 
