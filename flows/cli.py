@@ -247,6 +247,10 @@ def data_push(file: Path = typer.Argument(None, help="a CSV (, ; tab |, optional
         if config.problem == "auto":
             typer.echo("To override the problem type: problem: binary, multiclass or regression "
                        "in the settings, or --set problem=... on `sagepipe run`.")
+            try:  # the data is fine; the settings may not be, and a run would refuse them
+                config.settings_for(pushed.report.problem, exact=True)
+            except PipelineError as exc:
+                typer.secho(f"Before you run: {exc}", fg=typer.colors.YELLOW, err=True)
 
 
 @data_app.command("example")

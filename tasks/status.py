@@ -26,12 +26,13 @@ def run_rows(clients: Clients, artifacts_uri: str, limit: int) -> list[dict[str,
     rows = []
     for record in list_run_records(clients, artifacts_uri, limit):
         decision = record.get("decision") or {}
-        metric = decision.get("metric")
+        metric, value = decision.get("metric"), decision.get("challenger")
         rows.append({
             "started": _when(record.get("started")),
             "run": record.get("run_name") or record["run_id"],
             "outcome": record["outcome"],
-            "metric": f"{metric}={decision['challenger']:.4f}" if metric else "",
+            "problem": (record.get("problem") or {}).get("type", ""),
+            "metric": f"{metric}={value:.4f}" if metric and value is not None else "",
             "jobs": " ".join(f"{n}:{s.get('how', s.get('status'))}"
                              for n, s in (record.get("steps") or {}).items()),
             "seconds": record.get("seconds", ""),

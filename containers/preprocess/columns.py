@@ -14,7 +14,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -56,12 +55,14 @@ def profile_block(column: pa.Array) -> BlockColumn:
     values = len(column) - nulls
     numbers = as_float(column)
     if numbers is not None:
-        array = numbers.drop_null().to_numpy(zero_copy_only=False)
-        finite = array[np.isfinite(array)]
+        finite = pc.is_finite(numbers)  # null where the value is missing
+        non_finite = values - (pc.sum(finite).as_py() or 0)
+        if non_finite:
+            numbers = numbers.filter(finite)
+        low, high = pc.min_max(numbers).values()  # nulls skipped
         return BlockColumn(nulls, values, True,
-                           float(finite.min()) if finite.size else math.inf,
-                           float(finite.max()) if finite.size else -math.inf,
-                           int(array.size - finite.size))
+                           math.inf if low.as_py() is None else low.as_py(),
+                           -math.inf if high.as_py() is None else high.as_py(), non_finite)
     present = column.drop_null()
     text = pc.invert(pc.match_substring_regex(present, NUMBER))
     non_numeric = pc.filter(present, text)

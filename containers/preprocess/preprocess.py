@@ -83,7 +83,8 @@ class LabelBlock:
     """The kept rows' labels: class texts with per-row indices, or regression values."""
 
     texts: list[str] | None = None
-    indices: np.ndarray | None = None
+    indices: np.ndarray | None = None  # per row: its text's index in ``texts``
+    rank: np.ndarray | None = None  # per row: how many rows of its class came before it
     counts: np.ndarray | None = None
     values: np.ndarray | None = None
 
@@ -98,6 +99,7 @@ class Parsed:
     raw_label: pa.Array | None  # the same before dropping empty ones (row numbers as read)
     dropped: int  # rows without a label
     columns: list[BlockColumn]
+    block: LabelBlock | None = None  # the labels reduced (once the mode is known)
 
     @property
     def rows(self) -> int:
@@ -321,7 +323,10 @@ class Splitter:
             batch, label = batch.filter(keep), raw.filter(keep)
         columns = [profile_block(batch.column(i)) for i in range(len(self.header))
                    if i != self.label_index]
-        return Parsed(chunk, batch if batch.num_rows else None, label, raw, dropped, columns)
+        parsed = Parsed(chunk, batch if batch.num_rows else None, label, raw, dropped, columns)
+        if self.mode is not None and parsed.rows:
+            return Parsed(**{**parsed.__dict__, "block": self.reduce_label(parsed)})
+        return parsed
 
     def check_numbers(self, label: pa.Array, chunk: Chunk) -> None:
         try:
@@ -347,7 +352,12 @@ class Splitter:
         encoded = pc.dictionary_encode(parsed.label)
         indices = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         texts = encoded.dictionary.to_pylist()
-        return LabelBlock(texts=texts, indices=indices,
+        # each row's rank among the block's rows of its class, in row order
+        order = np.argsort(indices, kind="stable")
+        ordered = indices[order]
+        rank = np.empty_like(indices)
+        rank[order] = np.arange(len(indices)) - np.searchsorted(ordered, ordered, side="left")
+        return LabelBlock(texts=texts, indices=indices, rank=rank,
                           counts=np.bincount(indices, minlength=len(texts)))
 
     def write(self, parsed: Parsed, u: np.ndarray, codes: np.ndarray | None
@@ -386,7 +396,7 @@ class Stratifier:
 
     def positions(self, block: LabelBlock) -> tuple[np.ndarray, np.ndarray]:
         """(u in [0, 1) per row, global class id per row) for the next block, in order."""
-        assert block.texts is not None and block.indices is not None
+        assert block.texts is not None and block.indices is not None and block.rank is not None
         for text in block.texts:
             self.ids.setdefault(text, len(self.ids))
         if len(self.ids) > len(self.seen):
@@ -396,13 +406,7 @@ class Stratifier:
                                     self.seed ^ 0x5EED)
         lookup = np.array([self.ids[t] for t in block.texts], dtype=np.int64)
         codes = lookup[block.indices]
-        # rank of each row among the block's rows of its class, in row order
-        order = np.argsort(codes, kind="stable")
-        sorted_codes = codes[order]
-        starts = np.searchsorted(sorted_codes, sorted_codes, side="left")
-        rank = np.empty_like(codes)
-        rank[order] = np.arange(len(codes)) - starts
-        k = self.seen[codes] + rank
+        k = self.seen[codes] + block.rank
         self.seen += np.bincount(codes, minlength=len(self.seen))
         return np.mod(self.offsets[codes] + k * GOLDEN, 1.0), codes
 
@@ -460,7 +464,7 @@ class Run:
             if self.splitter.mode == "regression":
                 assert parsed.raw_label is not None
                 self.splitter.check_numbers(parsed.raw_label, parsed.chunk)
-        block = self.splitter.reduce_label(parsed)
+        block = parsed.block or self.splitter.reduce_label(parsed)  # the first chunk: here
         start, self.kept = self.kept, self.kept + parsed.rows
         if block.values is not None:
             self.regression["min"] = min(self.regression["min"], float(block.values.min()))
