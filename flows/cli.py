@@ -85,13 +85,13 @@ def run(env: str = EnvOption, set_: list[str] = SetOption,
         commit: str = typer.Option(None, help="the git commit this run is for"),
         force: bool = typer.Option(False, help="ignore cached steps and run every job")) -> None:
     """Run the whole pipeline once and print what it decided."""
-    from flows.pipeline import ml_pipeline  # importing Prefect flows is slow: only here
-
     try:
         config = _config(env, set_)
         _preflight(config)
     except PipelineError as exc:
         _fail(str(exc), 2)
+    from flows.pipeline import ml_pipeline  # importing Prefect flows is slow: only here
+
     try:
         record = ml_pipeline(config=config, commit=commit, force=force)
     except PipelineError as exc:
