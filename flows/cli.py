@@ -412,10 +412,20 @@ def server_down() -> None:
 
 
 def main() -> None:
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    from prefect.settings import (
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        temporary_settings,
+    )
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # the server's own env
+    # Prefect read its settings when this module imported it: a default set in os.environ
+    # now would come too late. A loaded 2-core machine, or a first run that creates
+    # Prefect's database, can need more than Prefect's 20 s to start its temporary server.
+    timeout = PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+    updates = {} if timeout.name in os.environ else {timeout: 90}
     try:
-        app()
+        with temporary_settings(updates=updates):
+            app()
     except PipelineError as exc:  # config and data errors are the user's to fix: no traceback
         typer.secho(str(exc), fg=typer.colors.RED, err=True)
         sys.exit(2)

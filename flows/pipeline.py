@@ -25,7 +25,7 @@ from flows.report import collect_plots, publish_artifacts
 from flows.trigger import publish_outcome
 from tasks.data import DataPin, pin_data
 from tasks.endpoints import deploy_model
-from tasks.errors import DeployRolledBack, PipelineError
+from tasks.errors import DataError, DeployRolledBack, PipelineError
 from tasks.gate import GateDecision, decide
 from tasks.images import build_images
 from tasks.jobs import PROCESSING, TRAINING, stop_job
@@ -37,6 +37,7 @@ from tasks.storage import (
     ensure_local_resources,
     outputs_exist,
     read_json,
+    read_json_if_any,
     sample_rows,
     save_run_record,
 )
@@ -167,7 +168,8 @@ def ml_pipeline(config: PipelineConfig = PipelineConfig(),
                       "dataset_uri": pin.source_uri, "flow_run_id": run_id,
                       "training_job": trained.job_name, "problem_type": problem,
                       "label_column": config.label_column,
-                      "feature_count": str(len(record["data_schema"]["feature_columns"])),
+                      "feature_count": str(len(record["data_schema"].get("feature_columns")
+                                               or [])),
                       **({decision.metric: f"{decision.challenger:.6f}"}
                          if decision.challenger is not None else {})},
             instance_type=config.endpoint.instance_type)
@@ -214,8 +216,14 @@ def _read_schema(config: PipelineConfig, record: dict[str, Any], schema_uri: str
                  pin: DataPin) -> str:
     """The preprocess job's findings into the record; returns the problem type."""
     log = get_run_logger()
-    schema = read_json(get_clients(config.runtime), schema_uri.rstrip("/") + "/schema.json")
-    problem = str(schema["problem"])
+    uri = schema_uri.rstrip("/") + "/schema.json"
+    # a preprocess step of the user's own may write none
+    schema = read_json_if_any(get_clients(config.runtime), uri) or {}
+    problem = str(schema.get("problem") or (config.problem if config.problem != "auto" else ""))
+    if problem not in ("binary", "multiclass", "regression"):
+        raise DataError(f"The preprocess step wrote no problem type to {uri}; set problem: "
+                        "binary, multiclass or regression in the settings, or have the step "
+                        "write schema.json with a \"problem\" entry.")
     source = str(schema.get("problem_source") or "")
     if config.problem == "auto" and not source.startswith("inferred") and pin.report:
         source = pin.report.problem_source  # the job was told the family the sample showed

@@ -14,6 +14,7 @@ from .data import parse_s3_uri
 from .runtime import Clients, RuntimeSettings, get_clients
 
 __all__ = ["ensure_local_resources", "list_run_records", "outputs_exist", "read_json",
+           "read_json_if_any",
            "sample_rows",
            "save_run_record", "write_json"]
 
@@ -21,6 +22,16 @@ __all__ = ["ensure_local_resources", "list_run_records", "outputs_exist", "read_
 def read_json(clients: Clients, uri: str) -> Any:
     bucket, key = parse_s3_uri(uri)
     return json.loads(clients.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def read_json_if_any(clients: Clients, uri: str) -> Any:
+    """The JSON object at ``uri``, or None if there is none."""
+    try:
+        return read_json(clients, uri)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return None
+        raise
 
 
 def write_json(clients: Clients, uri: str, value: Any) -> None:
