@@ -117,11 +117,24 @@ def test_every_model_trains_evaluates_and_serves_every_problem(
     value = report["challenger"][metric]
     assert value >= bar, (name, model, metric, value)
     assert set(report["plots"]) == PLOTS[problem] | {"curves"} and report["plots_error"] is None
+    # the registry's ModelQuality statistics: one block per problem type, each metric
+    # {"value", "standard_deviation"} (docs.aws.amazon.com/sagemaker/latest/dg/
+    # model-monitor-model-quality-metrics.html)
     quality_block = {"binary": "binary_classification_metrics", "regression": "regression_metrics",
                      "multiclass": "multiclass_classification_metrics"}[problem]
     assert quality_block in report
+    for name, stat in report[quality_block].items():
+        assert name == "confusion_matrix" or set(stat) == {"value", "standard_deviation"}
+    # Model Monitor data quality constraints: features with name, inferred_type (Integral,
+    # Fractional, String), completeness (docs.aws.amazon.com/sagemaker/latest/dg/
+    # model-monitor-byoc-constraints.html)
     constraints = json.loads((tmp_path / "out" / "constraints.json").read_text())
     assert [f["name"] for f in constraints["features"]] == info["feature_columns"]
+    kinds = {f["name"]: f["kind"] for f in info["features"]}
+    for feature in constraints["features"]:
+        assert 0 <= feature["completeness"] <= 1
+        assert (feature["inferred_type"] == "String") == (kinds[feature["name"]] == "categorical")
+        assert feature["inferred_type"] in ("Integral", "Fractional", "String")
 
     inference = handlers()
     served = inference.model_fn(str(model_dir))
