@@ -123,8 +123,8 @@ def test_every_model_trains_evaluates_and_serves_every_problem(
     quality_block = {"binary": "binary_classification_metrics", "regression": "regression_metrics",
                      "multiclass": "multiclass_classification_metrics"}[problem]
     assert quality_block in report
-    for name, stat in report[quality_block].items():
-        assert name == "confusion_matrix" or set(stat) == {"value", "standard_deviation"}
+    for entry, stat in report[quality_block].items():
+        assert entry == "confusion_matrix" or set(stat) == {"value", "standard_deviation"}
     # Model Monitor data quality constraints: features with name, inferred_type (Integral,
     # Fractional, String), completeness (docs.aws.amazon.com/sagemaker/latest/dg/
     # model-monitor-byoc-constraints.html)
