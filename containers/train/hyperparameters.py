@@ -185,11 +185,3 @@ def unknown(name: str, model: str) -> str:
     elif guess:
         text += f" (did you mean {guess[0]!r}?)"
     return text + f"; {model} takes {', '.join(allowed)}"
-
-
-def describe() -> dict[str, Any]:
-    """Models and their parameters, for documentation and `sagepipe` to show."""
-    return {model: {name: {"type": p.kind.__name__, "default": p.default, "range": p.bounds(),
-                           "problems": list(p.problems), "help": p.help}
-                    for name, p in {**params, **COMMON}.items()}
-            for model, params in MODELS.items()}
