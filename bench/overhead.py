@@ -63,7 +63,7 @@ class Bench:
 
 
 def _jobs(state: Path) -> int:
-    from tasks.local.state import StateStore
+    from sagepipe.tasks.local.state import StateStore
 
     store = StateStore(state)
     return len(store.list("training-job")) + len(store.list("processing-job"))
@@ -71,7 +71,7 @@ def _jobs(state: Path) -> int:
 
 def _job_seconds(state: Path) -> float:
     """Sum over the run's jobs of created -> ended: the local runtime's share of the wall."""
-    from tasks.local.state import StateStore
+    from sagepipe.tasks.local.state import StateStore
 
     store = StateStore(state)
     docs = store.list("training-job") + store.list("processing-job")
@@ -79,7 +79,7 @@ def _job_seconds(state: Path) -> float:
 
 
 def _teardown(state: Path) -> None:
-    from tasks.local import teardown
+    from sagepipe.tasks.local import teardown
 
     if (state / "state.db").exists():
         teardown(state)

@@ -111,7 +111,7 @@ def run(quick: bool, work: Path) -> dict[str, Any]:
                                              requests=plan["serving_requests"],
                                              rounds=plan["serving_rounds"])
     finally:
-        from tasks.local import teardown
+        from sagepipe.tasks.local import teardown
 
         teardown(state)
 

@@ -97,7 +97,7 @@ class _KeepAlive:
 def measure_serving(state: Path, endpoint: str, csv_path: Path, label: str, *,
                     requests: dict[int, int], rounds: int) -> dict[str, Any]:
     """``requests`` maps batch size -> timed requests per round."""
-    from tasks.local import local_clients
+    from sagepipe.tasks.local import local_clients
 
     clients = local_clients(state)
     port, _ = clients["sagemaker"].endpoints.target(endpoint, "InvokeEndpoint")

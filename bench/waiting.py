@@ -27,8 +27,8 @@ import botocore.session
 import botocore.waiter
 from botocore.exceptions import ClientError, WaiterError
 
-from tasks.jobs import TRAINING, WaitPolicy, run_job
-from tasks.runtime import Clients
+from sagepipe.tasks.jobs import TRAINING, WaitPolicy, run_job
+from sagepipe.tasks.runtime import Clients
 
 __all__ = ["measure_waiting"]
 

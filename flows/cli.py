@@ -1,5 +1,6 @@
 """``sagepipe``: run the pipeline, look at what it made, talk to its endpoints.
 
+    sagepipe init [DIR] [--steps train,serve]
     sagepipe run [--env local] [--set gate.margin=0.01] [--commit SHA] [--force]
     sagepipe invoke <endpoint> <file|-> [--content-type text/csv]
     sagepipe status
@@ -25,13 +26,13 @@ import httpx
 import typer
 import yaml
 
-from flows.config import PipelineConfig, load_config
-from tasks.data import inspect_dataset, parse_s3_uri, push_dataset
-from tasks.endpoints import invoke as invoke_endpoint
-from tasks.errors import PipelineError
-from tasks.runtime import get_clients
-from tasks.status import endpoint_rows, job_log_lines, model_rows, run_rows
-from tasks.storage import ensure_local_resources
+from sagepipe.flows.config import PipelineConfig, load_config
+from sagepipe.tasks.data import inspect_dataset, parse_s3_uri, push_dataset
+from sagepipe.tasks.endpoints import invoke as invoke_endpoint
+from sagepipe.tasks.errors import PipelineError
+from sagepipe.tasks.runtime import get_clients
+from sagepipe.tasks.status import endpoint_rows, job_log_lines, model_rows, run_rows
+from sagepipe.tasks.storage import ensure_local_resources
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="From git push to a safely deployed SageMaker endpoint.")
@@ -41,8 +42,10 @@ server_app = typer.Typer(no_args_is_help=True,
                         help="A local Prefect server and process worker for deployments.")
 app.add_typer(server_app, name="server")
 
-EnvOption = typer.Option("local", "--env", "-e",
-                         help="settings in deployments/settings/<env>.yaml, or a YAML path")
+EnvOption = typer.Option(
+    None, "--env", "-e", help="settings: a YAML path, or a name: ./sagepipe.<name>.yaml, else "
+    "the example <name> shipped with sagepipe (local, aws, iris, ...). Default: ./sagepipe.yaml "
+    "in a project made by `sagepipe init`, else the example local")
 SetOption = typer.Option(None, "--set", "-s", help="override a setting: key.sub=value (YAML)")
 
 
@@ -60,7 +63,7 @@ def _overrides(pairs: list[str] | None) -> dict[str, Any]:
     return result
 
 
-def _config(env: str, pairs: list[str] | None = None) -> PipelineConfig:
+def _config(env: str | None, pairs: list[str] | None = None) -> PipelineConfig:
     return load_config(env, _overrides(pairs))
 
 
@@ -81,7 +84,7 @@ def _table(rows: list[dict[str, Any]], empty: str) -> None:
 
 
 @app.command()
-def run(env: str = EnvOption, set_: list[str] = SetOption,
+def run(env: str | None = EnvOption, set_: list[str] = SetOption,
         commit: str = typer.Option(None, help="the git commit this run is for"),
         force: bool = typer.Option(False, help="ignore cached steps and run every job")) -> None:
     """Run the whole pipeline once and print what it decided."""
@@ -90,7 +93,7 @@ def run(env: str = EnvOption, set_: list[str] = SetOption,
         _preflight(config)
     except PipelineError as exc:
         _fail(str(exc), 2)
-    from flows.pipeline import ml_pipeline  # importing Prefect flows is slow: only here
+    from sagepipe.flows.pipeline import ml_pipeline  # importing Prefect flows is slow: only here
 
     try:
         record = ml_pipeline(config=config, commit=commit, force=force)
@@ -123,6 +126,7 @@ def _preflight(config: PipelineConfig) -> None:
     """The checks a run makes before its first job, made here first: bad data or settings
     that do not fit the data are refused in a second, with exit code 2, before Prefect
     starts at all."""
+    config.check_steps()
     report = inspect_dataset(get_clients(config.runtime), config.dataset_uri,
                              config.data_rules())
     if report is not None and config.problem == "auto" and report.problem != "auto":
@@ -140,7 +144,7 @@ def _me() -> str:
 
 
 def _sample_rows(config: PipelineConfig) -> str:
-    from tasks.storage import list_run_records, sample_rows
+    from sagepipe.tasks.storage import list_run_records, sample_rows
 
     clients = get_clients(config.runtime)
     for record in list_run_records(clients, config.artifacts_uri):
@@ -151,12 +155,38 @@ def _sample_rows(config: PipelineConfig) -> str:
 
 
 @app.command()
+def init(directory: Path = typer.Argument(Path("."), help="the project folder (made if absent)"),
+         steps: str = typer.Option("train", help="whose code to copy in, comma-separated: "
+                                   "train, preprocess, evaluate, serve; the rest run "
+                                   "sagepipe's defaults"),
+         project: str = typer.Option(None, help="project name (default: from the folder's)")
+         ) -> None:
+    """Make a folder a sagepipe project: settings, your step code, prefect.yaml, .gitignore."""
+    from sagepipe.flows.scaffold import init_project
+
+    try:
+        result = init_project(directory, [s.strip() for s in steps.split(",") if s.strip()],
+                              project)
+    except PipelineError as exc:
+        _fail(str(exc), 2)
+    for path in result.written:
+        typer.echo(f"  wrote {directory / path}")
+    for path in result.kept:
+        typer.secho(f"  kept  {directory / path} (exists; not overwritten)",
+                    fg=typer.colors.YELLOW)
+    go = "" if directory.resolve() == Path.cwd().resolve() else f"  cd {directory}\n"
+    typer.echo(f"\nNext:\n{go}  {_me()} data push --example --if-missing   # or your own CSV\n"
+               f"  {_me()} run\nYour training script: {directory / 'steps/train/train.py'}; "
+               f"settings: {directory / 'sagepipe.yaml'}.")
+
+
+@app.command()
 def invoke(endpoint: str, source: str = typer.Argument(..., help="a file, or - for stdin"),
            content_type: str = typer.Option("text/csv", "--content-type", "-t"),
            accept: str = typer.Option("application/json", "--accept"),
-           env: str = EnvOption) -> None:
+           env: str | None = EnvOption, set_: list[str] = SetOption) -> None:
     """Send a payload to an endpoint and print the answer."""
-    config = _config(env)
+    config = _config(env, set_)
     if source == "-":
         body = sys.stdin.buffer.read()
     else:
@@ -172,10 +202,10 @@ def invoke(endpoint: str, source: str = typer.Argument(..., help="a file, or - f
 
 
 @app.command()
-def status(env: str = EnvOption,
+def status(env: str | None = EnvOption, set_: list[str] = SetOption,
            limit: int = typer.Option(10, help="how many runs to show")) -> None:
     """Recent runs, model versions and endpoints."""
-    config = _config(env)
+    config = _config(env, set_)
     clients = get_clients(config.runtime)
     typer.secho("Runs (newest first)", bold=True)
     _table(run_rows(clients, config.artifacts_uri, limit), "no runs yet: sagepipe run")
@@ -186,9 +216,9 @@ def status(env: str = EnvOption,
 
 
 @app.command()
-def logs(job: str, env: str = EnvOption) -> None:
+def logs(job: str, env: str | None = EnvOption, set_: list[str] = SetOption) -> None:
     """Print a job's log."""
-    config = _config(env)
+    config = _config(env, set_)
     lines = job_log_lines(get_clients(config.runtime), job)
     if not lines:
         _fail(f"No logs for job {job!r}. `sagepipe status` shows the jobs of recent runs.")
@@ -197,13 +227,13 @@ def logs(job: str, env: str = EnvOption) -> None:
 
 
 @app.command()
-def down(env: str = EnvOption) -> None:
+def down(env: str | None = EnvOption, set_: list[str] = SetOption) -> None:
     """Stop every local endpoint and job (data, models and records are kept)."""
-    config = _config(env)
+    config = _config(env, set_)
     if config.runtime.kind != "local":
         _fail("`sagepipe down` stops the local runtime's processes; on AWS delete endpoints in "
               "the console or with `aws sagemaker delete-endpoint`.", 2)
-    from tasks.local import teardown
+    from sagepipe.tasks.local import teardown
 
     root = Path(config.runtime.state_dir).resolve()
     if not (root / "state.db").exists():
@@ -219,7 +249,7 @@ def data_push(file: Path = typer.Argument(None, help="a CSV (, ; tab |, optional
                                                       "Parquet file with a header row"),
               example: bool = typer.Option(False, help="push the example breast-cancer data"),
               if_missing: bool = typer.Option(False, help="do nothing if the dataset exists"),
-              env: str = EnvOption, set_: list[str] = SetOption) -> None:
+              env: str | None = EnvOption, set_: list[str] = SetOption) -> None:
     """Store a new version of the dataset (checked first; bad data is refused)."""
     config = _config(env, set_)
     clients = get_clients(config.runtime)
@@ -231,7 +261,7 @@ def data_push(file: Path = typer.Argument(None, help="a CSV (, ; tab |, optional
         return
     if example == (file is not None):
         _fail("Give a CSV file or --example (one of them).", 2)
-    from flows.examples import write_example  # pandas and scikit-learn: only when needed
+    from sagepipe.flows.examples import write_example  # pandas and scikit-learn: only when needed
 
     with tempfile.TemporaryDirectory() as tmp:
         path = file if file is not None else write_example("breast-cancer", Path(tmp))
@@ -259,7 +289,7 @@ def data_example(name: str = typer.Argument(..., help="breast-cancer, iris, diab
                  output: Path = typer.Option(Path("."), "--output", "-o",
                                              help="a file, or a folder for its own name")) -> None:
     """Write an example dataset: each has settings of the same name (--env NAME)."""
-    from flows.examples import EXAMPLES, write_example
+    from sagepipe.flows.examples import EXAMPLES, write_example
 
     if name not in EXAMPLES:
         rows = "\n".join(f"  {n:14} {what}" for n, (_, what, _) in EXAMPLES.items())
@@ -281,22 +311,22 @@ def _dataset_exists(clients: Any, uri: str) -> bool:
 
 
 @data_app.command("versions")
-def data_versions(env: str = EnvOption) -> None:
+def data_versions(env: str | None = EnvOption, set_: list[str] = SetOption) -> None:
     """The stored versions of the dataset, newest first."""
-    from tasks.status import dataset_rows
+    from sagepipe.tasks.status import dataset_rows
 
-    config = _config(env)
+    config = _config(env, set_)
     _table(dataset_rows(get_clients(config.runtime), config.dataset_uri), "no versions")
 
 
 @app.command()
-def plan(env: str = EnvOption, set_: list[str] = SetOption,
+def plan(env: str | None = EnvOption, set_: list[str] = SetOption,
          commit: str = typer.Option(None, help="the git commit the run would be for")) -> None:
     """Print the AWS requests a run would send, each checked against botocore's model.
 
     Needs no credentials: run it before a first run on a new account.
     """
-    from flows.plan import build_plan
+    from sagepipe.flows.plan import build_plan
 
     try:
         calls = build_plan(_config(env, set_), commit=commit)
@@ -318,7 +348,7 @@ def plan(env: str = EnvOption, set_: list[str] = SetOption,
 
 
 @app.command()
-def config(env: str = EnvOption, set_: list[str] = SetOption) -> None:
+def config(env: str | None = EnvOption, set_: list[str] = SetOption) -> None:
     """Print the effective config (settings file plus --set overrides)."""
     try:
         typer.echo(json.dumps(_config(env, set_).model_dump(), indent=2))
@@ -349,7 +379,7 @@ def trigger(deployment: str = typer.Argument("ml-pipeline/local",
     """
     from prefect.settings import get_current_settings
 
-    from flows.trigger import follow_run, read_outcome, start_run
+    from sagepipe.flows.trigger import follow_run, read_outcome, start_run
 
     sha = commit or os.environ.get("GITHUB_SHA") or os.environ.get("CI_COMMIT_SHA")
     try:
@@ -390,20 +420,25 @@ def server_up(port: int = typer.Option(4200, help="the API and UI port on 127.0.
               poll: float = typer.Option(5.0, help="seconds between the worker's polls"),
               ui: bool = typer.Option(True, help="serve the Prefect UI")) -> None:
     """Start a local Prefect server and a process worker for the `sagepipe-local` pool."""
-    from flows.server import DEFAULT_DIR, up
+    from sagepipe.flows.server import DEFAULT_DIR, up
 
     server = up(DEFAULT_DIR, port=port, poll_seconds=poll, ui=ui)
     typer.echo(f"Prefect server {server.api_url} (pid {server.server_pid}), worker for "
                f"{server.pool} (pid {server.worker_pid}); logs in {DEFAULT_DIR}.\n"
                f"UI: {server.ui_url}\nNext:\n  export PREFECT_API_URL={server.api_url}\n"
-               "  prefect deploy --prefect-file deployments/prefect.yaml --name "
-               "ml-pipeline/local\n  prefect deployment run 'ml-pipeline/local'")
+               f"  prefect deploy {_prefect_file()}--name ml-pipeline/local\n"
+               "  prefect deployment run 'ml-pipeline/local'")
+
+
+def _prefect_file() -> str:
+    """`--prefect-file ...` unless this folder has its own prefect.yaml (a user project)."""
+    return "" if Path("prefect.yaml").is_file() else "--prefect-file deployments/prefect.yaml "
 
 
 @server_app.command("down")
 def server_down() -> None:
     """Stop the local Prefect server and worker started by `sagepipe server up`."""
-    from flows.server import DEFAULT_DIR, down
+    from sagepipe.flows.server import DEFAULT_DIR, down
 
     stopped = down(DEFAULT_DIR)
     typer.echo("No local Prefect server was running." if stopped is None else

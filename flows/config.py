@@ -15,18 +15,35 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tasks.data import DataRules, DataSettings, Problem
-from tasks.endpoints import EndpointSettings
-from tasks.errors import ConfigError
-from tasks.gate import ALL_METRICS, DEFAULT_METRIC, OnSchemaChange, gate_metric, threshold_problem
-from tasks.runtime import RuntimeSettings
-from tasks.stepcode import step_module
-from tasks.steps import JobSettings
+from sagepipe.tasks.data import DataRules, DataSettings, Problem
+from sagepipe.tasks.endpoints import EndpointSettings
+from sagepipe.tasks.errors import ConfigError
+from sagepipe.tasks.gate import (
+    ALL_METRICS,
+    DEFAULT_METRIC,
+    OnSchemaChange,
+    gate_metric,
+    threshold_problem,
+)
+from sagepipe.tasks.runtime import RuntimeSettings
+from sagepipe.tasks.stepcode import step_module
+from sagepipe.tasks.steps import JobSettings
+from sagepipe.tasks.stepsource import (
+    DEFAULT_CONTAINERS,
+    StepsSettings,
+    check_steps,
+    step_dir,
+    step_folders,
+)
 
-__all__ = ["GateSettings", "PipelineConfig", "SplitSettings", "load_config", "settings_path"]
+__all__ = ["PROJECT_SETTINGS", "GateSettings", "PipelineConfig", "SplitSettings", "load_config",
+           "settings_path"]
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SETTINGS_DIR = PROJECT_ROOT / "deployments" / "settings"
+# the example settings shipped in the package (`--env local`, `--env iris`, ...)
+SETTINGS_DIR = Path(__file__).parent.parent / "deployments" / "settings"
+# a user's project: `sagepipe.yaml` in the folder sagepipe runs in (and
+# `sagepipe.<env>.yaml` beside it for other environments), as `sagepipe init` writes them
+PROJECT_SETTINGS = "sagepipe.yaml"
 
 
 class SplitSettings(BaseModel):
@@ -106,7 +123,12 @@ class PipelineConfig(BaseModel):
     problem: Problem = Field("auto", description="auto: inferred from the label (text or a "
                              "few distinct values: classes; many numbers: regression)")
     data: DataSettings = DataSettings()
-    containers_dir: str = Field("containers", description="folder with one folder per step")
+    containers_dir: str | None = Field(
+        None, description="folder with one folder per step (preprocess, train, evaluate, "
+        "serve); unset: sagepipe's default step code")
+    steps: StepsSettings = Field(
+        StepsSettings(), description="per step: your own code (source folder, entry_point, "
+        "requirements); a step without source runs the one in containers_dir")
     image_repository_prefix: str = Field("sagepipe", pattern=r"^[a-z0-9][a-z0-9._/-]*$")
     build_project: str = Field("sagepipe-images", description="CodeBuild project for images")
     split: SplitSettings = SplitSettings()
@@ -136,7 +158,7 @@ class PipelineConfig(BaseModel):
     def check_hyperparameters(self, problem: str | None) -> dict[str, Any] | None:
         """The train step's own check of ``hyperparameters`` (its hyperparameters.py), for a
         problem type or (None) what can be checked before the data is known."""
-        rules = step_module(self.containers_path / "train", "hyperparameters")
+        rules = step_module(self.step_dir("train"), "hyperparameters")
         if rules is None:
             return None
         try:
@@ -168,7 +190,7 @@ class PipelineConfig(BaseModel):
         return DataRules(label_column=self.label_column, problem=self.problem, data=self.data,
                          validation_fraction=self.split.validation_fraction,
                          test_fraction=self.split.test_fraction,
-                         step_dir=str(self.containers_path / "preprocess"))
+                         step_dir=str(self.step_dir("preprocess")))
 
     @property
     def model_package_group(self) -> str:
@@ -176,12 +198,36 @@ class PipelineConfig(BaseModel):
 
     @property
     def containers_path(self) -> Path:
-        path = Path(self.containers_dir)
-        return path if path.is_absolute() else PROJECT_ROOT / path
+        """Relative paths in settings are relative to the folder sagepipe runs in."""
+        return Path(self.containers_dir) if self.containers_dir else DEFAULT_CONTAINERS
+
+    def step_dir(self, step: str) -> Path:
+        """The folder of the step's code whose check modules sagepipe runs before any job."""
+        return step_dir(self.steps, self.containers_path, step)
+
+    def step_folders(self) -> dict[str, Path]:
+        """{step: the folder its image is made of}; user code is bundled under state_dir."""
+        return step_folders(self.steps, self.containers_path,
+                            Path(self.runtime.state_dir) / "step-code")
+
+    def check_steps(self) -> None:
+        """ConfigError when a step's code folder, entry point or requirements are missing."""
+        check_steps(self.steps, self.containers_path)
 
 
-def settings_path(env: str) -> Path:
-    return SETTINGS_DIR / f"{env}.yaml"
+def settings_path(env: str | None = None) -> Path:
+    """The settings file for ``env``: a YAML path, the project's own, or a packaged one.
+
+    No env: ``./sagepipe.yaml`` if this folder is a sagepipe project, else the packaged
+    ``local``. A name: ``./sagepipe.<name>.yaml`` if it exists, else the packaged one.
+    """
+    if env is not None and (Path(env).suffix in (".yaml", ".yml") or "/" in env):
+        return Path(env)
+    if env is None:
+        own = Path(PROJECT_SETTINGS)
+        return own if own.is_file() else SETTINGS_DIR / "local.yaml"
+    own = Path(f"sagepipe.{env}.yaml")
+    return own if own.is_file() else SETTINGS_DIR / f"{env}.yaml"
 
 
 def _describe_errors(exc: ValidationError, source: str) -> str:
@@ -224,16 +270,18 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def load_config(env_or_path: str = "local", overrides: dict[str, Any] | None = None
+def load_config(env_or_path: str | None = None, overrides: dict[str, Any] | None = None
                 ) -> PipelineConfig:
-    """Settings file (an env name under deployments/settings/, or a path) plus overrides."""
-    path = Path(env_or_path)
-    if not path.suffix:
-        path = settings_path(env_or_path)
+    """Settings file (see :func:`settings_path`) plus overrides."""
+    path = settings_path(env_or_path)
     if not path.exists():
         known = sorted(p.stem for p in SETTINGS_DIR.glob("*.yaml"))
-        raise ConfigError(f"No settings file {path}. Environments: {', '.join(known)}; or give "
-                          "the path of a YAML file.")
+        own = sorted(p.name for p in Path.cwd().glob("sagepipe*.yaml"))
+        raise ConfigError(f"No settings file {path}. Examples shipped with sagepipe: "
+                          f"{', '.join(known)}"
+                          + (f"; this project's: {', '.join(own)}" if own else
+                             f"; no {PROJECT_SETTINGS} here (`sagepipe init` writes one)")
+                          + "; or give the path of a YAML file.")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:

@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from flows.config import load_config
-from tasks.errors import ConfigError
+from sagepipe.flows.config import load_config
+from sagepipe.tasks.errors import ConfigError
 
 __all__ = ["settings_parameters"]
 

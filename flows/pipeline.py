@@ -20,20 +20,20 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.utilities.urls import url_for
 
-from flows.config import PipelineConfig
-from flows.report import collect_plots, publish_artifacts
-from flows.trigger import publish_outcome
-from tasks.data import DataPin, pin_data
-from tasks.endpoints import deploy_model
-from tasks.errors import DataError, DeployRolledBack, PipelineError
-from tasks.gate import GateDecision, decide
-from tasks.images import build_images
-from tasks.jobs import PROCESSING, TRAINING, stop_job
-from tasks.notify import console_links, notify
-from tasks.registry import get_champion, register_model, update_approval
-from tasks.runtime import get_clients
-from tasks.steps import plan_evaluate, plan_preprocess, plan_train, run_step
-from tasks.storage import (
+from sagepipe.flows.config import PipelineConfig
+from sagepipe.flows.report import collect_plots, publish_artifacts
+from sagepipe.flows.trigger import publish_outcome
+from sagepipe.tasks.data import DataPin, pin_data
+from sagepipe.tasks.endpoints import deploy_model
+from sagepipe.tasks.errors import DataError, DeployRolledBack, PipelineError
+from sagepipe.tasks.gate import GateDecision, decide
+from sagepipe.tasks.images import build_images
+from sagepipe.tasks.jobs import PROCESSING, TRAINING, stop_job
+from sagepipe.tasks.notify import console_links, notify
+from sagepipe.tasks.registry import get_champion, register_model, update_approval
+from sagepipe.tasks.runtime import get_clients
+from sagepipe.tasks.steps import plan_evaluate, plan_preprocess, plan_train, run_step
+from sagepipe.tasks.storage import (
     ensure_local_resources,
     outputs_exist,
     read_json,
@@ -107,7 +107,8 @@ def ml_pipeline(config: PipelineConfig = PipelineConfig(),
         sampled = pin.report.problem if pin.report else "auto"
         if config.problem == "auto" and sampled != "auto":  # the settings must fit the data
             config.settings_for(sampled, exact=False)
-        images = build_images(runtime, str(config.containers_path),
+        folders = {step: str(folder) for step, folder in config.step_folders().items()}
+        images = build_images(runtime, folders,
                               config.image_repository_prefix, config.build_project,
                               config.artifacts_uri)
         record["images"] = {n: {"uri": i.uri, "built": i.built} for n, i in images.items()}

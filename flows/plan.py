@@ -17,13 +17,13 @@ from typing import Any
 
 from botocore.exceptions import ClientError, ParamValidationError
 
-from flows.config import PipelineConfig
-from tasks.data import DataPin, parse_s3_uri
-from tasks.endpoints import deploy_requests, deployment_config
-from tasks.images import STEPS, ImageRef, content_tag
-from tasks.local.validation import validate_request
-from tasks.registry import model_package_request
-from tasks.steps import plan_evaluate, plan_preprocess, plan_train
+from sagepipe.flows.config import PipelineConfig
+from sagepipe.tasks.data import DataPin, parse_s3_uri
+from sagepipe.tasks.endpoints import deploy_requests, deployment_config
+from sagepipe.tasks.images import ImageRef, content_tag
+from sagepipe.tasks.local.validation import validate_request
+from sagepipe.tasks.registry import model_package_request
+from sagepipe.tasks.steps import plan_evaluate, plan_preprocess, plan_train
 
 __all__ = ["PlannedCall", "build_plan"]
 
@@ -48,10 +48,9 @@ def build_plan(config: PipelineConfig, commit: str | None = None) -> list[Planne
     art_bucket, art_prefix = parse_s3_uri(config.artifacts_uri)
     registry = f"{_account(config)}.dkr.ecr.{runtime.region}.amazonaws.com"
     images = {n: ImageRef(name=n, repository=f"{config.image_repository_prefix}-{n}",
-                          tag=content_tag(config.containers_path / n), built=False,
-                          digest="sha256:<digest>",
+                          tag=content_tag(folder), built=False, digest="sha256:<digest>",
                           uri=f"{registry}/{config.image_repository_prefix}-{n}@sha256:<digest>")
-              for n in STEPS}
+              for n, folder in config.step_folders().items()}
     pin = DataPin(source_uri=config.dataset_uri, bucket=data_bucket, objects=[],
                   digest="<data-digest>",
                   snapshot_uri=f"s3://{art_bucket}/{art_prefix.strip('/')}/data/<data-digest>/")

@@ -15,8 +15,8 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.config import PipelineConfig
-from tasks.plots import draw_plots
+from sagepipe.flows.config import PipelineConfig
+from sagepipe.tasks.plots import draw_plots
 
 __all__ = ["PLOT_TITLES", "collect_plots", "metrics_rows", "publish_artifacts",
            "record_markdown"]

@@ -23,13 +23,13 @@ from typing import Any
 
 import httpx
 
-from flows.config import PROJECT_ROOT
-from tasks.errors import PipelineError
-from tasks.local.common import pid_alive
+from sagepipe.tasks.errors import PipelineError
+from sagepipe.tasks.local.common import pid_alive
 
 __all__ = ["LOCAL_POOL", "LocalServer", "ServerError", "down", "running", "up"]
 
-DEFAULT_DIR = PROJECT_ROOT / ".sagepipe" / "prefect"
+# under the folder sagepipe runs in (the project), beside the local runtime's state
+DEFAULT_DIR = Path(".sagepipe") / "prefect"
 LOCAL_POOL = "sagepipe-local"
 STATE_FILE = "server.json"
 
@@ -124,7 +124,7 @@ def _start(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Pop
     with log.open("ab") as out:
         # a session of its own: the terminal's Ctrl-C does not reach it, down() stops the group
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, cwd=str(PROJECT_ROOT),
+                                stdin=subprocess.DEVNULL, env=env, cwd=str(Path.cwd()),
                                 start_new_session=True)
 
 

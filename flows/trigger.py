@@ -33,8 +33,8 @@ from prefect.exceptions import ObjectNotFound
 from prefect.settings import get_current_settings
 from prefect.utilities.urls import url_for
 
-from flows.config import _merge, build_config
-from tasks.errors import ConfigError
+from sagepipe.flows.config import _merge, build_config
+from sagepipe.tasks.errors import ConfigError
 
 __all__ = ["OUTCOME_SUFFIX", "FollowedRun", "follow_run", "outcome_row", "publish_outcome",
            "read_outcome", "start_run"]

@@ -35,11 +35,11 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
 
-from flows.config import PROJECT_ROOT, load_config
-from tasks.data import parse_s3_uri
-from tasks.runtime import get_clients
-from tasks.status import dataset_rows
-from tasks.storage import list_run_records
+from sagepipe.flows.config import PROJECT_ROOT, load_config
+from sagepipe.tasks.data import parse_s3_uri
+from sagepipe.tasks.runtime import get_clients
+from sagepipe.tasks.status import dataset_rows
+from sagepipe.tasks.storage import list_run_records
 
 # %% tags=["parameters"]
 ENV = os.environ.get("SAGEPIPE_ENV", "local")

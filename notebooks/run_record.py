@@ -32,12 +32,12 @@ import numpy as np
 import pandas as pd
 from IPython.display import Image, Markdown, display
 
-from flows.config import PROJECT_ROOT, load_config
-from flows.report import metrics_rows
-from tasks.data import parse_s3_uri
-from tasks.plots import model_history
-from tasks.runtime import get_clients
-from tasks.storage import list_run_records, read_json
+from sagepipe.flows.config import PROJECT_ROOT, load_config
+from sagepipe.flows.report import metrics_rows
+from sagepipe.tasks.data import parse_s3_uri
+from sagepipe.tasks.plots import model_history
+from sagepipe.tasks.runtime import get_clients
+from sagepipe.tasks.storage import list_run_records, read_json
 
 # %% tags=["parameters"]
 ENV = os.environ.get("SAGEPIPE_ENV", "local")

@@ -1,6 +1,7 @@
 """Step images: tag by content, build only what the registry lacks, use by digest.
 
-The tag of ``containers/<name>/`` is a hash of its files, so unchanged code is
+The tag of a step's code folder (``containers/<name>/``, or the bundle made of the
+user's own code, see :mod:`.stepsource`) is a hash of its files, so unchanged code is
 never rebuilt: ``describe_images`` finds the tag and its digest. The missing
 ones are built by one CodeBuild run (``buildspecs/build-images.yml``) whose
 source is a zip of just those folders and whose ``IMAGES`` variable lists
@@ -20,7 +21,7 @@ import json
 import logging
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -34,12 +35,12 @@ from .data import parse_s3_uri
 from .errors import ConfigError, ImageBuildFailed
 from .jobs import LogTail
 from .runtime import Clients, RuntimeSettings, call_with_retry, get_clients, retry_transient
+from .stepsource import code_files
 
 __all__ = ["BUILDSPEC", "ImageRef", "build_images", "content_tag", "ensure_images"]
 
-STEPS = ("preprocess", "train", "evaluate", "serve")
 # Sent with every build, so the CodeBuild project needs no copy of it.
-BUILDSPEC = Path(__file__).resolve().parents[1] / "buildspecs" / "build-images.yml"
+BUILDSPEC = Path(__file__).parent.parent / "buildspecs" / "build-images.yml"
 
 
 class ImageRef(BaseModel):
@@ -51,15 +52,10 @@ class ImageRef(BaseModel):
     built: bool  # built by this run (False: found in the registry)
 
 
-def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*")
-                  if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
-
-
 def content_tag(folder: Path) -> str:
     """A hash of the folder's relative paths and bytes (caches and bytecode excluded)."""
     h = hashlib.sha256()
-    for path in _files(folder):
+    for path in code_files(folder):
         h.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
     return "c-" + h.hexdigest()[:20]
 
@@ -77,37 +73,39 @@ def _find(clients: Clients, repository: str, tag: str) -> str | None:
     return str(details[0]["imageDigest"]) if details else None
 
 
-def _zip(containers_dir: Path, names: list[str]) -> bytes:
+def _zip(folders: Mapping[str, Path], names: list[str]) -> bytes:
+    """``<name>/<file>`` for each folder: the build's source, one folder per image."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for name in names:
-            for path in _files(containers_dir / name):
-                info = zipfile.ZipInfo(path.relative_to(containers_dir).as_posix(),
+            for path in code_files(folders[name]):
+                info = zipfile.ZipInfo(f"{name}/{path.relative_to(folders[name]).as_posix()}",
                                        date_time=(1980, 1, 1, 0, 0, 0))  # reproducible zip
                 info.external_attr = (path.stat().st_mode & 0o777) << 16
                 archive.writestr(info, path.read_bytes(), zipfile.ZIP_DEFLATED)
     return buffer.getvalue()
 
 
-def ensure_images(clients: Clients, *, containers_dir: Path, repository_prefix: str,
+def ensure_images(clients: Clients, *, folders: Mapping[str, Path], repository_prefix: str,
                   build_project: str, artifacts_bucket: str, artifacts_prefix: str,
                   log: logging.Logger | logging.LoggerAdapter[Any],
-                  timeout: float = 3600.0, names: tuple[str, ...] = STEPS,
-                  buildspec: str | None = None, run_key: str | None = None,
+                  timeout: float = 3600.0, buildspec: str | None = None, run_key: str | None = None,
                   clock: Callable[[], float] = time.monotonic,
                   sleep: Callable[[float], None] = time.sleep) -> dict[str, ImageRef]:
-    """Images for ``names`` by digest, building the missing ones in one CodeBuild run.
+    """Images of ``{name: folder}`` by digest, building the missing ones in one CodeBuild run.
 
     ``buildspec`` is sent inline (``buildspecOverride``); None uses the project's own.
     ``run_key`` (the flow run id) goes into CodeBuild's idempotency token, so a retried
     task re-attaches to its build while a new run starts a fresh one.
     """
-    missing_dirs = [n for n in names if not (containers_dir / n / "Dockerfile").exists()]
-    if missing_dirs:
-        raise ConfigError(f"{containers_dir} lacks {', '.join(missing_dirs)} (each step needs "
-                          "a folder with a Dockerfile). Set containers_dir to the project's "
-                          "containers/ folder.")
-    tags = {n: content_tag(containers_dir / n) for n in names}
+    names = tuple(folders)
+    missing = [str(folders[n] / "Dockerfile") for n in names
+               if not (folders[n] / "Dockerfile").exists()]
+    if missing:
+        raise ConfigError(f"No Dockerfile: {', '.join(missing)}. Each step's folder needs one "
+                          "(a step with its own source folder gets sagepipe's unless it "
+                          "ships its own); set containers_dir or steps.<step>.source.")
+    tags = {n: content_tag(folders[n]) for n in names}
     repos = {n: f"{repository_prefix}-{n}" for n in names}
     digests = {n: _find(clients, repos[n], tags[n]) for n in names}
     to_build = [n for n in names if digests[n] is None]
@@ -115,7 +113,7 @@ def ensure_images(clients: Clients, *, containers_dir: Path, repository_prefix: 
         source_key = f"{artifacts_prefix.strip('/')}/builds/{'-'.join(tags[n] for n in to_build)}"
         source_key = source_key.lstrip("/")[:900] + ".zip"
         clients.s3.put_object(Bucket=artifacts_bucket, Key=source_key,
-                              Body=_zip(containers_dir, to_build))
+                              Body=_zip(folders, to_build))
         images = " ".join(f"{n}={repos[n]}:{tags[n]}" for n in to_build)
         request: dict[str, Any] = {
             "projectName": build_project, "sourceTypeOverride": "S3",
@@ -271,11 +269,11 @@ def _stop_build(clients: Clients, build_id: str,
 
 
 @task(name="build-images", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_transient)
-def build_images(runtime: RuntimeSettings, containers_dir: str, repository_prefix: str,
+def build_images(runtime: RuntimeSettings, folders: dict[str, str], repository_prefix: str,
                  build_project: str, artifacts_uri: str) -> dict[str, ImageRef]:
-    """Images for every step, by digest; only changed container folders are built."""
+    """Images for every step's folder, by digest; only changed folders are built."""
     bucket, prefix = parse_s3_uri(artifacts_uri)
-    return ensure_images(get_clients(runtime), containers_dir=Path(containers_dir),
+    return ensure_images(get_clients(runtime), folders={n: Path(f) for n, f in folders.items()},
                          repository_prefix=repository_prefix, build_project=build_project,
                          artifacts_bucket=bucket, artifacts_prefix=prefix,
                          buildspec=BUILDSPEC.read_text() if BUILDSPEC.is_file() else None,

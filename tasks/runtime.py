@@ -76,7 +76,7 @@ def get_clients(settings: RuntimeSettings) -> Clients:
 
 def _make(settings: RuntimeSettings) -> Clients:
     if settings.kind == "local":
-        from tasks.local import local_clients
+        from sagepipe.tasks.local import local_clients
 
         root = Path(settings.state_dir).resolve()
         c = local_clients(root, region=settings.region)

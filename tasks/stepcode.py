@@ -17,10 +17,10 @@ from pathlib import Path
 from types import ModuleType
 
 from .errors import ConfigError
+from .stepsource import DEFAULT_CONTAINERS
 
 __all__ = ["DEFAULT_CONTAINERS", "step_module"]
 
-DEFAULT_CONTAINERS = Path(__file__).resolve().parents[1] / "containers"
 _LOADED: dict[tuple[str, float], ModuleType] = {}
 
 

@@ -15,8 +15,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # ids and regions repeat, so cache keys would too): a fresh result store per session.
 os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = tempfile.mkdtemp(prefix="sagepipe-results-")
 
-from tasks.local import local_clients, teardown
-from tasks.local.images import registry_host
+from sagepipe.tasks.local import local_clients, teardown
+from sagepipe.tasks.local.images import registry_host
 
 FAKE_TRAIN = r'''
 import json, os, pathlib, sys, time

@@ -1,7 +1,7 @@
 """Local SageMaker jobs: a detached runner process per job.
 
 ``create_training_job`` / ``create_processing_job`` store the request and spawn
-``python -m tasks.local.jobs <root> <kind> <name>``. The runner stages inputs from
+``python -m sagepipe.tasks.local.jobs <root> <kind> <name>``. The runner stages inputs from
 the object store into the job's workspace, runs the container command, streams
 its output into the job's log stream, uploads outputs, and writes the final
 status: InProgress -> Completed | Failed | Stopped, with FailureReason taken
@@ -50,7 +50,7 @@ def spawn_runner(root: Path, kind: str, name: str) -> int:
     runner_log.parent.mkdir(parents=True, exist_ok=True)
     with open(runner_log, "ab") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tasks.local.jobs", str(root), kind, name],
+            [sys.executable, "-m", "sagepipe.tasks.local.jobs", str(root), kind, name],
             stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True,
             cwd=str(root), env={**os.environ, "PYTHONPATH": _project_path()},
         )

@@ -35,8 +35,8 @@ from botocore.exceptions import ClientError
 from botocore.handlers import handle_copy_source_param, validate_bucket_name
 from botocore.response import StreamingBody
 
-from tasks.local.state import StateStore
-from tasks.local.validation import client_error, service_model, validate_request
+from sagepipe.tasks.local.state import StateStore
+from sagepipe.tasks.local.validation import client_error, service_model, validate_request
 
 __all__ = ["LocalS3", "parse_s3_uri"]
 

@@ -30,8 +30,8 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from cfnlint.decode import decode
 
-from tasks.local.containers import container_command, job_environment
-from tasks.local.validation import validate_request
+from sagepipe.tasks.local.containers import container_command, job_environment
+from sagepipe.tasks.local.validation import validate_request
 
 PROJECT = Path(__file__).resolve().parents[2]
 TEMPLATE = PROJECT / "infra" / "sagepipe.yaml"

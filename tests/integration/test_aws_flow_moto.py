@@ -22,11 +22,12 @@ from aws_helpers import ContainerRunner, s3_uri_split, server_side_check
 from moto import mock_aws
 from sklearn.datasets import load_breast_cancer
 
-import tasks.runtime
-from flows.config import PipelineConfig, build_config
-from flows.pipeline import ml_pipeline
-from tasks.images import STEPS, content_tag
-from tasks.runtime import Clients, get_clients
+import sagepipe.tasks.runtime
+from sagepipe.flows.config import PipelineConfig, build_config
+from sagepipe.flows.pipeline import ml_pipeline
+from sagepipe.tasks.images import content_tag
+from sagepipe.tasks.runtime import Clients, get_clients
+from sagepipe.tasks.stepsource import STEPS
 
 pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_server")]
 PROJECT = Path(__file__).resolve().parents[2]
@@ -42,10 +43,10 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
                        "AWS_DEFAULT_REGION": REGION, "AWS_MAX_ATTEMPTS": "1"}.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
-    tasks.runtime._CACHE.clear()
+    sagepipe.tasks.runtime._CACHE.clear()
     with mock_aws():
         yield
-    tasks.runtime._CACHE.clear()
+    sagepipe.tasks.runtime._CACHE.clear()
 
 
 def seed_account(clients: Clients) -> None:
@@ -157,7 +158,7 @@ def test_an_unversioned_bucket_is_refused_before_any_job(aws: None) -> None:
     clients = get_clients(make_config("arn:aws:sns:us-east-1:123456789012:t").runtime)
     clients.s3.create_bucket(Bucket=BUCKET)
     clients.s3.put_object(Bucket=BUCKET, Key="datasets/cancer/data.csv", Body=b"a,target\n1,0\n")
-    from tasks.errors import DataError
+    from sagepipe.tasks.errors import DataError
 
     with pytest.raises(DataError, match="put-bucket-versioning"):
         ml_pipeline(config=make_config("arn:aws:sns:us-east-1:123456789012:t"))
@@ -167,7 +168,7 @@ def test_an_unversioned_bucket_is_refused_before_any_job(aws: None) -> None:
 def test_a_multiclass_run_with_text_labels_on_the_aws_runtime(aws: None) -> None:
     """Iris with its species as text, semicolon-separated: inferred multiclass, the registry
     entry says so (Task, metadata, the feature schema as data quality constraints)."""
-    from flows.examples import iris
+    from sagepipe.flows.examples import iris
 
     topic = "arn:aws:sns:us-east-1:123456789012:placeholder"
     clients = get_clients(make_config(topic).runtime)

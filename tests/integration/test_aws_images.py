@@ -31,10 +31,11 @@ from botocore.exceptions import ClientError
 from botocore.stub import ANY, Stubber
 from moto import mock_aws
 
-from tasks import runtime
-from tasks.errors import ImageBuildFailed
-from tasks.images import BUILDSPEC, STEPS, content_tag, ensure_images
-from tasks.runtime import Clients, RuntimeSettings, get_clients
+from sagepipe.tasks import runtime
+from sagepipe.tasks.errors import ImageBuildFailed
+from sagepipe.tasks.images import BUILDSPEC, content_tag, ensure_images
+from sagepipe.tasks.runtime import Clients, RuntimeSettings, get_clients
+from sagepipe.tasks.stepsource import STEPS
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's default account
@@ -117,7 +118,8 @@ class Recorder:
 
 
 def ensure(clients: Clients, containers: Path, **kwargs: Any) -> dict[str, Any]:
-    return ensure_images(clients, containers_dir=containers, repository_prefix="sagepipe",
+    return ensure_images(clients, folders={n: containers / n for n in STEPS},
+                         repository_prefix="sagepipe",
                          build_project=PROJECT, artifacts_bucket=BUCKET,
                          artifacts_prefix="pipeline", log=logging.getLogger("test.images"),
                          **kwargs)
@@ -316,7 +318,8 @@ def test_failed_build_raises_with_the_phase_message_and_streams_its_log(
     log.setLevel(logging.INFO)
     try:
         with pytest.raises(ImageBuildFailed) as failed:
-            ensure_images(clients, containers_dir=containers, repository_prefix="sagepipe",
+            ensure_images(clients, folders={n: containers / n for n in STEPS},
+                          repository_prefix="sagepipe",
                           build_project=PROJECT, artifacts_bucket=BUCKET,
                           artifacts_prefix="pipeline", log=log, clock=fake.clock,
                           sleep=fake.sleep)

@@ -10,10 +10,10 @@ from moto import mock_aws
 from prefect import flow
 from prefect_aws import AwsCredentials
 
-import tasks.runtime
-from tasks.images import ImageRef
-from tasks.runtime import RuntimeSettings, get_clients
-from tasks.steps import JobSettings, plan_train, run_step
+import sagepipe.tasks.runtime
+from sagepipe.tasks.images import ImageRef
+from sagepipe.tasks.runtime import RuntimeSettings, get_clients
+from sagepipe.tasks.steps import JobSettings, plan_train, run_step
 
 pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_server")]
 REGION = "eu-west-1"
@@ -24,10 +24,10 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                        "AWS_DEFAULT_REGION": REGION, "AWS_MAX_ATTEMPTS": "1"}.items():
         monkeypatch.setenv(key, value)
-    tasks.runtime._CACHE.clear()
+    sagepipe.tasks.runtime._CACHE.clear()
     with mock_aws():
         yield
-    tasks.runtime._CACHE.clear()
+    sagepipe.tasks.runtime._CACHE.clear()
 
 
 def test_clients_come_from_an_aws_credentials_block_with_retries_and_timeouts(

@@ -23,11 +23,11 @@ from botocore.exceptions import ClientError
 from botocore.response import StreamingBody
 from botocore.stub import ANY, Stubber
 
-from tasks.endpoints import _names, deploy_package, deployment_config
-from tasks.errors import DeployRolledBack, JobFailed, JobTimeout
-from tasks.jobs import PROCESSING, TRAINING, WaitPolicy, run_job
-from tasks.notify import publish_outcome
-from tasks.runtime import Clients, call_with_retry
+from sagepipe.tasks.endpoints import _names, deploy_package, deployment_config
+from sagepipe.tasks.errors import DeployRolledBack, JobFailed, JobTimeout
+from sagepipe.tasks.jobs import PROCESSING, TRAINING, WaitPolicy, run_job
+from sagepipe.tasks.notify import publish_outcome
+from sagepipe.tasks.runtime import Clients, call_with_retry
 
 ACCOUNT = "123456789012"
 SM_ARN = f"arn:aws:sagemaker:us-east-1:{ACCOUNT}"
@@ -436,7 +436,7 @@ def test_server_errors_are_retried_and_the_last_one_surfaces_after_capped_backof
     for _ in range(4):
         throttle(aws.sm, "describe_endpoint", **named)
     # the jitter's upper bound, so the exponential growth and the cap are visible
-    monkeypatch.setattr("tasks.runtime.random.uniform", lambda low, high: high)
+    monkeypatch.setattr("sagepipe.tasks.runtime.random.uniform", lambda low, high: high)
     fake = FakeTime()
 
     with pytest.raises(ClientError) as err:

@@ -18,13 +18,13 @@ import pytest
 from prefect.settings import get_current_settings
 from sklearn.datasets import load_breast_cancer
 
-from flows.config import PipelineConfig, build_config
-from flows.pipeline import FLOW_RUN_TAG, _stop_jobs_of_run
-from tasks.data import push_dataset
-from tasks.images import ensure_images
-from tasks.local import teardown
-from tasks.runtime import get_clients
-from tasks.storage import ensure_local_resources
+from sagepipe.flows.config import PipelineConfig, build_config
+from sagepipe.flows.pipeline import FLOW_RUN_TAG, _stop_jobs_of_run
+from sagepipe.tasks.data import push_dataset
+from sagepipe.tasks.images import ensure_images
+from sagepipe.tasks.local import teardown
+from sagepipe.tasks.runtime import get_clients
+from sagepipe.tasks.storage import ensure_local_resources
 
 pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_server")]
 PROJECT = Path(__file__).resolve().parents[2]
@@ -75,8 +75,8 @@ def test_terminating_a_flow_run_stops_its_training_job(tmp_path: Path) -> None:
     config = slow_setup(tmp_path)
     env = {**os.environ, "PREFECT_API_URL": str(get_current_settings().api.url),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    script = ("import json, sys\nfrom flows.config import build_config\n"
-              "from flows.pipeline import ml_pipeline\n"
+    script = ("import json, sys\nfrom sagepipe.flows.config import build_config\n"
+              "from sagepipe.flows.pipeline import ml_pipeline\n"
               "ml_pipeline(config=build_config(json.loads(sys.argv[1])))\n")
     proc = subprocess.Popen([sys.executable, "-c", script, json.dumps(config.model_dump())],
                             env=env, cwd=str(PROJECT), stdout=subprocess.PIPE,
@@ -101,10 +101,10 @@ def test_terminating_a_flow_run_stops_its_training_job(tmp_path: Path) -> None:
 def test_the_cancellation_hook_stops_only_this_runs_jobs(tmp_path: Path) -> None:
     config = slow_setup(tmp_path)
     clients = get_clients(config.runtime)
-    refs = ensure_images(clients, containers_dir=Path(config.containers_dir),
+    refs = ensure_images(clients, folders={"train": Path(config.containers_dir) / "train"},
                          repository_prefix="sagepipe", build_project="p",
                          artifacts_bucket="cancel-bucket", artifacts_prefix="pipeline",
-                         log=logging.getLogger("test"), names=("train",))
+                         log=logging.getLogger("test"))
 
     def start(name: str, run_id: str) -> None:
         clients.sagemaker.create_training_job(

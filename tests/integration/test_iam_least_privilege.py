@@ -55,12 +55,12 @@ from moto import mock_aws
 from moto.sagemaker.models import sagemaker_backends
 from sklearn.datasets import load_breast_cancer
 
-import tasks.runtime
-from flows.config import PipelineConfig, build_config
-from flows.pipeline import _stop_jobs_of_run, ml_pipeline
-from tasks.images import _stop_build
-from tasks.registry import set_approval
-from tasks.runtime import get_clients
+import sagepipe.tasks.runtime
+from sagepipe.flows.config import PipelineConfig, build_config
+from sagepipe.flows.pipeline import _stop_jobs_of_run, ml_pipeline
+from sagepipe.tasks.images import _stop_build
+from sagepipe.tasks.registry import set_approval
+from sagepipe.tasks.runtime import get_clients
 
 DATA_KEY = "datasets/breast-cancer/data.csv"
 
@@ -68,10 +68,10 @@ DATA_KEY = "datasets/breast-cancer/data.csv"
 @pytest.fixture()
 def stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[DeployedStack]:
     moto_credentials(monkeypatch)
-    tasks.runtime._CACHE.clear()
+    sagepipe.tasks.runtime._CACHE.clear()
     with mock_aws():
         yield deploy_stack()
-    tasks.runtime._CACHE.clear()
+    sagepipe.tasks.runtime._CACHE.clear()
 
 
 def push_example_data(stack: DeployedStack) -> None:

@@ -17,11 +17,11 @@ from prefect.flow_runs import resume_flow_run
 from prefect.settings import get_current_settings
 from sklearn.datasets import load_breast_cancer
 
-from flows.config import build_config
-from tasks.data import push_dataset
-from tasks.local import teardown
-from tasks.runtime import get_clients
-from tasks.storage import ensure_local_resources
+from sagepipe.flows.config import build_config
+from sagepipe.tasks.data import push_dataset
+from sagepipe.tasks.local import teardown
+from sagepipe.tasks.runtime import get_clients
+from sagepipe.tasks.storage import ensure_local_resources
 
 pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_server")]
 PROJECT = Path(__file__).resolve().parents[2]
@@ -43,8 +43,8 @@ def run_paused_flow(tmp_path: Path, run_name: str) -> tuple[subprocess.Popen[byt
     frame.to_csv(tmp_path / "data.csv", index=False)
     push_dataset(get_clients(config.runtime), tmp_path / "data.csv", config.dataset_uri,
                  "target")
-    script = ("import json, sys\nfrom flows.config import build_config\n"
-              "from flows.pipeline import ml_pipeline\n"
+    script = ("import json, sys\nfrom sagepipe.flows.config import build_config\n"
+              "from sagepipe.flows.pipeline import ml_pipeline\n"
               "r = ml_pipeline.with_options(flow_run_name=sys.argv[2])("
               "config=build_config(json.loads(sys.argv[1])))\n"
               "print('OUTCOME', r['outcome'])\n")

@@ -18,13 +18,13 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
 from sklearn.datasets import load_breast_cancer
 
-from flows.config import PipelineConfig, build_config
-from flows.pipeline import ml_pipeline
-from tasks.data import push_dataset
-from tasks.endpoints import invoke
-from tasks.errors import ConfigError, DataError, JobFailed
-from tasks.local import teardown
-from tasks.runtime import get_clients
+from sagepipe.flows.config import PipelineConfig, build_config
+from sagepipe.flows.pipeline import ml_pipeline
+from sagepipe.tasks.data import push_dataset
+from sagepipe.tasks.endpoints import invoke
+from sagepipe.tasks.errors import ConfigError, DataError, JobFailed
+from sagepipe.tasks.local import teardown
+from sagepipe.tasks.runtime import get_clients
 
 pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_server")]
 PROJECT = Path(__file__).resolve().parents[2]
@@ -71,7 +71,7 @@ def config(state: Path, **overrides: Any) -> PipelineConfig:
 def push(state: Path, frame: pd.DataFrame, tmp: Path, name: str = "data.csv") -> str:
     cfg = config(state)
     clients = get_clients(cfg.runtime)
-    from tasks.storage import ensure_local_resources
+    from sagepipe.tasks.storage import ensure_local_resources
 
     ensure_local_resources(cfg.runtime, "it-bucket", "it-demo-events")
     path = tmp / name
@@ -212,7 +212,7 @@ def test_a_crashing_training_script_fails_the_run_with_its_reason(state: Path,
     assert "C must be positive, got -1" in (err.value.reason or "")
     assert jobs_started(state) == before + 1  # the one failed training job, not retried
     clients = get_clients(config(state).runtime)
-    from tasks.storage import list_run_records
+    from sagepipe.tasks.storage import list_run_records
 
     failed = list_run_records(clients, config(state).artifacts_uri, limit=1)[0]
     assert failed["outcome"] == "failed"

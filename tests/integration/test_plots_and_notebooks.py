@@ -30,13 +30,13 @@ from prefect.client.schemas.filters import (
 )
 from sklearn.datasets import load_breast_cancer
 
-from flows.config import PipelineConfig, build_config
-from flows.pipeline import ml_pipeline
-from tasks.data import parse_s3_uri, push_dataset
-from tasks.local import teardown
-from tasks.plots import MAX_WIDTH, model_history
-from tasks.runtime import get_clients
-from tasks.storage import ensure_local_resources, read_json
+from sagepipe.flows.config import PipelineConfig, build_config
+from sagepipe.flows.pipeline import ml_pipeline
+from sagepipe.tasks.data import parse_s3_uri, push_dataset
+from sagepipe.tasks.local import teardown
+from sagepipe.tasks.plots import MAX_WIDTH, model_history
+from sagepipe.tasks.runtime import get_clients
+from sagepipe.tasks.storage import ensure_local_resources, read_json
 
 pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_server")]
 

@@ -26,11 +26,11 @@ from prefect.client.schemas.filters import (
 )
 from prefect.context import get_run_context
 
-import tasks.runtime
-from flows.config import PipelineConfig, build_config
-from flows.report import collect_plots, publish_artifacts
-from tasks.registry import ensure_group, register_package
-from tasks.runtime import get_clients
+import sagepipe.tasks.runtime
+from sagepipe.flows.config import PipelineConfig, build_config
+from sagepipe.flows.report import collect_plots, publish_artifacts
+from sagepipe.tasks.registry import ensure_group, register_package
+from sagepipe.tasks.runtime import get_clients
 
 pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_server")]
 
@@ -45,12 +45,12 @@ def config(monkeypatch: pytest.MonkeyPatch) -> Iterator[PipelineConfig]:
                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "1"}.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
-    tasks.runtime._CACHE.clear()
+    sagepipe.tasks.runtime._CACHE.clear()
     with mock_aws():
         yield build_config({"project": "s3-plots", "runtime": {"kind": "aws"},
                             "dataset_uri": f"s3://{BUCKET}/datasets/data.csv",
                             "artifacts_uri": f"s3://{BUCKET}/pipeline"})
-    tasks.runtime._CACHE.clear()
+    sagepipe.tasks.runtime._CACHE.clear()
 
 
 def png(width: int, height: int, colour: str) -> bytes:

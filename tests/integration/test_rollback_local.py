@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from flows.config import build_config
-from flows.pipeline import ml_pipeline
-from tasks.data import push_dataset
-from tasks.endpoints import invoke
-from tasks.errors import DeployRolledBack
-from tasks.local import teardown
-from tasks.runtime import get_clients
-from tasks.storage import ensure_local_resources, list_run_records
+from sagepipe.flows.config import build_config
+from sagepipe.flows.pipeline import ml_pipeline
+from sagepipe.tasks.data import push_dataset
+from sagepipe.tasks.endpoints import invoke
+from sagepipe.tasks.errors import DeployRolledBack
+from sagepipe.tasks.local import teardown
+from sagepipe.tasks.runtime import get_clients
+from sagepipe.tasks.storage import ensure_local_resources, list_run_records
 
 pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_server")]
 PROJECT = Path(__file__).resolve().parents[2]

@@ -36,13 +36,13 @@ from lambda_fakes import (
 from prefect_aws.workers.ecs_worker import ECSWorker
 from sklearn.datasets import load_breast_cancer
 
-from flows.config import build_config, load_config
-from flows.server import LocalServer, down, up
-from tasks.data import push_dataset
-from tasks.local import teardown
-from tasks.local.common import pid_alive
-from tasks.runtime import get_clients
-from tasks.storage import ensure_local_resources
+from sagepipe.flows.config import build_config, load_config
+from sagepipe.flows.server import LocalServer, down, up
+from sagepipe.tasks.data import push_dataset
+from sagepipe.tasks.local import teardown
+from sagepipe.tasks.local.common import pid_alive
+from sagepipe.tasks.runtime import get_clients
+from sagepipe.tasks.storage import ensure_local_resources
 
 pytestmark = pytest.mark.flow
 PROJECT = Path(__file__).resolve().parents[2]

@@ -17,15 +17,15 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from flows.config import PipelineConfig, load_config
-from flows.examples import churn, write_example
-from flows.pipeline import ml_pipeline
-from tasks.data import push_dataset
-from tasks.endpoints import invoke
-from tasks.errors import ConfigError
-from tasks.local import teardown
-from tasks.runtime import get_clients
-from tasks.storage import ensure_local_resources
+from sagepipe.flows.config import PipelineConfig, load_config
+from sagepipe.flows.examples import churn, write_example
+from sagepipe.flows.pipeline import ml_pipeline
+from sagepipe.tasks.data import push_dataset
+from sagepipe.tasks.endpoints import invoke
+from sagepipe.tasks.errors import ConfigError
+from sagepipe.tasks.local import teardown
+from sagepipe.tasks.runtime import get_clients
+from sagepipe.tasks.storage import ensure_local_resources
 
 pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_server")]
 
@@ -151,7 +151,7 @@ def test_a_schema_change_rejects_unless_the_threshold_alone_is_allowed(
 
 def test_the_record_says_how_to_override_the_inferred_problem(state: Path) -> None:
     config = example_config("diabetes", state)
-    from tasks.storage import list_run_records
+    from sagepipe.tasks.storage import list_run_records
 
     record = list_run_records(get_clients(config.runtime), config.artifacts_uri, limit=1)[0]
     assert record["problem"]["type"] == "regression"

@@ -26,10 +26,10 @@ import pytest
 import yaml
 from ui_browser import Page, wait_for
 
-from flows.config import PROJECT_ROOT
-from tasks.local import teardown
-from tasks.runtime import RuntimeSettings, get_clients
-from tasks.storage import list_run_records
+from sagepipe.flows.config import PROJECT_ROOT
+from sagepipe.tasks.local import teardown
+from sagepipe.tasks.runtime import RuntimeSettings, get_clients
+from sagepipe.tasks.storage import list_run_records
 
 pytestmark = [
     pytest.mark.screenshot,
@@ -63,7 +63,7 @@ def settings(state: Path, **extra: Any) -> dict[str, Any]:
 def sagepipe(api_url: str, *args: str, timeout: float = 600) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env.update(PREFECT_API_URL=api_url, PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    done = subprocess.run([sys.executable, "-m", "flows.cli", *args], env=env,
+    done = subprocess.run([sys.executable, "-m", "sagepipe.flows.cli", *args], env=env,
                           capture_output=True, text=True, timeout=timeout, cwd=PROJECT_ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.data import (
+from sagepipe.tasks.data import (
     SAMPLE_BYTES,
     DataRules,
     DataSettings,
@@ -25,10 +25,10 @@ from tasks.data import (
     pin_dataset,
     push_dataset,
 )
-from tasks.endpoints import invoke
-from tasks.errors import DataError, EndpointError
-from tasks.local import teardown
-from tasks.runtime import Clients, RuntimeSettings, get_clients
+from sagepipe.tasks.endpoints import invoke
+from sagepipe.tasks.errors import DataError, EndpointError
+from sagepipe.tasks.local import teardown
+from sagepipe.tasks.runtime import Clients, RuntimeSettings, get_clients
 
 WHERE = "s3://bkt/data.csv"
 

@@ -28,15 +28,15 @@ import yaml
 from sklearn.datasets import load_breast_cancer
 from typer.testing import CliRunner, Result
 
-from flows.cli import app
-from flows.config import PipelineConfig, load_config
-from tasks.data import parse_s3_uri
-from tasks.endpoints import invoke
-from tasks.errors import EndpointError
-from tasks.local import teardown
-from tasks.local.common import pid_alive
-from tasks.local.images import registry_host
-from tasks.runtime import Clients, get_clients
+from sagepipe.flows.cli import app
+from sagepipe.flows.config import PipelineConfig, load_config
+from sagepipe.tasks.data import parse_s3_uri
+from sagepipe.tasks.endpoints import invoke
+from sagepipe.tasks.errors import EndpointError
+from sagepipe.tasks.local import teardown
+from sagepipe.tasks.local.common import pid_alive
+from sagepipe.tasks.local.images import registry_host
+from sagepipe.tasks.runtime import Clients, get_clients
 
 PROJECT = Path(__file__).resolve().parents[2]
 LOCAL_SETTINGS = PROJECT / "deployments" / "settings" / "local.yaml"

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from flows.config import PipelineConfig, build_config, load_config
-from tasks.errors import ConfigError
-from tasks.gate import decide
+from sagepipe.flows.config import PipelineConfig, build_config, load_config
+from sagepipe.tasks.errors import ConfigError
+from sagepipe.tasks.gate import decide
 
 
 def test_settings_files_load() -> None:
@@ -50,7 +50,7 @@ def test_bad_yaml_and_missing_env_are_clear(tmp_path: Path) -> None:
     bad.write_text("gate: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(str(bad))
-    with pytest.raises(ConfigError, match=r"Environments: .*local"):
+    with pytest.raises(ConfigError, match=r"Examples shipped with sagepipe: .*local"):
         load_config("staging")
 
 

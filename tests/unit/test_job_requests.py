@@ -6,13 +6,13 @@ from typing import Any
 
 import pytest
 
-from flows.config import build_config
-from tasks.data import DataPin, PinnedObject
-from tasks.errors import ConfigError
-from tasks.images import ImageRef
-from tasks.local.validation import validate_request
-from tasks.runtime import RuntimeSettings
-from tasks.steps import JobPlan, JobSettings, plan_evaluate, plan_preprocess, plan_train
+from sagepipe.flows.config import build_config
+from sagepipe.tasks.data import DataPin, PinnedObject
+from sagepipe.tasks.errors import ConfigError
+from sagepipe.tasks.images import ImageRef
+from sagepipe.tasks.local.validation import validate_request
+from sagepipe.tasks.runtime import RuntimeSettings
+from sagepipe.tasks.steps import JobPlan, JobSettings, plan_evaluate, plan_preprocess, plan_train
 
 AWS = RuntimeSettings(kind="aws", region="eu-west-1")
 

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from tasks.local import local_clients, teardown
-from tasks.local.common import pid_alive
-from tasks.local.images import registry_host
+from sagepipe.tasks.local import local_clients, teardown
+from sagepipe.tasks.local.common import pid_alive
+from sagepipe.tasks.local.images import registry_host
 
 SERVE = r'''
 import json, os, pathlib, sys

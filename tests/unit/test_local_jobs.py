@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, ParamValidationError
 
-from tasks.local import local_clients
+from sagepipe.tasks.local import local_clients
 
 
 @pytest.fixture()

@@ -15,8 +15,8 @@ from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import ClientError, ParamValidationError
 from moto import mock_aws
 
-from tasks.local.s3 import LocalS3, parse_s3_uri
-from tasks.local.state import StateStore
+from sagepipe.tasks.local.s3 import LocalS3, parse_s3_uri
+from sagepipe.tasks.local.state import StateStore
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -226,8 +226,8 @@ def test_a_second_process_sees_the_same_store(s3: LocalS3, tmp_path: Path) -> No
     first = s3.put_object(Bucket="data", Key="k", Body=b"from parent")["VersionId"]
     script = textwrap.dedent(f"""
         from pathlib import Path
-        from tasks.local.s3 import LocalS3
-        from tasks.local.state import StateStore
+        from sagepipe.tasks.local.s3 import LocalS3
+        from sagepipe.tasks.local.state import StateStore
         root = Path({str(tmp_path)!r})
         s3 = LocalS3(root, StateStore(root))
         assert s3.get_object(Bucket="data", Key="k", VersionId={first!r})["Body"].read() == (

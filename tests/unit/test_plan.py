@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
-from flows.config import load_config
-from flows.plan import build_plan
+from sagepipe.flows.cli import app
+from sagepipe.flows.config import load_config
+from sagepipe.flows.plan import build_plan
 
 
 @pytest.fixture(autouse=True)

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from flows.config import build_config
-from flows.report import collect_plots, record_markdown
-from tasks.local import local_clients, teardown
-from tasks.plots import VersionPoint, data_uri, history_png, model_history
-from tasks.registry import ensure_group, register_package
-from tasks.runtime import Clients
+from sagepipe.flows.config import build_config
+from sagepipe.flows.report import collect_plots, record_markdown
+from sagepipe.tasks.local import local_clients, teardown
+from sagepipe.tasks.plots import VersionPoint, data_uri, history_png, model_history
+from sagepipe.tasks.registry import ensure_group, register_package
+from sagepipe.tasks.runtime import Clients
 
 GROUP = "plots-demo"
 

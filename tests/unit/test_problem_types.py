@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from container_runs import EVALUATE, PREPROCESS, SERVE, TRAIN, run, train_env
 
-from flows.examples import write_example
+from sagepipe.flows.examples import write_example
 
 MODELS = ("linear", "random_forest", "hist_gradient_boosting", "xgboost")
 DATASETS = {  # example -> (label, problem, gate metric, a fair bar for every model)

@@ -13,8 +13,8 @@ import re
 
 import pytest
 
-from tasks.local.validation import validate_request
-from tasks.registry import metadata_text, model_package_request
+from sagepipe.tasks.local.validation import validate_request
+from sagepipe.tasks.registry import metadata_text, model_package_request
 
 # the documented pattern, with \p{L}\p{N}_ as Python's \w and \p{Z} as the space separators
 ALLOWED = re.compile(r"[\w \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000.:/=+\-@]*")

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from tasks.errors import JobFailed, JobTimeout
-from tasks.jobs import TRAINING, WaitPolicy, job_name, run_job, start_or_attach
-from tasks.runtime import Clients
+from sagepipe.tasks.errors import JobFailed, JobTimeout
+from sagepipe.tasks.jobs import TRAINING, WaitPolicy, job_name, run_job, start_or_attach
+from sagepipe.tasks.runtime import Clients
 
 FAST = WaitPolicy(first_poll=0.05, max_poll=0.2, timeout=60)
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from flows.trigger import outcome_row
+from sagepipe.flows.trigger import outcome_row
 
 PACKAGE = "arn:aws:sagemaker:us-east-1:000000000000:model-package/demo/2"
 

@@ -1,0 +1,1 @@
+"""Templates `sagepipe init` writes into a user's project."""

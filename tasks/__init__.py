@@ -1,0 +1,1 @@
+"""Prefect tasks: one module per AWS concern, plus the runtime seam (local/)."""
