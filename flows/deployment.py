@@ -2,7 +2,7 @@
 
 ``prefect deploy --prefect-file deployments/prefect.yaml`` runs
 :func:`settings_parameters` as a build step, so each deployment's default
-``config`` is exactly ``deployments/settings/<env>.yaml``, validated the same
+``config`` is exactly the settings file ``env`` names (see ``sagepipe.flows.config.settings_path``), validated the same
 way ``sagepipe run --env <env>`` validates it: a bad settings file fails the
 deploy, not the first run. The settings stay the one place to edit.
 """
@@ -28,10 +28,11 @@ def settings_parameters(env: str, image: str | None = None,
     and then the deploy stops here with what to set instead of registering a
     deployment whose runs could never start.
     """
-    if not (Path.cwd() / "flows" / "pipeline.py").is_file():
-        raise ConfigError(f"Run `prefect deploy` from the project root (the folder with "
-                          f"flows/ and deployments/), not {Path.cwd()}.")
-    output: dict[str, Any] = {"config": load_config(env).model_dump(mode="json"),
+    # the worker runs the flow in this folder (prefect.yaml's pull step), so the
+    # settings' relative paths (state_dir, steps.*.source) resolve as they do here
+    config = load_config(env)
+    config.check_steps()
+    output: dict[str, Any] = {"config": config.model_dump(mode="json"),
                               "directory": str(Path.cwd())}
     if image is not None:
         image = image.strip() or os.environ.get(image_variable, "").strip()

@@ -30,12 +30,13 @@
 import hashlib
 import io
 import os
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
 
-from sagepipe.flows.config import PROJECT_ROOT, load_config
+from sagepipe.flows.config import load_config
 from sagepipe.tasks.data import parse_s3_uri
 from sagepipe.tasks.runtime import get_clients
 from sagepipe.tasks.status import dataset_rows
@@ -44,6 +45,8 @@ from sagepipe.tasks.storage import list_run_records
 # %% tags=["parameters"]
 ENV = os.environ.get("SAGEPIPE_ENV", "local")
 STATE_DIR = os.environ.get("SAGEPIPE_STATE_DIR")
+# the notebooks live in the project's notebooks/ folder, which is where Jupyter runs them
+PROJECT_DIR = Path(os.environ.get("SAGEPIPE_PROJECT_DIR") or Path.cwd().parent)
 
 # %%
 overrides = {}
@@ -52,7 +55,7 @@ if STATE_DIR:
 config = load_config(ENV, overrides)
 if config.runtime.kind == "local" and not os.path.isabs(config.runtime.state_dir):
     # settings name the state directory relative to the project, not to this notebook
-    state = str(PROJECT_ROOT / config.runtime.state_dir)
+    state = str(PROJECT_DIR / config.runtime.state_dir)
     config = config.model_copy(update={"runtime": config.runtime.model_copy(
         update={"state_dir": state})})
 clients = get_clients(config.runtime)

@@ -26,13 +26,14 @@
 
 # %%
 import os
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from IPython.display import Image, Markdown, display
 
-from sagepipe.flows.config import PROJECT_ROOT, load_config
+from sagepipe.flows.config import load_config
 from sagepipe.flows.report import metrics_rows
 from sagepipe.tasks.data import parse_s3_uri
 from sagepipe.tasks.plots import model_history
@@ -42,6 +43,8 @@ from sagepipe.tasks.storage import list_run_records, read_json
 # %% tags=["parameters"]
 ENV = os.environ.get("SAGEPIPE_ENV", "local")
 STATE_DIR = os.environ.get("SAGEPIPE_STATE_DIR")
+# the notebooks live in the project's notebooks/ folder, which is where Jupyter runs them
+PROJECT_DIR = Path(os.environ.get("SAGEPIPE_PROJECT_DIR") or Path.cwd().parent)
 RUN_ID = os.environ.get("SAGEPIPE_RUN_ID")
 
 # %%
@@ -51,7 +54,7 @@ if STATE_DIR:
 config = load_config(ENV, overrides)
 if config.runtime.kind == "local" and not os.path.isabs(config.runtime.state_dir):
     # settings name the state directory relative to the project, not to this notebook
-    state = str(PROJECT_ROOT / config.runtime.state_dir)
+    state = str(PROJECT_DIR / config.runtime.state_dir)
     config = config.model_copy(update={"runtime": config.runtime.model_copy(
         update={"state_dir": state})})
 clients = get_clients(config.runtime)

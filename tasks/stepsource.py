@@ -120,8 +120,27 @@ def check_steps(steps: StepsSettings, containers_dir: Path) -> None:
         if code.requirements and not (source / code.requirements).is_file():
             problems.append(f"steps.{step}.requirements: {source / code.requirements} does "
                             "not exist")
+        problems += _syntax_errors(source)
     if problems:
         raise ConfigError("The step code settings cannot be used:\n- " + "\n- ".join(problems))
+
+
+def _syntax_errors(source: Path) -> list[str]:
+    """The Python files of a user's folder that would not even start: found in
+    milliseconds here instead of minutes into a job (imports and runtime errors still
+    surface from the job itself, with the script's own message)."""
+    found = []
+    for path in code_files(source):
+        if path.suffix != ".py":
+            continue
+        try:
+            compile(path.read_bytes(), str(path), "exec", dont_inherit=True)
+        except SyntaxError as exc:
+            found.append(f"{path}, line {exc.lineno}: SyntaxError: {exc.msg}"
+                         + (f"\n    {exc.text.strip()}" if exc.text else ""))
+        except ValueError as exc:  # null bytes
+            found.append(f"{path}: {exc}")
+    return found
 
 
 def step_folders(steps: StepsSettings, containers_dir: Path, work_dir: Path) -> dict[str, Path]:

@@ -143,7 +143,7 @@ def test_prefect_deploy_registers_both_deployments_from_the_settings(stack: Stac
     local = httpx.get(f"{stack.api_url}/deployments/name/ml-pipeline/local").json()
     assert local["parameters"] == {"config": load_config("local").model_dump(mode="json")}
     assert local["work_pool_name"] == "sagepipe-local"
-    assert local["entrypoint"] == "flows/pipeline.py:ml_pipeline"
+    assert local["entrypoint"] == "sagepipe.flows.pipeline:ml_pipeline"
     assert local["pull_steps"] == [{"prefect.deployments.steps.set_working_directory": {
         "directory": str(PROJECT)}}]
     production = httpx.get(f"{stack.api_url}/deployments/name/ml-pipeline/production").json()

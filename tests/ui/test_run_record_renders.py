@@ -26,7 +26,6 @@ import pytest
 import yaml
 from ui_browser import Page, wait_for
 
-from sagepipe.flows.config import PROJECT_ROOT
 from sagepipe.tasks.local import teardown
 from sagepipe.tasks.runtime import RuntimeSettings, get_clients
 from sagepipe.tasks.storage import list_run_records
@@ -37,6 +36,7 @@ pytestmark = [
                        reason="needs Chromium and a Prefect server: `make screenshot`"),
 ]
 
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = PROJECT_ROOT / "build" / "screenshots"
 TITLES = ["ROC curves, new vs live model", "Confusion matrix",
           "Metric history of the model versions"]
