@@ -2,8 +2,9 @@
 
 ``prefect deploy --prefect-file deployments/prefect.yaml`` runs
 :func:`settings_parameters` as a build step, so each deployment's default
-``config`` is exactly the settings file ``env`` names (see ``sagepipe.flows.config.settings_path``), validated the same
-way ``sagepipe run --env <env>`` validates it: a bad settings file fails the
+``config`` is exactly the settings file ``env`` names (see
+``sagepipe.flows.config.settings_path``), validated the same way
+``sagepipe run --env <env>`` validates it: a bad settings file fails the
 deploy, not the first run. The settings stay the one place to edit.
 """
 

@@ -3,7 +3,8 @@
 Writes the settings the CLI finds by itself in that folder (``sagepipe.yaml``, and
 ``sagepipe.aws.yaml`` for the AWS runtime), the user's step code copied from sagepipe's
 defaults so it runs as-is (the training script at least), a ``prefect.yaml`` whose
-deployments run the installed flow on this folder's code, and a ``.gitignore`` for the
+deployments run the installed flow on this folder's code, an example flow of the user's
+own composed from sagepipe's tasks (``two_models.py``), and a ``.gitignore`` for the
 local state. Files that exist are left untouched: init never overwrites.
 """
 
@@ -64,11 +65,13 @@ def init_project(directory: Path, steps: list[str] | None = None,
                           "dashes (it names the jobs, images and model group).")
     values = {"project": name, "extra_steps": _steps_block(chosen)}
     files: dict[Path, bytes] = {}
-    for template, target in (("sagepipe.yaml", "sagepipe.yaml"),
-                             ("sagepipe.aws.yaml", "sagepipe.aws.yaml"),
-                             ("prefect.yaml", "prefect.yaml"), ("gitignore", ".gitignore")):
+    for template, written_as in (("sagepipe.yaml", "sagepipe.yaml"),
+                                 ("sagepipe.aws.yaml", "sagepipe.aws.yaml"),
+                                 ("prefect.yaml", "prefect.yaml"), ("gitignore", ".gitignore")):
         text = Template((TEMPLATES / template).read_text()).substitute(values)
-        files[Path(target)] = re.sub(r"\n{3,}", "\n\n", text).encode()
+        files[Path(written_as)] = re.sub(r"\n{3,}", "\n\n", text).encode()
+    # an example of a flow of your own from sagepipe's tasks (see sagepipe.tasks)
+    files[Path("two_models.py")] = (TEMPLATES / "two_models.py").read_bytes()
     for step in chosen:
         default = DEFAULT_CONTAINERS / step
         for path in code_files(default):

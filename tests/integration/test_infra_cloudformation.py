@@ -31,7 +31,7 @@ from aws_helpers import (
 )
 from moto import mock_aws
 
-from sagepipe.tasks.images import STEPS
+from sagepipe.tasks.stepsource import STEPS
 
 SERVICE_OF_ROLE = {"FlowRole": "ecs-tasks.amazonaws.com",
                    "SageMakerExecutionRole": "sagemaker.amazonaws.com",

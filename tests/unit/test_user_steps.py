@@ -64,7 +64,7 @@ def test_init_writes_a_project_that_validates_and_never_overwrites(
     assert sorted(map(str, result.written)) == [
         ".gitignore", "sagepipe.aws.yaml", "sagepipe.yaml", "steps/serve/inference.py",
         "steps/serve/requirements.txt", "steps/train/hyperparameters.py",
-        "steps/train/requirements.txt", "steps/train/train.py"]
+        "steps/train/requirements.txt", "steps/train/train.py", "two_models.py"]
     # the copied training script is the default one, so it runs as-is
     assert (project / "steps/train/train.py").read_bytes() == \
         (DEFAULT_CONTAINERS / "train/train.py").read_bytes()
@@ -143,7 +143,8 @@ def test_a_users_own_dockerfile_and_requirements_are_kept(
     served = folders["serve"]
     assert (served / "Dockerfile").read_text() == "FROM mine\n"  # theirs, verbatim
     # the HTTP server is sagepipe's; the user's module holds the handlers
-    assert (served / "serve.py").read_bytes() == (DEFAULT_CONTAINERS / "serve/serve.py").read_bytes()
+    server = (DEFAULT_CONTAINERS / "serve/serve.py").read_bytes()
+    assert (served / "serve.py").read_bytes() == server
 
 
 def test_step_settings_that_cannot_work_are_refused_with_the_fix(
@@ -185,3 +186,16 @@ def test_the_users_own_hyperparameter_rules_apply_and_none_means_the_job_decides
         "    return values\n")
     with pytest.raises(ConfigError, match="depth must be at most 2 in my model"):
         build_config({"steps": {"train": {"source": "t"}}, "hyperparameters": {"depth": 3}})
+
+
+def test_the_public_api_resolves_every_name_and_imports_lazily() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, sagepipe.tasks as t\n"
+            "assert 'sagepipe.tasks.steps' not in sys.modules, 'imported eagerly'\n"
+            "missing = [n for n in t.__all__ if getattr(t, n, None) is None]\n"
+            "assert not missing, missing\n"
+            "from sagepipe.tasks import run_step, decide\n"
+            "assert run_step.name == 'run-job' and callable(decide)\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
