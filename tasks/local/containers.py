@@ -52,26 +52,28 @@ def _dockerfile(folder: Path) -> tuple[list[str] | None, str | None]:
     return entrypoint, program
 
 
-def remap(arg: str, folder: Path, base: Path) -> str:
-    """Map container paths to local ones: code to the snapshot, /opt/ml to the workspace."""
+def remap(arg: str, folder: Path, base: Path, python: str = sys.executable) -> str:
+    """Map container paths to local ones: code to the snapshot, /opt/ml to the workspace,
+    the image's Python to ``python`` (see :mod:`.pyenv`)."""
     if arg.startswith(_CODE):
         return str(folder / arg[len(_CODE):])
     if arg == _BASE or arg.startswith(_BASE + "/"):
         return str(base) + arg[len(_BASE):]
     if arg in ("python", "python3"):
-        return sys.executable
+        return python
     return arg
 
 
 def container_command(folder: Path, base: Path, *, mode: str,
                       entrypoint: list[str] | None = None,
                       arguments: list[str] | None = None,
-                      hyperparameters: dict[str, str] | None = None) -> list[str]:
+                      hyperparameters: dict[str, str] | None = None,
+                      python: str = sys.executable) -> list[str]:
     """The local command for ``mode`` in {"train", "process", "serve"}."""
     image_entrypoint, program = _dockerfile(folder)
     if mode == "train" and program and entrypoint is None:
         # what sagemaker-training does: run the program with hyperparameters as flags
-        command = [sys.executable, str(folder / program)]
+        command = [python, str(folder / program)]
         for key, value in (hyperparameters or {}).items():
             command += [f"--{key}", value]
         return command
@@ -87,7 +89,7 @@ def container_command(folder: Path, base: Path, *, mode: str,
     elif mode == "serve":
         command.append("serve")
     command += arguments or []
-    return [remap(a, folder, base) for a in command]
+    return [remap(a, folder, base, python) for a in command]
 
 
 def job_environment(base: Path, extra: dict[str, str]) -> dict[str, str]:

@@ -29,6 +29,7 @@ from typing import Any
 from .common import arn, now, pid_alive, to_datetime
 from .containers import container_command, job_environment
 from .images import resolve_image
+from .pyenv import interpreter
 from .s3 import LocalS3, parse_s3_uri
 from .state import StateStore
 from .validation import client_error
@@ -255,7 +256,8 @@ class EndpointManager:
             with tarfile.open(self.s3.path_of(bucket, key), "r:gz") as archive:
                 archive.extractall(model_dir, filter="data")
         port = _free_port()
-        command = container_command(folder, base, mode="serve")
+        command = container_command(folder, base, mode="serve",
+                                    python=interpreter(folder, self.root))
         env = job_environment(base, {**container.get("Environment", {}),
                                      "SAGEMAKER_BIND_TO_PORT": str(port),
                                      "SAGEMAKER_BIND_HOST": "127.0.0.1"})

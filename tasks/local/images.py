@@ -14,12 +14,14 @@ from __future__ import annotations
 import hashlib
 import io
 import shutil
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 from .common import ACCOUNT, LocalClient, arn, metadata, now, to_datetime
+from .pyenv import interpreter
 from .s3 import LocalS3
 from .state import StateStore
 from .validation import client_error
@@ -194,6 +196,11 @@ class LocalCodeBuild(LocalClient):
                     digest = self.ecr.push(repository, tag, Path(tmp) / folder, self.root)
                     lines.append(f"pushed {registry_host(self.region)}/{repository}:{tag} "
                                  f"digest: {digest}")
+                    # what the Dockerfile's pip install bakes into the image
+                    image = self.state.get("image", f"{repository}@{digest}") or {}
+                    python = interpreter(Path(image["path"]), self.root)
+                    if python != sys.executable:
+                        lines.append(f"{folder}: requirements.txt installed into {python}")
         except Exception as exc:  # a failed build is a FAILED status, as in CodeBuild
             status, reason = "FAILED", f"{type(exc).__name__}: {exc}"
             lines.append(f"build failed: {reason}")

@@ -31,6 +31,7 @@ from typing import Any
 from .common import now, pid_alive
 from .containers import container_command, job_environment, remap
 from .images import resolve_image
+from .pyenv import interpreter
 from .s3 import LocalS3, parse_s3_uri
 from .state import StateStore
 
@@ -185,7 +186,8 @@ class _Runner:
         spec = req["AlgorithmSpecification"]
         command = container_command(
             folder, self.base, mode="train", entrypoint=spec.get("ContainerEntrypoint"),
-            arguments=spec.get("ContainerArguments"), hyperparameters=hps)
+            arguments=spec.get("ContainerArguments"), hyperparameters=hps,
+            python=interpreter(folder, self.root))
         env = {
             "SM_MODEL_DIR": str(self.base / "model"),
             "SM_OUTPUT_DATA_DIR": str(self.base / "output" / "data"),
@@ -238,7 +240,8 @@ class _Runner:
         folder = resolve_image(self.state, spec["ImageUri"])
         command = container_command(folder, self.base, mode="process",
                                     entrypoint=spec.get("ContainerEntrypoint"),
-                                    arguments=spec.get("ContainerArguments"))
+                                    arguments=spec.get("ContainerArguments"),
+                                    python=interpreter(folder, self.root))
         return command, {"PROCESSING_JOB_NAME": self.name, **req.get("Environment", {})}
 
     def finish_processing(self) -> dict[str, Any]:
