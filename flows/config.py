@@ -210,6 +210,13 @@ class PipelineConfig(BaseModel):
         return step_folders(self.steps, self.containers_path,
                             Path(self.runtime.state_dir) / "step-code")
 
+    def instance_types(self) -> dict[str, str]:
+        """The instance type each step runs on (a framework image is chosen for it)."""
+        return {"preprocess": self.jobs.processing_instance_type,
+                "train": self.jobs.training_instance_type,
+                "evaluate": self.jobs.processing_instance_type,
+                "serve": self.endpoint.instance_type}
+
     def check_steps(self) -> None:
         """ConfigError when a step's code folder, entry point or requirements are missing."""
         check_steps(self.steps, self.containers_path)

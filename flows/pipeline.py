@@ -108,10 +108,13 @@ def ml_pipeline(config: PipelineConfig = PipelineConfig(),
         if config.problem == "auto" and sampled != "auto":  # the settings must fit the data
             config.settings_for(sampled, exact=False)
         folders = {step: str(folder) for step, folder in config.step_folders().items()}
-        images = build_images(runtime, folders,
-                              config.image_repository_prefix, config.build_project,
-                              config.artifacts_uri)
-        record["images"] = {n: {"uri": i.uri, "built": i.built} for n, i in images.items()}
+        images = build_images(runtime, folders, config.image_repository_prefix,
+                              config.build_project, config.artifacts_uri,
+                              frameworks=config.steps.framework_steps(),
+                              instance_types=config.instance_types())
+        record["images"] = {n: {"uri": i.uri, "built": i.built,
+                                **({"code": i.framework.source_uri} if i.framework else {})}
+                            for n, i in images.items()}
 
         common: dict[str, Any] = {"project": config.project, "runtime": runtime,
                   "artifacts_uri": config.artifacts_uri, "settings": config.jobs}
@@ -173,7 +176,9 @@ def ml_pipeline(config: PipelineConfig = PipelineConfig(),
                                                or [])),
                       **({decision.metric: f"{decision.challenger:.6f}"}
                          if decision.challenger is not None else {})},
-            instance_type=config.endpoint.instance_type)
+            instance_type=config.endpoint.instance_type,
+            environment=images["serve"].framework.serving_environment()
+            if images["serve"].framework else None)
         record["model_package"] = {"arn": package_arn, "approval": approval}
         if approval == "pending":
             approval = _ask_for_approval(config, decision, package_arn)

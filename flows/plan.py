@@ -20,6 +20,13 @@ from botocore.exceptions import ClientError, ParamValidationError
 from sagepipe.flows.config import PipelineConfig
 from sagepipe.tasks.data import DataPin, parse_s3_uri
 from sagepipe.tasks.endpoints import deploy_requests, deployment_config
+from sagepipe.tasks.framework import (
+    FrameworkCode,
+    code_prefix,
+    framework_image,
+    runproc,
+    source_archive,
+)
 from sagepipe.tasks.images import ImageRef, content_tag
 from sagepipe.tasks.local.validation import validate_request
 from sagepipe.tasks.registry import model_package_request
@@ -47,10 +54,32 @@ def build_plan(config: PipelineConfig, commit: str | None = None) -> list[Planne
     data_bucket, data_key = parse_s3_uri(config.dataset_uri)
     art_bucket, art_prefix = parse_s3_uri(config.artifacts_uri)
     registry = f"{_account(config)}.dkr.ecr.{runtime.region}.amazonaws.com"
+    folders = config.step_folders()
+    frameworks = config.steps.framework_steps()
     images = {n: ImageRef(name=n, repository=f"{config.image_repository_prefix}-{n}",
                           tag=content_tag(folder), built=False, digest="sha256:<digest>",
                           uri=f"{registry}/{config.image_repository_prefix}-{n}@sha256:<digest>")
-              for n, folder in config.step_folders().items()}
+              for n, folder in folders.items() if n not in frameworks}
+    code_calls: list[PlannedCall] = []
+    for step, spec in frameworks.items():  # AWS's image; the code uploaded, no build
+        scope: Any = "inference" if step == "serve" else "training"
+        uri = framework_image(spec["framework"], spec["version"], runtime.region,
+                              config.instance_types()[step], scope)
+        archive = source_archive(folders[step])
+        prefix = code_prefix(config.artifacts_uri, step, archive, spec["entry_point"])
+        code = FrameworkCode(framework=spec["framework"], version=spec["version"],
+                             entry_point=spec["entry_point"],
+                             source_uri=f"{prefix}/sourcedir.tar.gz",
+                             runproc_uri=f"{prefix}/runproc.sh", region=runtime.region)
+        repository, _, tag = uri.split("/", 1)[1].partition(":")
+        images[step] = ImageRef(name=step, repository=repository, tag=tag, digest="", uri=uri,
+                                built=False, framework=code)
+        for name, size in (("sourcedir.tar.gz", len(archive)),
+                           ("runproc.sh", len(runproc(spec["entry_point"])))):
+            bucket, key = parse_s3_uri(f"{prefix}/{name}")
+            code_calls.append(PlannedCall("s3", "PutObject", {
+                "Bucket": bucket, "Key": key, "Body": f"<{size} bytes>"},
+                f"{step} ({spec['framework']} {spec['version']}): only if not yet uploaded"))
     pin = DataPin(source_uri=config.dataset_uri, bucket=data_bucket, objects=[],
                   digest="<data-digest>",
                   snapshot_uri=f"s3://{art_bucket}/{art_prefix.strip('/')}/data/<data-digest>/")
@@ -62,15 +91,19 @@ def build_plan(config: PipelineConfig, commit: str | None = None) -> list[Planne
             + data_key.rsplit("/", 1)[-1],
             "CopySource": f"{data_bucket}/{data_key}?versionId=<version>"}),
     ]
+    built = {n: i for n, i in images.items() if i.framework is None}
+    calls += code_calls
     calls += [PlannedCall("ecr", "DescribeImages", {"repositoryName": i.repository,
                                                      "imageIds": [{"imageTag": i.tag}]})
-              for i in images.values()]
-    calls.append(PlannedCall("codebuild", "StartBuild", {
-        "projectName": config.build_project, "sourceTypeOverride": "S3",
-        "sourceLocationOverride": f"{art_bucket}/{art_prefix.strip('/')}/builds/<tags>.zip",
-        "environmentVariablesOverride": [{"name": "IMAGES", "type": "PLAINTEXT", "value": " ".join(
-            f"{n}={i.repository}:{i.tag}" for n, i in images.items())}]},
-        when="only for images not yet in ECR"))
+              for i in built.values()]
+    if built:
+        calls.append(PlannedCall("codebuild", "StartBuild", {
+            "projectName": config.build_project, "sourceTypeOverride": "S3",
+            "sourceLocationOverride": f"{art_bucket}/{art_prefix.strip('/')}/builds/<tags>.zip",
+            "environmentVariablesOverride": [{"name": "IMAGES", "type": "PLAINTEXT",
+                                              "value": " ".join(f"{n}={i.repository}:{i.tag}"
+                                                                for n, i in built.items())}]},
+            when="only for images not yet in ECR"))
     common: dict[str, Any] = {"project": config.project, "runtime": runtime,
                               "artifacts_uri": config.artifacts_uri, "settings": config.jobs}
     problem = config.problem if config.problem != "auto" else "<inferred from the data>"
@@ -100,7 +133,9 @@ def build_plan(config: PipelineConfig, commit: str | None = None) -> list[Planne
         problem=config.problem if config.problem != "auto" else None,
         constraints_uri=evaluate.outputs["evaluation"].rsplit("/", 1)[0] + "/constraints.json",
         metadata={"commit": commit or "", "data_digest": "<data-digest>",
-                  "dataset_uri": config.dataset_uri, "training_job": train.name})
+                  "dataset_uri": config.dataset_uri, "training_job": train.name},
+        environment=images["serve"].framework.serving_environment()
+        if images["serve"].framework else None)
     calls.append(PlannedCall("sagemaker", "CreateModelPackage", package,
                              "Approved if the gate passes (Rejected otherwise)"))
     package_arn = (f"arn:aws:sagemaker:{runtime.region}:{_account(config)}:model-package/"

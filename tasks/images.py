@@ -33,6 +33,7 @@ from pydantic import BaseModel
 
 from .data import parse_s3_uri
 from .errors import ConfigError, ImageBuildFailed
+from .framework import FrameworkCode, framework_image, stage_code
 from .jobs import LogTail
 from .runtime import Clients, RuntimeSettings, call_with_retry, get_clients, retry_transient
 from .stepsource import code_files
@@ -48,8 +49,29 @@ class ImageRef(BaseModel):
     repository: str
     tag: str
     digest: str
-    uri: str  # <registry>/<repository>@<digest>
+    uri: str  # <registry>/<repository>@<digest>; a framework image: AWS's, by tag
     built: bool  # built by this run (False: found in the registry)
+    framework: FrameworkCode | None = None  # image: framework: the code shipped with it
+
+
+def framework_refs(clients: Clients, *, folders: Mapping[str, Path],
+                   frameworks: Mapping[str, Mapping[str, str]], artifacts_uri: str,
+                   region: str, instance_types: Mapping[str, str],
+                   log: logging.Logger | logging.LoggerAdapter[Any]) -> dict[str, ImageRef]:
+    """The framework steps' images: AWS's, with each step's code uploaded by content hash."""
+    refs = {}
+    for step, spec in frameworks.items():
+        scope: Any = "inference" if step == "serve" else "training"
+        uri = framework_image(spec["framework"], spec["version"], region,
+                              instance_types[step], scope)
+        code = stage_code(clients.s3, step=step, folder=folders[step],
+                          entry_point=spec["entry_point"], framework=spec["framework"],
+                          version=spec["version"], artifacts_uri=artifacts_uri, region=region)
+        log.info("%s: %s with %s (%s)", step, uri, code.source_uri, code.entry_point)
+        repository, _, tag = uri.split("/", 1)[1].partition(":")
+        refs[step] = ImageRef(name=step, repository=repository, tag=tag, digest="", uri=uri,
+                              built=False, framework=code)
+    return refs
 
 
 def content_tag(folder: Path) -> str:
@@ -270,12 +292,27 @@ def _stop_build(clients: Clients, build_id: str,
 
 @task(name="build-images", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_transient)
 def build_images(runtime: RuntimeSettings, folders: dict[str, str], repository_prefix: str,
-                 build_project: str, artifacts_uri: str) -> dict[str, ImageRef]:
-    """Images for every step's folder, by digest; only changed folders are built."""
+                 build_project: str, artifacts_uri: str,
+                 frameworks: dict[str, dict[str, str]] | None = None,
+                 instance_types: dict[str, str] | None = None) -> dict[str, ImageRef]:
+    """Images for every step's folder, by digest; only changed folders are built.
+
+    ``frameworks``: the steps on AWS's framework images (``{step: framework, version,
+    entry_point}``): their code is uploaded, nothing is built for them.
+    """
     bucket, prefix = parse_s3_uri(artifacts_uri)
-    return ensure_images(get_clients(runtime), folders={n: Path(f) for n, f in folders.items()},
-                         repository_prefix=repository_prefix, build_project=build_project,
-                         artifacts_bucket=bucket, artifacts_prefix=prefix,
-                         buildspec=BUILDSPEC.read_text() if BUILDSPEC.is_file() else None,
-                         run_key=flow_run.get_id(),
-                         log=get_run_logger())
+    clients = get_clients(runtime)
+    frameworks = frameworks or {}
+    refs = framework_refs(clients, folders={n: Path(f) for n, f in folders.items()},
+                          frameworks=frameworks, artifacts_uri=artifacts_uri,
+                          region=runtime.region, instance_types=instance_types or {},
+                          log=get_run_logger()) if frameworks else {}
+    to_build = {n: Path(f) for n, f in folders.items() if n not in frameworks}
+    if not to_build:
+        return refs
+    built = ensure_images(clients, folders=to_build, repository_prefix=repository_prefix,
+                          build_project=build_project, artifacts_bucket=bucket,
+                          artifacts_prefix=prefix,
+                          buildspec=BUILDSPEC.read_text() if BUILDSPEC.is_file() else None,
+                          run_key=flow_run.get_id(), log=get_run_logger())
+    return refs | built

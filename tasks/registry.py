@@ -82,7 +82,8 @@ def model_package_request(*, group: str, idempotency_key: str, image: str,
                           model_data_url: str, evaluation_uri: str, approval: str,
                           description: str, metadata: dict[str, str],
                           instance_type: str, problem: str | None = None,
-                          constraints_uri: str | None = None) -> dict[str, Any]:
+                          constraints_uri: str | None = None,
+                          environment: dict[str, str] | None = None) -> dict[str, Any]:
     """The CreateModelPackage request; the ClientToken makes a retry return the same package.
 
     ``evaluation_uri`` is the ModelQuality statistics (evaluation.json carries the
@@ -96,6 +97,9 @@ def model_package_request(*, group: str, idempotency_key: str, image: str,
         metrics["ModelDataQuality"] = {"Constraints": {
             "ContentType": "application/json", "S3Uri": constraints_uri}}
     extra: dict[str, Any] = {"Task": TASKS[problem]} if problem in TASKS else {}
+    container: dict[str, Any] = {"Image": image, "ModelDataUrl": model_data_url}
+    if environment:  # a framework image's inference toolkit: where the handlers are
+        container["Environment"] = dict(environment)
     return dict(
         **extra,
         ModelPackageGroupName=group,
@@ -103,7 +107,7 @@ def model_package_request(*, group: str, idempotency_key: str, image: str,
         ClientToken=token,
         ModelApprovalStatus=APPROVAL[approval],
         InferenceSpecification={
-            "Containers": [{"Image": image, "ModelDataUrl": model_data_url}],
+            "Containers": [container],
             "SupportedContentTypes": ["text/csv", "application/json"],
             "SupportedResponseMIMETypes": ["application/json", "text/csv"],
             "SupportedRealtimeInferenceInstanceTypes": [instance_type],
@@ -159,7 +163,8 @@ def get_champion(runtime: RuntimeSettings, endpoint_name: str) -> Champion | Non
 def register_model(runtime: RuntimeSettings, *, group: str, idempotency_key: str, image: str,
                    model_data_url: str, evaluation_uri: str, approval: str, description: str,
                    metadata: dict[str, str], instance_type: str,
-                   problem: str | None = None) -> str:
+                   problem: str | None = None,
+                   environment: dict[str, str] | None = None) -> str:
     clients = get_clients(runtime)
     ensure_group(clients, group, f"Models of the sagepipe project {group}")
     constraints = evaluation_uri.rsplit("/", 1)[0] + "/constraints.json"
@@ -168,7 +173,7 @@ def register_model(runtime: RuntimeSettings, *, group: str, idempotency_key: str
                            approval=approval, description=description, metadata=metadata,
                            instance_type=instance_type, problem=problem,
                            constraints_uri=constraints if _exists(clients, constraints)
-                           else None)
+                           else None, environment=environment)
     get_run_logger().info("Registered %s as %s", arn, APPROVAL[approval])
     return arn
 

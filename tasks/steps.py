@@ -18,6 +18,7 @@ from prefect.context import TaskRunContext
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .data import DataPin
+from .framework import PROCESSING_CODE, PROCESSING_ENTRYPOINT, training_hyperparameters
 from .gate import ALL_METRICS
 from .images import ImageRef
 from .jobs import PROCESSING, TRAINING, WaitPolicy, content_key, job_name, run_job
@@ -116,6 +117,17 @@ def _processing(name: str, image: ImageRef, args: list[str], inputs: dict[str, s
         "Environment": dict(settings.environment),
         "NetworkConfig": {"EnableNetworkIsolation": settings.network_isolation},
     }
+    if image.framework is not None:
+        # what the SDK's FrameworkProcessor sends: the code archive and its runproc.sh as
+        # inputs, runproc.sh (unpack, pip install requirements.txt, run) as the entrypoint
+        for name, uri, path in (("code", image.framework.source_uri, PROCESSING_CODE),
+                                ("entrypoint", image.framework.runproc_uri,
+                                 PROCESSING_ENTRYPOINT)):
+            request["ProcessingInputs"].append({"InputName": name, "S3Input": {
+                "S3Uri": uri, "LocalPath": path, "S3DataType": "S3Prefix",
+                "S3InputMode": "File", "S3DataDistributionType": "FullyReplicated"}})
+        request["AppSpecification"]["ContainerEntrypoint"] = [
+            "/bin/bash", f"{PROCESSING_ENTRYPOINT}/runproc.sh"]
     if settings.vpc_config():
         request["NetworkConfig"]["VpcConfig"] = settings.vpc_config()
     if settings.kms_key_id:
@@ -166,6 +178,9 @@ def plan_train(*, project: str, runtime: RuntimeSettings, artifacts_uri: str,
     schema.json: problem type, classes, column kinds) when the step wrote one."""
     hps = {k: _hp(v) for k, v in hyperparameters.items() if v is not None}
     hps["label_column"] = label_column
+    if image.framework is not None:  # JSON-encoded, plus the SDK's sagemaker_* entries
+        hps = training_hyperparameters({**hyperparameters, "label_column": label_column},
+                                       image.framework)
     types = {"train": "text/csv", "validation": "text/csv", "schema": "application/json"}
 
     def build(name: str, out: str) -> dict[str, Any]:
@@ -174,6 +189,11 @@ def plan_train(*, project: str, runtime: RuntimeSettings, artifacts_uri: str,
                          "S3DataType": "S3Prefix", "S3Uri": splits[ch] + "/",
                          "S3DataDistributionType": "FullyReplicated"}}}
                     for ch in types if ch in splits]
+        if image.framework is not None:  # the code channel: sagemaker_submit_directory
+            channels.append({"ChannelName": "code", "InputMode": "File",
+                             "DataSource": {"S3DataSource": {
+                                 "S3DataType": "S3Prefix", "S3Uri": image.framework.source_uri,
+                                 "S3DataDistributionType": "FullyReplicated"}}})
         request: dict[str, Any] = {
             "TrainingJobName": name,
             "RoleArn": settings.role_arn,

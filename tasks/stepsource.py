@@ -27,6 +27,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -58,6 +59,19 @@ class StepCode(BaseModel):
     requirements: str | None = Field(
         None, description="pip requirements file in source (default: its requirements.txt, "
         "else sagepipe's for the step)")
+    image: Literal["build", "framework"] = Field(
+        "build", description="build: an image of the code built by CodeBuild (sagepipe's "
+        "Dockerfile or the folder's own); framework: AWS's prebuilt SageMaker image for "
+        "`framework`, the code shipped as sourcedir.tar.gz (no build)")
+    framework: Literal["sklearn", "xgboost"] = Field(
+        "sklearn", description="image: framework: which of AWS's SageMaker images")
+    framework_version: str | None = Field(
+        None, pattern=r"^[0-9][0-9A-Za-z.-]{0,30}$",
+        description="its version (default: sklearn 1.9-0, xgboost 3.2-0)")
+
+    @property
+    def version(self) -> str:
+        return self.framework_version or {"sklearn": "1.9-0", "xgboost": "3.2-0"}[self.framework]
 
 
 class StepsSettings(BaseModel):
@@ -71,6 +85,12 @@ class StepsSettings(BaseModel):
     def of(self, step: str) -> StepCode:
         code: StepCode = getattr(self, step)
         return code
+
+    def framework_steps(self) -> dict[str, dict[str, str]]:
+        """{step: framework, version, entry_point} of the steps on AWS's framework images."""
+        return {step: {"framework": code.framework, "version": code.version,
+                       "entry_point": code.entry_point or DEFAULT_ENTRY[step]}
+                for step in STEPS if (code := self.of(step)).image == "framework"}
 
 
 def code_files(folder: Path) -> list[Path]:
@@ -144,14 +164,19 @@ def _syntax_errors(source: Path) -> list[str]:
 
 
 def step_folders(steps: StepsSettings, containers_dir: Path, work_dir: Path) -> dict[str, Path]:
-    """{step: the folder its image is made of}; bundles are written under ``work_dir``."""
+    """{step: the folder its image (build) or its sourcedir.tar.gz (framework) is made of};
+    bundles are written under ``work_dir``."""
     check_steps(steps, containers_dir)
     folders = {}
     for step in STEPS:
         code = steps.of(step)
         default = containers_dir / step
-        folders[step] = default if code.source is None else _bundle(step, code, default,
-                                                                     work_dir)
+        if code.source is None:
+            folders[step] = default
+        elif code.image == "framework":
+            folders[step] = _bundle(step, code, default, work_dir, framework=True)
+        else:
+            folders[step] = _bundle(step, code, default, work_dir)
     return folders
 
 
@@ -170,23 +195,27 @@ def _dockerfile(step: str, default: Path, entry: str) -> bytes:
     return replaced.encode()
 
 
-def _bundle(step: str, code: StepCode, default: Path, work_dir: Path) -> Path:
+def _bundle(step: str, code: StepCode, default: Path, work_dir: Path, *,
+            framework: bool = False) -> Path:
+    """The user's files plus what the container needs. A framework image brings its own
+    libraries and server: only a named requirements file is added (as requirements.txt,
+    where the SageMaker toolkits look for it)."""
     source = Path(code.source or ".")
     entry = code.entry_point or DEFAULT_ENTRY[step]
     contents: dict[str, bytes] = {p.relative_to(source).as_posix(): p.read_bytes()
                                   for p in code_files(source)}
     if code.requirements:
         contents["requirements.txt"] = (source / code.requirements).read_bytes()
-    elif "requirements.txt" not in contents:
+    elif "requirements.txt" not in contents and not framework:
         contents["requirements.txt"] = (default / "requirements.txt").read_bytes()
-    if "Dockerfile" not in contents:
+    if "Dockerfile" not in contents and not framework:
         contents["Dockerfile"] = _dockerfile(step, default, entry)
-    if step == "serve" and "serve.py" not in contents:
+    if step == "serve" and "serve.py" not in contents and not framework:
         contents["serve.py"] = (default / "serve.py").read_bytes()
     digest = hashlib.sha256()
     for name in sorted(contents):
         digest.update(name.encode() + b"\0" + contents[name] + b"\0")
-    target = work_dir / f"{step}-{digest.hexdigest()[:20]}"
+    target = work_dir / f"{step}{'-framework' if framework else ''}-{digest.hexdigest()[:20]}"
     if target.is_dir():
         return target
     work_dir.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,7 @@ _PASS_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ", "OPENBLAS_COR
                  "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                  "MKL_NUM_THREADS", "PYTHONHASHSEED", "SYSTEMROOT")
 _CODE = "/opt/ml/code/"
+FRAMEWORK_MODULE = "sagepipe.tasks.local.framework"
 _BASE = "/opt/ml"
 
 
@@ -68,9 +69,11 @@ def container_command(folder: Path, base: Path, *, mode: str,
                       entrypoint: list[str] | None = None,
                       arguments: list[str] | None = None,
                       hyperparameters: dict[str, str] | None = None,
-                      python: str = sys.executable) -> list[str]:
+                      python: str = sys.executable, root: Path | None = None) -> list[str]:
     """The local command for ``mode`` in {"train", "process", "serve"}."""
     image_entrypoint, program = _dockerfile(folder)
+    if image_entrypoint and image_entrypoint[-1] == FRAMEWORK_MODULE:
+        return _framework_command(mode, folder, base, entrypoint, arguments, root)
     if mode == "train" and program and entrypoint is None:
         # what sagemaker-training does: run the program with hyperparameters as flags
         command = [python, str(folder / program)]
@@ -90,6 +93,20 @@ def container_command(folder: Path, base: Path, *, mode: str,
         command.append("serve")
     command += arguments or []
     return [remap(a, folder, base, python) for a in command]
+
+
+def _framework_command(mode: str, folder: Path, base: Path, entrypoint: list[str] | None,
+                       arguments: list[str] | None, root: Path | None) -> list[str]:
+    """An AWS framework image (see :mod:`.framework`): train, serve, or the SDK's
+    ``/bin/bash .../runproc.sh`` for processing."""
+    command = [sys.executable, "-m", FRAMEWORK_MODULE, mode, str(root or base)]
+    if mode == "process":
+        if not entrypoint or not entrypoint[-1].endswith(".sh"):
+            raise LookupError("a processing job on a SageMaker framework image needs "
+                              "ContainerEntrypoint [\"/bin/bash\", \".../runproc.sh\"] (the "
+                              "SDK's FrameworkProcessor)")
+        command.append(remap(entrypoint[-1], folder, base))
+    return command + [remap(a, folder, base) for a in arguments or []]
 
 
 def job_environment(base: Path, extra: dict[str, str]) -> dict[str, str]:

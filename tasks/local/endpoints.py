@@ -257,7 +257,7 @@ class EndpointManager:
                 archive.extractall(model_dir, filter="data")
         port = _free_port()
         command = container_command(folder, base, mode="serve",
-                                    python=interpreter(folder, self.root))
+                                    python=interpreter(folder, self.root), root=self.root)
         env = job_environment(base, {**container.get("Environment", {}),
                                      "SAGEMAKER_BIND_TO_PORT": str(port),
                                      "SAGEMAKER_BIND_HOST": "127.0.0.1"})

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import shutil
 import sys
 import tempfile
@@ -43,8 +44,17 @@ def folder_digest(folder: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
+# AWS's prebuilt SageMaker images (image: framework), in any region and version
+FRAMEWORK_IMAGE = re.compile(r"^\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/"
+                             r"sagemaker-(scikit-learn|xgboost):[\w.-]+$")
+FRAMEWORK_FOLDER = Path(__file__).parent / "framework_image"
+
+
 def resolve_image(state: StateStore, image_uri: str) -> Path:
-    """The snapshot folder of ``<registry>/<repository>@sha256:...`` or ``...:<tag>``."""
+    """The snapshot folder of ``<registry>/<repository>@sha256:...`` or ``...:<tag>``; AWS's
+    framework images resolve to the local stand-in (:mod:`.framework`)."""
+    if FRAMEWORK_IMAGE.match(image_uri):
+        return FRAMEWORK_FOLDER
     repo_part = image_uri.split("/", 1)[-1]
     if "@" in repo_part:
         repository, digest = repo_part.split("@", 1)

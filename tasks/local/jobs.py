@@ -187,7 +187,7 @@ class _Runner:
         command = container_command(
             folder, self.base, mode="train", entrypoint=spec.get("ContainerEntrypoint"),
             arguments=spec.get("ContainerArguments"), hyperparameters=hps,
-            python=interpreter(folder, self.root))
+            python=interpreter(folder, self.root), root=self.root)
         env = {
             "SM_MODEL_DIR": str(self.base / "model"),
             "SM_OUTPUT_DATA_DIR": str(self.base / "output" / "data"),
@@ -241,7 +241,7 @@ class _Runner:
         command = container_command(folder, self.base, mode="process",
                                     entrypoint=spec.get("ContainerEntrypoint"),
                                     arguments=spec.get("ContainerArguments"),
-                                    python=interpreter(folder, self.root))
+                                    python=interpreter(folder, self.root), root=self.root)
         return command, {"PROCESSING_JOB_NAME": self.name, **req.get("Environment", {})}
 
     def finish_processing(self) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from botocore.awsrequest import AWSResponse
 from cfnlint.decode import decode
 
 from sagepipe.tasks.local.containers import container_command, job_environment
+from sagepipe.tasks.local.images import FRAMEWORK_FOLDER, FRAMEWORK_IMAGE
 from sagepipe.tasks.local.validation import validate_request
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -83,6 +84,8 @@ class ContainerRunner:
 
     @staticmethod
     def folder(image_uri: str) -> Path:
+        if FRAMEWORK_IMAGE.match(image_uri):  # AWS's framework image: the local stand-in
+            return FRAMEWORK_FOLDER
         repository = image_uri.split("/", 1)[1].split("@")[0]
         return PROJECT / "containers" / repository.rsplit("-", 1)[-1]
 
@@ -104,7 +107,9 @@ class ContainerRunner:
                 self.stage(item["S3Input"]["S3Uri"], local(item["S3Input"]["LocalPath"]))
             spec = params["AppSpecification"]
             command = container_command(self.folder(spec["ImageUri"]), base, mode="process",
-                                        arguments=spec["ContainerArguments"])
+                                        entrypoint=spec.get("ContainerEntrypoint"),
+                                        arguments=spec["ContainerArguments"],
+                                        root=Path(tmp) / "root")
             self.run(command, base, {}, group="/aws/sagemaker/ProcessingJobs",
                      job=params["ProcessingJobName"])
             for item in params["ProcessingOutputConfig"]["Outputs"]:
@@ -121,9 +126,11 @@ class ContainerRunner:
                 channels[f"SM_CHANNEL_{channel['ChannelName'].upper()}"] = str(target)
             (base / "model").mkdir(parents=True)
             hps = params["HyperParameters"]
+            (base / "input" / "config").mkdir(parents=True, exist_ok=True)
+            (base / "input" / "config" / "hyperparameters.json").write_text(json.dumps(hps))
             command = container_command(
                 self.folder(params["AlgorithmSpecification"]["TrainingImage"]), base,
-                mode="train", hyperparameters=hps)
+                mode="train", hyperparameters=hps, root=Path(tmp) / "root")
             self.run(command, base, {**channels, "SM_MODEL_DIR": str(base / "model"),
                                      "SM_HPS": json.dumps(hps)},
                      group="/aws/sagemaker/TrainingJobs", job=params["TrainingJobName"])

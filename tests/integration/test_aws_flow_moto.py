@@ -11,7 +11,9 @@ required members).
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -217,3 +219,78 @@ def test_a_multiclass_run_with_text_labels_on_the_aws_runtime(aws: None) -> None
                                                          "petal_length", "petal_width"]
     assert quality.endswith("evaluation.json")
     assert {"CreateModelPackage", "CreateTrainingJob"} <= {op for _, op in recorded}
+
+
+def test_a_framework_mode_run_ships_code_to_aws_images_and_builds_nothing(
+        aws: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every step on AWS's scikit-learn image: the code goes up as sourcedir.tar.gz, the
+    requests carry what the SageMaker SDK sets (sagemaker_program, sagemaker_submit_directory,
+    the code channel or input, runproc.sh, the model's SAGEMAKER_* environment); the
+    stand-in plays the image, running the same code from the archive."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fit").mkdir()
+    fit = (PROJECT / "containers" / "train" / "train.py").read_text()
+    (tmp_path / "fit" / "fit.py").write_text(fit.replace(
+        "def main() -> int:\n", "def main() -> int:\n    print('FIT-FROM-ARCHIVE')\n"))
+    (tmp_path / "fit" / "hyperparameters.py").write_text(
+        (PROJECT / "containers" / "train" / "hyperparameters.py").read_text())
+    topic = "arn:aws:sns:us-east-1:123456789012:placeholder"
+    clients = get_clients(make_config(topic).runtime)
+    seed_account(clients)
+    topic = clients.sns.create_topic(Name="moto-fw-events")["TopicArn"]
+    runner = ContainerRunner(boto3.client("s3", region_name=REGION), clients.logs)
+    recorded: list[tuple[str, str]] = []
+    sent: dict[str, dict[str, Any]] = {}
+    for client in (clients.s3, clients.sagemaker, clients.sns, clients.ecr, clients.codebuild):
+        client.meta.events.register("provide-client-params.*.*", server_side_check(recorded))
+    for operation, play in (("CreateProcessingJob", runner.processing),
+                            ("CreateTrainingJob", runner.training)):
+        clients.sagemaker.meta.events.register(
+            f"provide-client-params.sagemaker.{operation}", play)
+
+    def keep(params: dict[str, Any], model: Any, **_: Any) -> None:
+        sent[model.name] = params
+
+    clients.sagemaker.meta.events.register("provide-client-params.sagemaker.*", keep)
+    framework = {"image": "framework"}
+    config = make_config(topic, project="moto-fw", artifacts_uri=f"s3://{BUCKET}/fw",
+                         endpoint={"name": "moto-fw", "timeout_seconds": 30},
+                         steps={"preprocess": framework, "evaluate": framework,
+                                "serve": framework,
+                                "train": {**framework, "source": "fit", "entry_point": "fit.py"}})
+    record = ml_pipeline(config=config)
+
+    assert record["outcome"] == "deployed", record.get("error")
+    operations = {op for _, op in recorded}
+    assert not operations & {"StartBuild", "DescribeImages"}  # no image is built or looked up
+    # sagemaker-core's image table: the scikit-learn image of us-east-1
+    image = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-scikit-learn:1.9-0-cpu-py3"
+    training = sent["CreateTrainingJob"]
+    assert training["AlgorithmSpecification"]["TrainingImage"] == image
+    hps = training["HyperParameters"]
+    assert hps["sagemaker_program"] == '"fit.py"'
+    assert hps["sagemaker_submit_directory"] == '"/opt/ml/input/data/code/sourcedir.tar.gz"'
+    assert hps["model"] == '"hist_gradient_boosting"'  # JSON-encoded, as the SDK sends them
+    code = next(c for c in training["InputDataConfig"] if c["ChannelName"] == "code")
+    bucket, key = s3_uri_split(code["DataSource"]["S3DataSource"]["S3Uri"])
+    archive = clients.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        assert sorted(tar.getnames()) == ["fit.py", "hyperparameters.py"]
+    streams = clients.logs.describe_log_streams(logGroupName="/aws/sagemaker/TrainingJobs")
+    lines = [e["message"] for st in streams["logStreams"] for e in clients.logs.get_log_events(
+        logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=st["logStreamName"])["events"]]
+    assert "FIT-FROM-ARCHIVE" in lines  # the user's script ran, from the uploaded archive
+    processing = sent["CreateProcessingJob"]
+    assert processing["AppSpecification"]["ContainerEntrypoint"] == [
+        "/bin/bash", "/opt/ml/processing/input/entrypoint/runproc.sh"]
+    inputs = {i["InputName"]: i["S3Input"] for i in processing["ProcessingInputs"]}
+    assert inputs["code"]["LocalPath"] == "/opt/ml/processing/input/code"
+    assert inputs["code"]["S3Uri"].endswith("/sourcedir.tar.gz")
+    assert inputs["entrypoint"]["S3Uri"].endswith("/runproc.sh")
+    package = clients.sagemaker.describe_model_package(
+        ModelPackageName=record["model_package"]["arn"])
+    container = package["InferenceSpecification"]["Containers"][0]
+    assert container["Image"] == image
+    assert container["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
+    assert container["Environment"]["SAGEMAKER_SUBMIT_DIRECTORY"].startswith(f"s3://{BUCKET}/fw/")
+    assert container["Environment"]["SAGEMAKER_REGION"] == REGION
