@@ -21,6 +21,7 @@ from sagepipe.flows.config import PipelineConfig
 from sagepipe.tasks.data import DataPin, parse_s3_uri
 from sagepipe.tasks.endpoints import deploy_requests, deployment_config
 from sagepipe.tasks.framework import (
+    PROCESSING_STEPS,
     FrameworkCode,
     code_prefix,
     framework_image,
@@ -74,8 +75,10 @@ def build_plan(config: PipelineConfig, commit: str | None = None) -> list[Planne
         repository, _, tag = uri.split("/", 1)[1].partition(":")
         images[step] = ImageRef(name=step, repository=repository, tag=tag, digest="", uri=uri,
                                 built=False, framework=code)
-        for name, size in (("sourcedir.tar.gz", len(archive)),
-                           ("runproc.sh", len(runproc(spec["entry_point"])))):
+        uploads = [("sourcedir.tar.gz", len(archive))]
+        if step in PROCESSING_STEPS:
+            uploads.append(("runproc.sh", len(runproc(spec["entry_point"]))))
+        for name, size in uploads:
             bucket, key = parse_s3_uri(f"{prefix}/{name}")
             code_calls.append(PlannedCall("s3", "PutObject", {
                 "Bucket": bucket, "Key": key, "Body": f"<{size} bytes>"},

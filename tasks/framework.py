@@ -40,14 +40,16 @@ from .data import parse_s3_uri
 from .errors import ConfigError
 from .stepsource import code_files
 
-__all__ = ["CODE_CHANNEL_ARCHIVE", "RUNPROC", "FrameworkCode", "framework_image",
-           "runproc", "source_archive", "stage_code", "training_hyperparameters"]
+__all__ = ["CODE_CHANNEL_ARCHIVE", "PROCESSING_STEPS", "RUNPROC", "FrameworkCode",
+           "framework_image", "runproc", "source_archive", "stage_code",
+           "training_hyperparameters"]
 
 Framework = Literal["sklearn", "xgboost"]
 DEFAULT_VERSION: dict[str, str] = {"sklearn": "1.9-0", "xgboost": "3.2-0"}
 CODE_CHANNEL_ARCHIVE = "/opt/ml/input/data/code/sourcedir.tar.gz"
 PROCESSING_CODE = "/opt/ml/processing/input/code"
 PROCESSING_ENTRYPOINT = "/opt/ml/processing/input/entrypoint"
+PROCESSING_STEPS = ("preprocess", "evaluate")
 LOG_LEVEL = "20"  # logging.INFO, the SDK's default container_log_level
 # The SageMaker Python SDK's FrameworkProcessor entry script, as it generates it.
 RUNPROC = """#!/bin/bash
@@ -136,7 +138,9 @@ def stage_code(s3: Any, *, step: str, folder: Path, entry_point: str, framework:
     """Upload the step's archive and runproc.sh under a content-hash prefix (if absent)."""
     archive = source_archive(folder)
     prefix = code_prefix(artifacts_uri, step, archive, entry_point)
-    objects = {"sourcedir.tar.gz": archive, "runproc.sh": runproc(entry_point).encode()}
+    objects = {"sourcedir.tar.gz": archive}
+    if step in PROCESSING_STEPS:  # only a processing job starts from runproc.sh
+        objects["runproc.sh"] = runproc(entry_point).encode()
     for name, body in objects.items():
         bucket, key = parse_s3_uri(f"{prefix}/{name}")
         if not _exists(s3, bucket, key):

@@ -45,6 +45,8 @@ def test_the_wheel_claims_one_import_name_and_ships_the_step_code(wheel: Path) -
                  "sagepipe/containers/serve/serve.py", "sagepipe/deployments/settings/local.yaml",
                  "sagepipe/deployments/prefect.yaml", "sagepipe/buildspecs/build-images.yml",
                  "sagepipe/scaffold/sagepipe.yaml", "sagepipe/scaffold/gitignore",
+                 "sagepipe/scaffold/two_models.py",
+                 "sagepipe/tasks/local/framework_image/Dockerfile",
                  "sagepipe/flows/cli.py", "sagepipe/tasks/local/jobs.py"):
         assert data in names, data
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]

@@ -95,7 +95,9 @@ def test_plan_shows_a_framework_run_valid_for_botocore_and_without_a_build(
     operations = [c.operation for c in calls]
     assert "StartBuild" not in operations and "DescribeImages" not in operations
     uploads = [c.params["Key"] for c in calls if c.operation == "PutObject"]
-    assert len(uploads) == 8 and all(k.startswith("p/code/") for k in uploads)
+    assert len(uploads) == 6 and all(k.startswith("p/code/") for k in uploads)
+    assert sorted(k.rsplit("/", 1)[-1] for k in uploads) == ["runproc.sh"] * 2 + [
+        "sourcedir.tar.gz"] * 4  # runproc.sh: the processing steps only
     training = next(c.params for c in calls if c.operation == "CreateTrainingJob")
     assert training["AlgorithmSpecification"]["TrainingImage"] == (
         "141502667606.dkr.ecr.eu-west-1.amazonaws.com/sagemaker-scikit-learn:1.9-0-cpu-py3")
