@@ -28,13 +28,7 @@ from sagepipe.tasks.gate import (
 from sagepipe.tasks.runtime import RuntimeSettings
 from sagepipe.tasks.stepcode import step_module
 from sagepipe.tasks.steps import JobSettings
-from sagepipe.tasks.stepsource import (
-    DEFAULT_CONTAINERS,
-    StepsSettings,
-    check_steps,
-    step_dir,
-    step_folders,
-)
+from sagepipe.tasks.stepsource import DEFAULT_CONTAINERS, StepsSettings, step_dir, step_folders
 
 __all__ = ["PROJECT_SETTINGS", "GateSettings", "PipelineConfig", "SplitSettings", "load_config",
            "settings_path"]
@@ -207,8 +201,21 @@ class PipelineConfig(BaseModel):
 
     def step_folders(self) -> dict[str, Path]:
         """{step: the folder its image is made of}; user code is bundled under state_dir."""
-        return step_folders(self.steps, self.containers_path,
-                            Path(self.runtime.state_dir) / "step-code")
+        folders = step_folders(self.steps, self.containers_path,
+                               Path(self.runtime.state_dir) / "step-code")
+        # AWS: "Isolates the training container. No inbound or outbound network calls can be
+        # made" (EnableNetworkIsolation, SageMaker API reference), and a framework image
+        # pip-installs the archive's requirements.txt when the job starts
+        blocked = [step for step in self.steps.framework_steps()
+                   if step != "serve" and (folders[step] / "requirements.txt").is_file()]
+        if blocked and self.jobs.network_isolation:
+            raise ConfigError(
+                f"steps {', '.join(blocked)}: on image: framework the job installs "
+                "requirements.txt when it starts, which needs the network, and "
+                "jobs.network_isolation is true (an isolated SageMaker job has no network "
+                "access). Use the framework image's own libraries (no requirements.txt in "
+                "the step's folder), set jobs.network_isolation: false, or use image: build.")
+        return folders
 
     def instance_types(self) -> dict[str, str]:
         """The instance type each step runs on (a framework image is chosen for it)."""
@@ -218,8 +225,9 @@ class PipelineConfig(BaseModel):
                 "serve": self.endpoint.instance_type}
 
     def check_steps(self) -> None:
-        """ConfigError when a step's code folder, entry point or requirements are missing."""
-        check_steps(self.steps, self.containers_path)
+        """ConfigError when a step's code folder, entry point or requirements are missing,
+        or cannot work as configured."""
+        self.step_folders()
 
 
 def settings_path(env: str | None = None) -> Path:
@@ -232,7 +240,15 @@ def settings_path(env: str | None = None) -> Path:
         return Path(env)
     if env is None:
         own = Path(PROJECT_SETTINGS)
-        return own if own.is_file() else SETTINGS_DIR / "local.yaml"
+        if own.is_file():
+            return own
+        above = next((d for d in Path.cwd().resolve().parents
+                      if (d / PROJECT_SETTINGS).is_file()), None)
+        if above is not None:  # not the example's settings by surprise, in a subfolder
+            raise ConfigError(f"This folder is inside the sagepipe project {above}: run "
+                              f"sagepipe there (its settings' relative paths resolve there), "
+                              "or name settings with --env.")
+        return SETTINGS_DIR / "local.yaml"
     own = Path(f"sagepipe.{env}.yaml")
     return own if own.is_file() else SETTINGS_DIR / f"{env}.yaml"
 

@@ -73,7 +73,8 @@ def make_config(topic_arn: str, **extra: Any) -> PipelineConfig:
         "runtime": {"kind": "aws", "region": REGION},
         "dataset_uri": f"s3://{BUCKET}/datasets/cancer/data.csv",
         "artifacts_uri": f"s3://{BUCKET}/pipeline",
-        "jobs": {"role_arn": ROLE, "poll_first_seconds": 0.01, "poll_max_seconds": 0.05},
+        "jobs": {"role_arn": ROLE, "poll_first_seconds": 0.01, "poll_max_seconds": 0.05,
+                 **extra.pop("jobs", {})},
         "endpoint": {"name": "moto-endpoint", "staging_name": "moto-staging",
                      "timeout_seconds": 30},
         "notifications": {"topic_arn": topic_arn},
@@ -253,8 +254,11 @@ def test_a_framework_mode_run_ships_code_to_aws_images_and_builds_nothing(
 
     clients.sagemaker.meta.events.register("provide-client-params.sagemaker.*", keep)
     framework = {"image": "framework"}
+    # the default steps' requirements.txt is installed when the job starts: that needs the
+    # network, which isolated jobs lack (sagepipe refuses the combination)
     config = make_config(topic, project="moto-fw", artifacts_uri=f"s3://{BUCKET}/fw",
                          endpoint={"name": "moto-fw", "timeout_seconds": 30},
+                         jobs={"network_isolation": False},
                          steps={"preprocess": framework, "evaluate": framework,
                                 "serve": framework,
                                 "train": {**framework, "source": "fit", "entry_point": "fit.py"}})

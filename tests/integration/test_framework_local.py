@@ -15,6 +15,7 @@ from sagepipe.flows.examples import write_example
 from sagepipe.flows.pipeline import ml_pipeline
 from sagepipe.tasks.data import push_dataset
 from sagepipe.tasks.endpoints import invoke
+from sagepipe.tasks.errors import ConfigError
 from sagepipe.tasks.local import teardown
 from sagepipe.tasks.runtime import get_clients
 from sagepipe.tasks.stepsource import DEFAULT_CONTAINERS
@@ -48,11 +49,16 @@ def output_fn(prediction, accept):
 
 def test_framework_steps_run_from_their_archives_and_nothing_is_built(project: Path) -> None:
     framework = {"image": "framework"}
-    config = load_config("local", {
+    settings = {
         "project": "fw-local", "endpoint": {"name": "fw-local"},
         "artifacts_uri": "s3://sagepipe-local/fw-local",
         "steps": {"train": framework,
-                  "serve": {**framework, "source": "handlers", "entry_point": "handlers.py"}}})
+                  "serve": {**framework, "source": "handlers", "entry_point": "handlers.py"}}}
+    # the default train step has a requirements.txt, which the image installs at start:
+    # that needs the network an isolated job does not have (refused, as on AWS)
+    with pytest.raises(ConfigError, match="steps train: on image: framework the job installs"):
+        load_config("local", settings).check_steps()
+    config = load_config("local", {**settings, "jobs": {"network_isolation": False}})
     ensure_local_resources(config.runtime, "sagepipe-local", "fw-local-events")
     clients = get_clients(config.runtime)
     push_dataset(clients, write_example("breast-cancer", project), config.dataset_uri,

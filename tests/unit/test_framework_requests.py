@@ -88,7 +88,7 @@ def test_plan_shows_a_framework_run_valid_for_botocore_and_without_a_build(
     config = build_config({
         "runtime": {"kind": "aws", "region": "eu-west-1"},
         "dataset_uri": "s3://my-bucket/datasets/d.csv", "artifacts_uri": "s3://my-bucket/p",
-        "jobs": {"role_arn": "arn:aws:iam::123456789012:role/sm"},
+        "jobs": {"role_arn": "arn:aws:iam::123456789012:role/sm", "network_isolation": False},
         "steps": {s: framework for s in ("preprocess", "train", "evaluate", "serve")}})
     calls = build_plan(config)
     assert [c.problems for c in calls if c.problems] == []

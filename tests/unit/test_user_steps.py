@@ -3,6 +3,8 @@ bundled with what the container needs (sagepipe.tasks.stepsource)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,6 +53,13 @@ def test_the_settings_of_the_project_folder_are_found_by_themselves(
         load_config("staging")
     result = CliRunner().invoke(app, ["config"])
     assert result.exit_code == 0 and '"project": "churn-model"' in result.output
+    (tmp_path / "steps").mkdir()
+    monkeypatch.chdir(tmp_path / "steps")  # a subfolder: not the example by surprise
+    inside = subprocess.run([sys.executable, "-m", "sagepipe.flows.cli", "status"],
+                            capture_output=True, text=True, timeout=120)
+    assert inside.returncode == 2, inside.stderr
+    assert f"inside the sagepipe project {tmp_path}" in inside.stderr
+    assert "Traceback" not in inside.stderr
 
 
 def test_init_writes_a_project_that_validates_and_never_overwrites(
@@ -189,9 +198,6 @@ def test_the_users_own_hyperparameter_rules_apply_and_none_means_the_job_decides
 
 
 def test_the_public_api_resolves_every_name_and_imports_lazily() -> None:
-    import subprocess
-    import sys
-
     code = ("import sys, sagepipe.tasks as t\n"
             "assert 'sagepipe.tasks.steps' not in sys.modules, 'imported eagerly'\n"
             "missing = [n for n in t.__all__ if getattr(t, n, None) is None]\n"
