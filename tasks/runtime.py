@@ -67,11 +67,18 @@ _LOCK = threading.Lock()
 
 
 def get_clients(settings: RuntimeSettings) -> Clients:
-    """Clients for ``settings``, made once per process."""
+    """Clients for ``settings``, made once per process.
+
+    A relative ``state_dir`` is keyed by the folder it means now: the same settings run
+    from another folder (another project) are other state, not the cached clients'.
+    """
+    key = settings
+    if settings.kind == "local" and not Path(settings.state_dir).is_absolute():
+        key = settings.model_copy(update={"state_dir": str(Path(settings.state_dir).resolve())})
     with _LOCK:
-        if settings not in _CACHE:
-            _CACHE[settings] = _make(settings)
-        return _CACHE[settings]
+        if key not in _CACHE:
+            _CACHE[key] = _make(key)
+        return _CACHE[key]
 
 
 def _make(settings: RuntimeSettings) -> Clients:

@@ -205,3 +205,16 @@ def test_the_public_api_resolves_every_name_and_imports_lazily() -> None:
             "from sagepipe.tasks import run_step, decide\n"
             "assert run_step.name == 'run-job' and callable(decide)\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_the_same_relative_state_dir_in_two_projects_is_two_states(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sagepipe.tasks.runtime import RuntimeSettings, get_clients
+
+    settings = RuntimeSettings(kind="local", state_dir=".sagepipe")
+    roots = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        roots.append(get_clients(settings).local_root)
+    assert roots == [(tmp_path / n / ".sagepipe").resolve() for n in ("a", "b")]
