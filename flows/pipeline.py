@@ -190,8 +190,8 @@ def ml_pipeline(config: PipelineConfig = PipelineConfig(),
         payload = sample_rows(get_clients(runtime), pre.outputs["test"], config.label_column)
         if config.endpoint.staging_name:  # staging first: production only if it serves there
             staging = deploy_model.with_options(task_run_name="deploy-staging")(
-                runtime, config.endpoint.model_copy(update={"name": config.endpoint.staging_name}),
-                package_arn, config.jobs.role_arn, payload, tags)
+                runtime, config.endpoint.for_staging(), package_arn, config.jobs.role_arn,
+                payload, tags)
             record["staging_endpoint"] = staging.model_dump()
         deployed = deploy_model(runtime, config.endpoint, package_arn, config.jobs.role_arn,
                                 payload, tags)

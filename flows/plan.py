@@ -143,8 +143,9 @@ def build_plan(config: PipelineConfig, commit: str | None = None) -> list[Planne
                              "Approved if the gate passes (Rejected otherwise)"))
     package_arn = (f"arn:aws:sagemaker:{runtime.region}:{_account(config)}:model-package/"
                    f"{config.model_package_group}/1")
-    endpoints = [config.endpoint.staging_name, config.endpoint.name]
-    for name in (e for e in endpoints if e):
+    endpoints = [config.endpoint.for_staging()] if config.endpoint.staging_name else []
+    for settings in [*endpoints, config.endpoint]:
+        name = settings.name
         model, endpoint_config = deploy_requests(
             endpoint=name, package_arn=package_arn, role_arn=config.jobs.role_arn,
             instance_type=config.endpoint.instance_type,
@@ -160,10 +161,7 @@ def build_plan(config: PipelineConfig, commit: str | None = None) -> list[Planne
             PlannedCall("sagemaker", "UpdateEndpoint", {
                 "EndpointName": name,
                 "EndpointConfigName": endpoint_config["EndpointConfigName"],
-                "DeploymentConfig": deployment_config(
-                    config.endpoint.strategy, canary_percent=config.endpoint.canary_percent,
-                    linear_step_percent=config.endpoint.linear_step_percent,
-                    wait_seconds=config.endpoint.wait_seconds, alarms=config.endpoint.alarms)},
+                "DeploymentConfig": deployment_config(settings)},
                 "later deploys (blue/green)"),
         ]
     if config.notifications.topic_arn:

@@ -14,13 +14,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any, Literal
 
 from botocore.exceptions import ClientError
 from prefect import get_run_logger, task
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .errors import DeployFailed, DeployRolledBack, EndpointError
 from .runtime import (
@@ -49,10 +50,12 @@ class EndpointSettings(BaseModel):
     instance_type: str = "ml.m5.large"
     instance_count: int = Field(1, ge=1, le=100)
     strategy: Strategy = "all_at_once"
-    canary_percent: int = Field(10, ge=1, le=50)
-    linear_step_percent: int = Field(25, ge=1, le=50)
+    canary_percent: int = Field(10, ge=1, le=50, description="of the fleet, at least one "
+                                "instance, at most half (SageMaker's CanarySize)")
+    linear_step_percent: int = Field(25, ge=10, le=50, description="of the fleet per step: "
+                                     "10-50% (SageMaker's LinearStepSize)")
     wait_seconds: int = Field(300, ge=0, le=3600, description="bake time between traffic shifts")
-    alarms: list[str] = Field(default_factory=list,
+    alarms: list[str] = Field(default_factory=list, max_length=10,
                               description="CloudWatch alarms that roll a deployment back")
     timeout_seconds: float = Field(3600, gt=0)
     poll_first_seconds: float = Field(1.0, gt=0, le=300)
@@ -60,6 +63,39 @@ class EndpointSettings(BaseModel):
     staging_name: str | None = Field(
         None, pattern=r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$",
         description="deploy and smoke-test here first, then production")
+    staging_alarms: list[str] = Field(
+        default_factory=list, max_length=10,
+        description="alarms that roll the staging endpoint back (production's watch "
+        "production); none: staging is updated all at once and its smoke test decides")
+
+    @model_validator(mode="after")
+    def _rollout(self) -> EndpointSettings:
+        # TrafficRoutingConfig (SageMaker API reference): CanarySize at most 50% of the
+        # variant's instances, LinearStepSize 10-50%; batches are whole instances
+        if self.strategy != "all_at_once" and self.instance_count < 2:
+            raise ValueError(
+                f"endpoint.strategy {self.strategy} shifts traffic to the new model in "
+                "batches of instances: a canary is at most half the fleet and a linear step "
+                "10-50% of it (SageMaker's TrafficRoutingConfig), so one instance has no "
+                "smaller batch. Set endpoint.instance_count: 2 or more, or strategy: "
+                "all_at_once.")
+        # deployment guardrails: "If you do not have any CloudWatch alarms set up to monitor
+        # your endpoint, then the auto-rollback functionality does not work"
+        if self.strategy != "all_at_once" and not self.alarms:
+            raise ValueError(
+                f"endpoint.strategy {self.strategy} without endpoint.alarms cannot roll "
+                "back: SageMaker's auto-rollback works only with CloudWatch alarms that "
+                "watch the endpoint. Name them (the stack's EndpointAlarms output) or use "
+                "strategy: all_at_once.")
+        return self
+
+    def for_staging(self) -> EndpointSettings:
+        """The staging endpoint's settings: its own alarms (or all at once without any)."""
+        if not self.staging_name:
+            raise ValueError("no endpoint.staging_name")
+        return self.model_copy(update={
+            "name": self.staging_name, "alarms": list(self.staging_alarms),
+            "strategy": self.strategy if self.staging_alarms else "all_at_once"})
 
 
 class DeployResult(BaseModel):
@@ -71,19 +107,40 @@ class DeployResult(BaseModel):
     smoke_test: str
 
 
-def deployment_config(strategy: Strategy, *, canary_percent: int, linear_step_percent: int,
-                      wait_seconds: int, alarms: list[str]) -> dict[str, Any]:
-    """BlueGreenUpdatePolicy from config; auto-rollback on the configured alarms."""
-    routing: dict[str, Any] = {"Type": strategy.upper(), "WaitIntervalInSeconds": wait_seconds}
-    if strategy == "canary":
-        routing["CanarySize"] = {"Type": "CAPACITY_PERCENT", "Value": canary_percent}
-    elif strategy == "linear":
-        routing["LinearStepSize"] = {"Type": "CAPACITY_PERCENT", "Value": linear_step_percent}
+def _batch(count: int, percent: int, low: int) -> int:
+    """``percent`` of ``count`` instances as whole instances within [low%, 50%], at least 1."""
+    wanted = max(1, count * percent // 100, math.ceil(count * low / 100))
+    return min(wanted, count // 2)
+
+
+def deployment_config(settings: EndpointSettings) -> dict[str, Any]:
+    """BlueGreenUpdatePolicy from the settings; auto-rollback on their alarms.
+
+    Batches are sent as INSTANCE_COUNT: a percentage of a small fleet is not a whole
+    number of instances, and SageMaker needs one within its documented bounds.
+    """
+    routing: dict[str, Any] = {"Type": settings.strategy.upper(),
+                               "WaitIntervalInSeconds": settings.wait_seconds}
+    count = settings.instance_count
+    if settings.strategy == "canary":
+        routing["CanarySize"] = {"Type": "INSTANCE_COUNT",
+                                 "Value": _batch(count, settings.canary_percent, 0)}
+    elif settings.strategy == "linear":
+        routing["LinearStepSize"] = {"Type": "INSTANCE_COUNT",
+                                     "Value": _batch(count, settings.linear_step_percent, 10)}
     config: dict[str, Any] = {"BlueGreenUpdatePolicy": {
         "TrafficRoutingConfiguration": routing, "TerminationWaitInSeconds": 0}}
-    if alarms:
-        config["AutoRollbackConfiguration"] = {"Alarms": [{"AlarmName": a} for a in alarms]}
+    if settings.alarms:
+        config["AutoRollbackConfiguration"] = {
+            "Alarms": [{"AlarmName": a} for a in settings.alarms]}
     return config
+
+
+# Putting an endpoint back after a failed smoke test: at once, and without alarms the
+# failing smoke test itself may have tripped (they would roll the rollback back).
+ROLLBACK_CONFIG: dict[str, Any] = {"BlueGreenUpdatePolicy": {
+    "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0},
+    "TerminationWaitInSeconds": 0}}
 
 
 def _names(endpoint: str, package_arn: str) -> tuple[str, str]:
@@ -101,6 +158,36 @@ def _exists(describe: Callable[..., Any], **params: Any) -> bool:
             return False
         raise
     return True
+
+
+def _await_config(sm: Any, name: str, *, sleep: Callable[[float], None],
+                  attempts: int = 5) -> None:
+    """CreateEndpoint reads the config with an eventually consistent read; the API reference
+    advises calling DescribeEndpointConfig first. Bounded: a few tries, then go on."""
+    for attempt in range(attempts):
+        if _exists(sm.describe_endpoint_config, EndpointConfigName=name):
+            return
+        sleep(min(0.5 * 2 ** attempt, 4.0))
+
+
+def _wait_deleted(clients: Clients, name: str, *, timeout: float,
+                  sleep: Callable[[float], None],
+                  log: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+    """Until DescribeEndpoint says the endpoint no longer exists (bounded)."""
+    start, interval = time.monotonic(), 1.0
+    while True:
+        try:
+            call_with_retry(clients.sagemaker.describe_endpoint, log=log, sleep=sleep,
+                            EndpointName=name)
+        except ClientError as exc:
+            if is_not_found(exc):
+                return
+            raise
+        if time.monotonic() - start > timeout:
+            raise DeployFailed(name, f"Endpoint {name} is still Deleting after {timeout:.0f} s; "
+                               "run again once it is gone.")
+        sleep(interval)
+        interval = min(interval * 1.5, 30.0)
 
 
 def wait_endpoint(clients: Clients, name: str, *, timeout: float,
@@ -149,10 +236,16 @@ def deploy_package(clients: Clients, *, endpoint: str, package_arn: str, role_ar
     model_name = model_request["ModelName"]
     config_name = config_request["EndpointConfigName"]
     sm = clients.sagemaker
+    # only an Approved package is ever deployed, whatever the caller decided
+    status = sm.describe_model_package(ModelPackageName=package_arn)["ModelApprovalStatus"]
+    if status != "Approved":
+        raise DeployFailed(endpoint, f"{package_arn} is {status} in the model registry; only "
+                           "Approved packages are deployed. Approve it first if intended.")
     if not _exists(sm.describe_model, ModelName=model_name):
         sm.create_model(**model_request)
     if not _exists(sm.describe_endpoint_config, EndpointConfigName=config_name):
         sm.create_endpoint_config(**config_request)
+        _await_config(sm, config_name, sleep=sleep)
     try:
         current = sm.describe_endpoint(EndpointName=endpoint)
     except ClientError as exc:
@@ -160,6 +253,10 @@ def deploy_package(clients: Clients, *, endpoint: str, package_arn: str, role_ar
             raise
         current = None
     previous: str | None = None
+    if current is not None and current["EndpointStatus"] == "Deleting":
+        log.info("Endpoint %s is being deleted; waiting until it is gone", endpoint)
+        _wait_deleted(clients, endpoint, timeout=timeout, sleep=sleep, log=log)
+        current = None
     if current is None:
         log.info("Creating endpoint %s with %s", endpoint, config_name)
         sm.create_endpoint(EndpointName=endpoint, EndpointConfigName=config_name, Tags=tags or [])
@@ -196,9 +293,16 @@ def deploy_package(clients: Clients, *, endpoint: str, package_arn: str, role_ar
         if previous and previous != config_name:
             log.error("Smoke test failed (%s); rolling %s back to %s", exc, endpoint, previous)
             sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=previous,
-                               DeploymentConfig=deploy_config)
-            wait_endpoint(clients, endpoint, timeout=timeout, sleep=sleep, log=log,
-                          first_poll=first_poll, max_poll=max_poll)
+                               DeploymentConfig=ROLLBACK_CONFIG)
+            back = wait_endpoint(clients, endpoint, timeout=timeout, sleep=sleep, log=log,
+                                 first_poll=first_poll, max_poll=max_poll)
+            if back["EndpointStatus"] != "InService" or back["EndpointConfigName"] != previous:
+                raise DeployFailed(endpoint, (
+                    f"Smoke test of {endpoint} on {config_name} failed ({exc}), and putting "
+                    f"it back on {previous} did not take: it is {back['EndpointStatus']} on "
+                    f"{back['EndpointConfigName']} "
+                    f"({back.get('FailureReason', 'no reason given')}). Check the endpoint in "
+                    "the SageMaker console.")) from exc
             raise DeployRolledBack(endpoint, f"Smoke test of {endpoint} on {config_name} "
                                    f"failed ({exc}); rolled back to {previous}.") from exc
         raise DeployFailed(endpoint, f"Smoke test of {endpoint} failed: {exc}") from exc
@@ -230,9 +334,7 @@ def invoke(clients: Clients, endpoint: str, body: bytes | str, *,
 @task(name="deploy-model", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_transient)
 def deploy_model(runtime: RuntimeSettings, settings: EndpointSettings, package_arn: str,
                  role_arn: str, smoke_payload: str, tags: dict[str, str]) -> DeployResult:
-    config = deployment_config(settings.strategy, canary_percent=settings.canary_percent,
-                               linear_step_percent=settings.linear_step_percent,
-                               wait_seconds=settings.wait_seconds, alarms=settings.alarms)
+    config = deployment_config(settings)
     result = deploy_package(
         get_clients(runtime), endpoint=settings.name, package_arn=package_arn,
         role_arn=role_arn, instance_type=settings.instance_type,

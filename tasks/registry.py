@@ -8,6 +8,7 @@ endpoint's config names a model, and that model was created from a package
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from typing import Any
@@ -54,15 +55,19 @@ def ensure_group(clients: Clients, group: str, description: str) -> None:
 
 
 def find_champion(clients: Clients, endpoint_name: str) -> Champion | None:
-    """The package behind the live endpoint, or None before the first deploy."""
+    """The package behind the endpoint, or None before the first deploy.
+
+    Whatever the endpoint's status (Creating, Updating, SystemUpdating, RollingBack,
+    UpdateRollbackFailed, OutOfService, Deleting, Failed), its EndpointConfigName is the
+    model to beat: failing closed, a transitional state never lets the threshold alone
+    decide and a worse model replace the live one.
+    """
     try:
         endpoint = clients.sagemaker.describe_endpoint(EndpointName=endpoint_name)
     except ClientError as exc:
         if is_not_found(exc):
             return None
         raise
-    if endpoint["EndpointStatus"] not in ("InService", "Updating"):
-        return None
     config = clients.sagemaker.describe_endpoint_config(
         EndpointConfigName=endpoint["EndpointConfigName"])
     model = clients.sagemaker.describe_model(
@@ -90,7 +95,6 @@ def model_package_request(*, group: str, idempotency_key: str, image: str,
     ``<type>_metrics`` block); ``constraints_uri`` the feature schema in Model Monitor's
     constraints format, as ModelDataQuality constraints.
     """
-    token = str(uuid.uuid5(uuid.NAMESPACE_URL, f"sagepipe:{group}:{idempotency_key}"))
     metrics: dict[str, Any] = {"ModelQuality": {"Statistics": {
         "ContentType": "application/json", "S3Uri": evaluation_uri}}}
     if constraints_uri:
@@ -100,11 +104,10 @@ def model_package_request(*, group: str, idempotency_key: str, image: str,
     container: dict[str, Any] = {"Image": image, "ModelDataUrl": model_data_url}
     if environment:  # a framework image's inference toolkit: where the handlers are
         container["Environment"] = dict(environment)
-    return dict(
+    request: dict[str, Any] = dict(
         **extra,
         ModelPackageGroupName=group,
         ModelPackageDescription=description[:1024],
-        ClientToken=token,
         ModelApprovalStatus=APPROVAL[approval],
         InferenceSpecification={
             "Containers": [container],
@@ -116,6 +119,12 @@ def model_package_request(*, group: str, idempotency_key: str, image: str,
         CustomerMetadataProperties={metadata_text(k, 128): metadata_text(str(v), 256)
                                     for k, v in list(metadata.items())[:50] if v},
     )
+    # the token covers the whole request, decision included: a retry of this very
+    # registration gets its package back, while a run that reuses the training job but
+    # decides otherwise (margin, champion, a person's answer) gets a package of its own
+    content = json.dumps([idempotency_key, request], sort_keys=True, default=str)
+    request["ClientToken"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"sagepipe:{group}:{content}"))
+    return request
 
 
 def register_package(clients: Clients, **request_args: Any) -> str:

@@ -212,7 +212,11 @@ def _writes(uri: str, env: Env, because: str) -> list[Need]:
 def _runs(image: str, group: str, stream: str, namespace: str, env: Env,
           because: str) -> list[Need]:
     """Pull the image; write the log stream and metrics SageMaker keeps for it."""
-    repository = env.arn("ecr", f"repository/{image.split('/', 1)[1].split('@')[0]}")
+    registry, _, path = image.partition("/")
+    name = path.split("@")[0].split(":")[0]
+    account, region = registry.split(".")[0], registry.split(".")[3]
+    # the image's own registry: ours, or AWS's account for a framework image
+    repository = f"arn:aws:ecr:{region}:{account}:repository/{name}"
     group_arn = env.arn("logs", f"log-group:{group}")
     return [Need("ecr:GetAuthorizationToken", "*", because + " (pull)", deduced=True),
             *(Need(action, repository, because + " (pull)", deduced=True)
@@ -269,12 +273,24 @@ def execution_role_needs(requests: list[Request], env: Env,
                            "/aws/sagemaker/TrainingJobs", env, because)
         elif r.operation in ("CreateEndpoint", "UpdateEndpoint"):
             endpoint = p["EndpointName"]
+            # deployment guardrails (SageMaker developer guide, "Auto-Rollback Configuration
+            # and Monitoring"): the execution role must be allowed cloudwatch:DescribeAlarms
+            # on the auto-rollback alarms
+            rollback = (p.get("DeploymentConfig") or {}).get("AutoRollbackConfiguration") or {}
+            for alarm in rollback.get("Alarms", []):
+                needs.append(Need("cloudwatch:DescribeAlarms",
+                                  env.arn("cloudwatch", f"alarm:{alarm['AlarmName']}"),
+                                  f"SageMaker watches {alarm['AlarmName']} while it deploys "
+                                  f"to {endpoint} (auto-rollback)", deduced=True))
             for variant in configs[p["EndpointConfigName"]]["ProductionVariants"]:
                 model = models[variant["ModelName"]]
                 container = package(model["PrimaryContainer"]["ModelPackageName"])
                 because = (f"SageMaker hosts {variant['ModelName']} on {endpoint} "
                            f"({r.operation})")
                 needs += _reads(container["ModelDataUrl"], "S3Object", env, because)
+                code = (container.get("Environment") or {}).get("SAGEMAKER_SUBMIT_DIRECTORY")
+                if code and code.startswith("s3://"):  # a framework image fetches the code
+                    needs += _reads(code, "S3Object", env, because + " (code)")
                 needs += _runs(container["Image"], f"/aws/sagemaker/Endpoints/{endpoint}",
                                f"{variant['VariantName']}/i-0123456789abcdef0",
                                "/aws/sagemaker/Endpoints", env, because)

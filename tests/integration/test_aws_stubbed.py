@@ -23,8 +23,14 @@ from botocore.exceptions import ClientError
 from botocore.response import StreamingBody
 from botocore.stub import ANY, Stubber
 
-from sagepipe.tasks.endpoints import _names, deploy_package, deployment_config
-from sagepipe.tasks.errors import DeployRolledBack, JobFailed, JobTimeout
+from sagepipe.tasks.endpoints import (
+    ROLLBACK_CONFIG,
+    EndpointSettings,
+    _names,
+    deploy_package,
+    deployment_config,
+)
+from sagepipe.tasks.errors import DeployFailed, DeployRolledBack, JobFailed, JobTimeout
 from sagepipe.tasks.jobs import PROCESSING, TRAINING, WaitPolicy, run_job
 from sagepipe.tasks.notify import publish_outcome
 from sagepipe.tasks.runtime import Clients, call_with_retry
@@ -504,7 +510,17 @@ def deploy(aws: Stubbed, config: dict[str, Any], fake: FakeTime) -> Any:
                           log=logging.getLogger(LOGGER), tags=TAGS, sleep=fake.sleep)
 
 
+def package_status(aws: Stubbed, status: str = "Approved") -> None:
+    """The first call of a deploy: only an Approved package goes further."""
+    aws.sm.add_response("describe_model_package", {
+        "ModelPackageName": "sagepipe-demo", "ModelPackageArn": PACKAGE, "CreationTime": T0,
+        "ModelPackageStatus": "Completed", "ModelApprovalStatus": status,
+        "ModelPackageStatusDetails": {"ValidationStatuses": [], "ImageScanStatuses": []}},
+        {"ModelPackageName": PACKAGE})
+
+
 def new_model_and_config(aws: Stubbed) -> None:
+    package_status(aws)
     not_found(aws.sm, "describe_model", f'Could not find model "{MODEL}".', ModelName=MODEL)
     aws.sm.add_response("create_model", {"ModelArn": f"{SM_ARN}:model/{MODEL}"}, {
         "ModelName": MODEL, "ExecutionRoleArn": ROLE,
@@ -517,6 +533,16 @@ def new_model_and_config(aws: Stubbed) -> None:
                             "ProductionVariants": [{
                                 "VariantName": "AllTraffic", "ModelName": MODEL,
                                 "InitialInstanceCount": 1, "InstanceType": "ml.m5.large"}]})
+    # CreateEndpoint reads the config eventually consistently: it is described first
+    aws.sm.add_response("describe_endpoint_config", endpoint_config_shape(),
+                        {"EndpointConfigName": CONFIG})
+
+
+def endpoint_config_shape() -> dict[str, Any]:
+    return {"EndpointConfigName": CONFIG, "EndpointConfigArn": f"{SM_ARN}:endpoint-config/{CONFIG}",
+            "CreationTime": T0, "ProductionVariants": [{
+                "VariantName": "AllTraffic", "ModelName": MODEL, "InitialInstanceCount": 1,
+                "InstanceType": "ml.m5.large"}]}
 
 
 def update(aws: Stubbed, to: str, config: dict[str, Any]) -> None:
@@ -532,8 +558,8 @@ def describe(aws: Stubbed, status: str, config: str, **extra: Any) -> None:
 
 def test_a_rolled_back_update_raises_deploy_rolled_back_and_leaves_the_endpoint_alone(
         aws: Stubbed) -> None:
-    config = deployment_config("canary", canary_percent=10, linear_step_percent=25,
-                               wait_seconds=300, alarms=["sagepipe-prod-5xx"])
+    config = deployment_config(EndpointSettings(
+        strategy="canary", instance_count=2, wait_seconds=300, alarms=["sagepipe-prod-5xx"]))
     new_model_and_config(aws)
     describe(aws, "InService", OLD_CONFIG)
     update(aws, CONFIG, config)
@@ -549,8 +575,10 @@ def test_a_rolled_back_update_raises_deploy_rolled_back_and_leaves_the_endpoint_
     assert OLD_CONFIG in str(err.value) and CONFIG in str(err.value)
     assert err.value.endpoint == ENDPOINT
     # nothing after the verdict: no delete, no second update, no smoke test
-    assert aws.calls == ["sagemaker.DescribeModel", "sagemaker.CreateModel",
+    assert aws.calls == ["sagemaker.DescribeModelPackage",
+                         "sagemaker.DescribeModel", "sagemaker.CreateModel",
                          "sagemaker.DescribeEndpointConfig", "sagemaker.CreateEndpointConfig",
+                         "sagemaker.DescribeEndpointConfig",
                          "sagemaker.DescribeEndpoint", "sagemaker.UpdateEndpoint",
                          "sagemaker.DescribeEndpoint", "sagemaker.DescribeEndpoint"]
     aws.assert_done()
@@ -586,9 +614,10 @@ def invoke_ok(aws: Stubbed, answer: bytes) -> None:
 
 
 def test_a_good_update_serves_the_new_config_and_passes_the_smoke_test(aws: Stubbed) -> None:
-    config = deployment_config("linear", canary_percent=10, linear_step_percent=25,
-                               wait_seconds=60, alarms=[])
+    config = deployment_config(EndpointSettings(
+        strategy="linear", instance_count=4, wait_seconds=60, alarms=["sagepipe-prod-5xx"]))
     # a retried task: model and config exist already, so nothing is created twice
+    package_status(aws)
     aws.sm.add_response("describe_model", {
         "ModelName": MODEL, "ModelArn": f"{SM_ARN}:model/{MODEL}", "CreationTime": T0,
         "PrimaryContainer": {"ModelPackageName": PACKAGE}}, {"ModelName": MODEL})
@@ -623,8 +652,7 @@ def test_a_good_update_serves_the_new_config_and_passes_the_smoke_test(aws: Stub
 
 def test_a_failed_smoke_test_puts_the_endpoint_back_on_its_previous_config(
         aws: Stubbed) -> None:
-    config = deployment_config("all_at_once", canary_percent=10, linear_step_percent=25,
-                               wait_seconds=0, alarms=["sagepipe-prod-5xx"])
+    config = deployment_config(EndpointSettings(wait_seconds=0, alarms=["sagepipe-prod-5xx"]))
     new_model_and_config(aws)
     describe(aws, "InService", OLD_CONFIG)
     update(aws, CONFIG, config)
@@ -636,7 +664,7 @@ def test_a_failed_smoke_test_puts_the_endpoint_back_on_its_previous_config(
         modeled_fields={"OriginalStatusCode": 500,
                         "OriginalMessage": "ValueError: X has 3 features, expecting 30",
                         "LogStreamArn": f"arn:aws:logs:us-east-1:{ACCOUNT}:log-group:x"})
-    update(aws, OLD_CONFIG, config)  # back to what served before
+    update(aws, OLD_CONFIG, ROLLBACK_CONFIG)  # back at once, without the alarms
     describe(aws, "Updating", CONFIG)
     describe(aws, "InService", OLD_CONFIG)
 
@@ -647,4 +675,124 @@ def test_a_failed_smoke_test_puts_the_endpoint_back_on_its_previous_config(
     assert "expecting 30" in str(err.value)  # the model's own complaint reaches the message
     assert aws.ops("sagemaker").count("UpdateEndpoint") == 2
     assert not any("Delete" in c for c in aws.calls)
+    aws.assert_done()
+
+
+def smoke_test_fails(aws: Stubbed) -> None:
+    aws.stubbers["sagemaker_runtime"].add_client_error(
+        "invoke_endpoint", service_error_code="ModelError", http_status_code=424,
+        service_message="Received server error (500) from primary with message ...",
+        modeled_fields={"OriginalStatusCode": 500, "OriginalMessage": "boom",
+                        "LogStreamArn": f"arn:aws:logs:us-east-1:{ACCOUNT}:log-group:x"})
+
+
+def test_a_rollback_that_does_not_take_is_reported_not_claimed(aws: Stubbed) -> None:
+    """Before the fix the rollback re-used the canary policy with the alarms and reported
+    success without reading where the endpoint ended."""
+    config = deployment_config(EndpointSettings(
+        strategy="canary", instance_count=2, wait_seconds=0, alarms=["sagepipe-prod-5xx"]))
+    new_model_and_config(aws)
+    describe(aws, "InService", OLD_CONFIG)
+    update(aws, CONFIG, config)
+    describe(aws, "InService", CONFIG)
+    smoke_test_fails(aws)
+    update(aws, OLD_CONFIG, ROLLBACK_CONFIG)
+    describe(aws, "Updating", CONFIG)
+    # the update back failed: SageMaker keeps the endpoint on the new config
+    describe(aws, "InService", CONFIG, FailureReason="Instance capacity unavailable.")
+
+    with pytest.raises(DeployFailed) as err:
+        deploy(aws, config, FakeTime())
+
+    assert not isinstance(err.value, DeployRolledBack)
+    assert f"putting it back on {OLD_CONFIG} did not take" in str(err.value)
+    assert "Instance capacity unavailable." in str(err.value)
+    aws.assert_done()
+
+
+def test_a_new_config_is_described_before_the_endpoint_is_created(aws: Stubbed) -> None:
+    """CreateEndpoint (API reference): it reads the config with an eventually consistent
+    read; call DescribeEndpointConfig first. A config not yet visible is waited for."""
+    package_status(aws)
+    not_found(aws.sm, "describe_model", f'Could not find model "{MODEL}".', ModelName=MODEL)
+    aws.sm.add_response("create_model", {"ModelArn": f"{SM_ARN}:model/{MODEL}"}, None)
+    not_found(aws.sm, "describe_endpoint_config", "Could not find endpoint configuration.",
+              EndpointConfigName=CONFIG)
+    aws.sm.add_response("create_endpoint_config",
+                        {"EndpointConfigArn": f"{SM_ARN}:endpoint-config/{CONFIG}"}, None)
+    not_found(aws.sm, "describe_endpoint_config", "Could not find endpoint configuration.",
+              EndpointConfigName=CONFIG)  # not visible yet
+    aws.sm.add_response("describe_endpoint_config", endpoint_config_shape(),
+                        {"EndpointConfigName": CONFIG})
+    not_found(aws.sm, "describe_endpoint", "Could not find endpoint.", EndpointName=ENDPOINT)
+    aws.sm.add_response("create_endpoint", {"EndpointArn": f"{SM_ARN}:endpoint/{ENDPOINT}"},
+                        {"EndpointName": ENDPOINT, "EndpointConfigName": CONFIG, "Tags": TAGS})
+    describe(aws, "InService", CONFIG)
+    invoke_ok(aws, b'{"predictions": []}')
+
+    fake = FakeTime()
+    result = deploy(aws, {}, fake)
+
+    assert result.action == "created"
+    calls = aws.ops("sagemaker")
+    assert calls.index("CreateEndpoint") > max(
+        i for i, op in enumerate(calls) if op == "DescribeEndpointConfig")
+    assert fake.sleeps[0] == 0.5  # one short pause while the config was not yet visible
+    aws.assert_done()
+
+
+def test_a_package_that_is_not_approved_is_never_deployed(aws: Stubbed) -> None:
+    package_status(aws, "Rejected")
+    with pytest.raises(DeployFailed, match="is Rejected in the model registry"):
+        deploy(aws, {}, FakeTime())
+    assert aws.calls == ["sagemaker.DescribeModelPackage"]  # nothing created, nothing updated
+    aws.assert_done()
+
+
+@pytest.mark.parametrize("status", ["SystemUpdating", "RollingBack", "UpdateRollbackFailed",
+                                    "OutOfService", "Creating", "Deleting"])
+def test_the_champion_is_read_whatever_the_endpoints_state(aws: Stubbed, status: str) -> None:
+    """Before the fix a transitional endpoint had no champion, so the threshold alone
+    decided and a worse model could replace the live one."""
+    from sagepipe.tasks.registry import find_champion
+
+    describe(aws, status, OLD_CONFIG)
+    aws.sm.add_response("describe_endpoint_config", {
+        "EndpointConfigName": OLD_CONFIG, "EndpointConfigArn": f"{SM_ARN}:endpoint-config/x",
+        "CreationTime": T0, "ProductionVariants": [{
+            "VariantName": "AllTraffic", "ModelName": "live-model", "InitialInstanceCount": 1,
+            "InstanceType": "ml.m5.large"}]}, {"EndpointConfigName": OLD_CONFIG})
+    aws.sm.add_response("describe_model", {
+        "ModelName": "live-model", "ModelArn": f"{SM_ARN}:model/live-model", "CreationTime": T0,
+        "PrimaryContainer": {"ModelPackageName": PACKAGE}}, {"ModelName": "live-model"})
+    aws.sm.add_response("describe_model_package", {
+        "ModelPackageName": "sagepipe-demo", "ModelPackageArn": PACKAGE, "CreationTime": T0,
+        "ModelPackageStatus": "Completed", "ModelPackageVersion": 7,
+        "ModelPackageStatusDetails": {"ValidationStatuses": [], "ImageScanStatuses": []},
+        "InferenceSpecification": {"Containers": [{
+            "Image": "1.dkr.ecr.us-east-1.amazonaws.com/s@sha256:" + "0" * 64,
+            "ModelDataUrl": "s3://b/live/model.tar.gz"}],
+            "SupportedContentTypes": ["text/csv"], "SupportedResponseMIMETypes": ["text/csv"]}},
+        {"ModelPackageName": PACKAGE})
+
+    champion = find_champion(aws.clients, ENDPOINT)
+
+    assert champion is not None and champion.model_data_url == "s3://b/live/model.tar.gz"
+    aws.assert_done()
+
+
+def test_an_endpoint_being_deleted_is_waited_out_then_created_again(aws: Stubbed) -> None:
+    """Deleting is a state too: UpdateEndpoint on it fails; wait until it is gone."""
+    new_model_and_config(aws)
+    describe(aws, "Deleting", OLD_CONFIG)
+    describe(aws, "Deleting", OLD_CONFIG)
+    not_found(aws.sm, "describe_endpoint", "Could not find endpoint.", EndpointName=ENDPOINT)
+    aws.sm.add_response("create_endpoint", {"EndpointArn": f"{SM_ARN}:endpoint/{ENDPOINT}"},
+                        {"EndpointName": ENDPOINT, "EndpointConfigName": CONFIG, "Tags": TAGS})
+    describe(aws, "InService", CONFIG)
+    invoke_ok(aws, b'{"predictions": []}')
+
+    result = deploy(aws, {}, FakeTime())
+
+    assert result.action == "created" and "UpdateEndpoint" not in aws.ops("sagemaker")
     aws.assert_done()

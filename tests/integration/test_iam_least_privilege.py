@@ -149,6 +149,18 @@ def test_flow_role_and_execution_role_grant_exactly_what_the_flow_uses(
     second = ml_pipeline(config=strong)
     assert second["outcome"] == "deployed", second.get("error") or second.get("decision")
     assert second["endpoint"]["action"] == "updated"
+    # 3: train and serve on AWS's framework images, scikit-learn and XGBoost (the code
+    # uploaded, nothing built), deployed blue/green as well (margin 0: the same model
+    # quality may replace the live one)
+    framework = config_from_outputs(stack, jobs={
+        "role_arn": stack.outputs["SageMakerExecutionRoleArn"], "poll_first_seconds": 0.01,
+        "poll_max_seconds": 0.05, "network_isolation": False},
+        gate={"threshold": 0.5, "margin": 0}, steps={
+            "train": {"image": "framework"},
+            "serve": {"image": "framework", "framework": "xgboost"}})
+    third = ml_pipeline(config=framework)
+    assert third["outcome"] == "deployed", third.get("error") or third.get("decision")
+    assert third["images"]["serve"]["code"].endswith("/sourcedir.tar.gz")
 
     # branches moto cannot reach in a run, through the functions the flow calls:
     # a person's answer to a manual approval

@@ -101,3 +101,52 @@ def test_an_unscorable_champion_rejects_with_the_reason() -> None:
     decision = decide(evaluation, metric="roc_auc", threshold=0.9, margin=0, has_champion=True)
     assert not decision.passed
     assert "expects features the test split lacks" in decision.summary
+
+
+# SageMaker TrafficRoutingConfig (API reference): CanarySize at most 50% of the variant's
+# instances, LinearStepSize 10-50%. Deployment guardrails: auto-rollback needs CloudWatch
+# alarms ("If you do not have any CloudWatch alarms ... auto-rollback does not work").
+@pytest.mark.parametrize(("endpoint", "message"), [
+    ({"strategy": "canary", "alarms": ["a"]}, "one instance has no smaller batch"),
+    ({"strategy": "linear", "alarms": ["a"], "instance_count": 1}, "instance_count: 2 or more"),
+    ({"strategy": "canary", "instance_count": 2}, "without endpoint.alarms cannot roll back"),
+    ({"strategy": "linear", "instance_count": 4, "alarms": ["a"], "linear_step_percent": 5},
+     "greater than or equal to 10"),
+    ({"alarms": [f"a{i}" for i in range(11)]}, "at most 10 items"),
+])
+def test_rollouts_sagemaker_cannot_carry_out_are_refused(endpoint: dict[str, object],
+                                                          message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_config({"endpoint": endpoint})
+
+
+def test_rollout_batches_are_whole_instances_within_sagemakers_bounds() -> None:
+    from sagepipe.tasks.endpoints import EndpointSettings, deployment_config
+
+    def batch(**settings: object) -> dict[str, object]:
+        routing = deployment_config(EndpointSettings(alarms=["a"], **settings))[
+            "BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"]
+        return routing.get("CanarySize") or routing.get("LinearStepSize") or {}
+
+    assert batch(strategy="canary", instance_count=2, canary_percent=10) == {
+        "Type": "INSTANCE_COUNT", "Value": 1}  # at least one instance
+    assert batch(strategy="canary", instance_count=20, canary_percent=10)["Value"] == 2
+    assert batch(strategy="canary", instance_count=3, canary_percent=50)["Value"] == 1  # <= half
+    assert batch(strategy="linear", instance_count=15, linear_step_percent=10)["Value"] == 2
+    assert batch(strategy="linear", instance_count=2, linear_step_percent=25)["Value"] == 1
+    config = deployment_config(EndpointSettings(alarms=["a", "b"]))
+    assert config["AutoRollbackConfiguration"] == {"Alarms": [{"AlarmName": "a"},
+                                                              {"AlarmName": "b"}]}
+
+
+def test_staging_has_its_own_alarms_or_none() -> None:
+    from sagepipe.tasks.endpoints import EndpointSettings
+
+    production = EndpointSettings(name="prod", staging_name="stage", strategy="canary",
+                                  instance_count=2, alarms=["prod-5xx"])
+    staging = production.for_staging()
+    # production's alarms watch production: they must not roll staging back
+    assert (staging.name, staging.alarms, staging.strategy) == ("stage", [], "all_at_once")
+    watched = production.model_copy(update={"staging_alarms": ["stage-5xx"]}).for_staging()
+    assert (watched.alarms, watched.strategy) == (["stage-5xx"], "canary")
+    assert load_config("aws").endpoint.strategy == "all_at_once"  # the example can deploy

@@ -60,3 +60,34 @@ def test_task_and_the_feature_schema_as_data_quality_constraints(problem: str | 
         "ModelDataQuality": {"Constraints": {"ContentType": "application/json",
                                              "S3Uri": "s3://b/e/constraints.json"}}}
     validate_request("sagemaker", "CreateModelPackage", made)  # botocore's own model
+
+
+def test_the_client_token_covers_the_decision_not_just_the_training_job(
+        tmp_path: object) -> None:
+    """ClientToken makes CreateModelPackage idempotent (same token: the same package back).
+    Keyed on the training job alone, a run that reuses the cached job but decides otherwise
+    got the earlier package back, still Rejected, and went on to deploy it."""
+    from pathlib import Path
+
+    from sagepipe.tasks.local import local_clients
+    from sagepipe.tasks.registry import register_package
+    from sagepipe.tasks.runtime import Clients
+
+    assert request()["ClientToken"] == request()["ClientToken"]  # a retry: same package
+    assert request()["ClientToken"] != request(approval="rejected")["ClientToken"]
+    assert request()["ClientToken"] != request(description="deploy: beats v3")["ClientToken"]
+
+    local = local_clients(Path(str(tmp_path)))
+    clients = Clients(s3=local["s3"], sagemaker=local["sagemaker"],
+                      sagemaker_runtime=local["sagemaker-runtime"], sns=local["sns"],
+                      logs=local["logs"], ecr=local["ecr"], codebuild=local["codebuild"])
+    local["sagemaker"].create_model_package_group(ModelPackageGroupName="demo")
+    args = dict(group="demo", idempotency_key="job-1", image="1.dkr.ecr.us-east-1."
+                "amazonaws.com/x@sha256:" + "0" * 64, model_data_url="s3://b/m/model.tar.gz",
+                evaluation_uri="s3://b/e/evaluation.json", instance_type="ml.m5.large",
+                metadata={"commit": "abc"})
+    rejected = register_package(clients, **args, approval="rejected", description="reject: margin")
+    approved = register_package(clients, **args, approval="approved", description="deploy")
+    assert approved != rejected
+    status = local["sagemaker"].describe_model_package(ModelPackageName=approved)
+    assert status["ModelApprovalStatus"] == "Approved"
