@@ -42,7 +42,7 @@ from sagepipe.tasks.storage import (
     save_run_record,
 )
 
-__all__ = ["ml_pipeline"]
+__all__ = ["ml_pipeline", "run_tags"]
 
 FLOW_RUN_TAG = "sagepipe:flow-run-id"
 
@@ -73,6 +73,12 @@ def _stop_jobs_of_run(flow: Any, flow_run: Any, state: Any) -> None:
             params["NextToken"] = page["NextToken"]
 
 
+def run_tags(run_id: str, project: str, commit: str | None) -> dict[str, str]:
+    """The tags of everything a run creates: jobs, models, endpoint configs, endpoints."""
+    return {FLOW_RUN_TAG: run_id, "sagepipe:project": project,
+            **({"sagepipe:commit": commit} if commit else {})}
+
+
 def _run_id() -> tuple[str, str | None, str | None]:
     """(id, name, UI link) of the current flow run."""
     context = get_run_context()
@@ -99,8 +105,7 @@ def ml_pipeline(config: PipelineConfig = PipelineConfig(),
         if runtime.kind == "local":
             bucket = config.artifacts_uri[5:].split("/", 1)[0]
             topic = topic or ensure_local_resources(runtime, bucket, f"{config.project}-events")
-        tags = {FLOW_RUN_TAG: run_id, "sagepipe:project": config.project,
-                **({"sagepipe:commit": commit} if commit else {})}
+        tags = run_tags(run_id, config.project, commit)
 
         pin = pin_data(runtime, config.dataset_uri, config.artifacts_uri, config.data_rules())
         record["data"] = pin.model_dump()

@@ -18,6 +18,7 @@ from typing import Any
 from botocore.exceptions import ClientError, ParamValidationError
 
 from sagepipe.flows.config import PipelineConfig
+from sagepipe.flows.pipeline import run_tags
 from sagepipe.tasks.data import DataPin, parse_s3_uri
 from sagepipe.tasks.endpoints import deploy_requests, deployment_config
 from sagepipe.tasks.framework import (
@@ -28,10 +29,10 @@ from sagepipe.tasks.framework import (
     runproc,
     source_archive,
 )
-from sagepipe.tasks.images import ImageRef, content_tag
+from sagepipe.tasks.images import BUILDSPEC, ImageRef, build_request, content_tag
 from sagepipe.tasks.local.validation import validate_request
 from sagepipe.tasks.registry import model_package_request
-from sagepipe.tasks.steps import plan_evaluate, plan_preprocess, plan_train
+from sagepipe.tasks.steps import job_request, plan_evaluate, plan_preprocess, plan_train
 
 __all__ = ["PlannedCall", "build_plan"]
 
@@ -43,6 +44,9 @@ class PlannedCall:
     params: dict[str, Any]
     when: str = "always"
     problems: list[str] = field(default_factory=list)
+
+
+RUN_ID = "<flow-run-id>"
 
 
 def _account(config: PipelineConfig) -> str:
@@ -100,13 +104,18 @@ def build_plan(config: PipelineConfig, commit: str | None = None) -> list[Planne
                                                      "imageIds": [{"imageTag": i.tag}]})
               for i in built.values()]
     if built:
-        calls.append(PlannedCall("codebuild", "StartBuild", {
-            "projectName": config.build_project, "sourceTypeOverride": "S3",
-            "sourceLocationOverride": f"{art_bucket}/{art_prefix.strip('/')}/builds/<tags>.zip",
-            "environmentVariablesOverride": [{"name": "IMAGES", "type": "PLAINTEXT",
-                                              "value": " ".join(f"{n}={i.repository}:{i.tag}"
-                                                                for n, i in built.items())}]},
-            when="only for images not yet in ECR"))
+        source_key, build = build_request(
+            build_project=config.build_project, artifacts_bucket=art_bucket,
+            artifacts_prefix=art_prefix, tags={n: i.tag for n, i in built.items()},
+            repositories={n: i.repository for n, i in built.items()},
+            buildspec=BUILDSPEC.read_text() if BUILDSPEC.is_file() else None,
+            run_key=RUN_ID)
+        build["idempotencyToken"] = "<sha256 of this request and the flow run id>"
+        calls += [
+            PlannedCall("s3", "PutObject", {"Bucket": art_bucket, "Key": source_key,
+                                            "Body": "<zip of the folders to build>"},
+                        when="only for images not yet in ECR"),
+            PlannedCall("codebuild", "StartBuild", build, when="only for images not yet in ECR")]
     common: dict[str, Any] = {"project": config.project, "runtime": runtime,
                               "artifacts_uri": config.artifacts_uri, "settings": config.jobs}
     problem = config.problem if config.problem != "auto" else "<inferred from the data>"
@@ -121,11 +130,13 @@ def build_plan(config: PipelineConfig, commit: str | None = None) -> list[Planne
     evaluate = plan_evaluate(**common, model_uri=train.outputs["model"],
                              champion_model_uri=None, test_uri=pre.outputs["test"],
                              image=images["evaluate"])
+    tags = run_tags(RUN_ID, config.project, commit)
     calls += [
-        PlannedCall("sagemaker", "CreateProcessingJob", pre.request, "unless cached"),
-        PlannedCall("sagemaker", "CreateTrainingJob", train.request, "unless cached"),
+        PlannedCall("sagemaker", "CreateProcessingJob", job_request(pre, tags), "unless cached"),
+        PlannedCall("sagemaker", "CreateTrainingJob", job_request(train, tags),
+                    "unless cached"),
         PlannedCall("sagemaker", "DescribeEndpoint", {"EndpointName": config.endpoint.name}),
-        PlannedCall("sagemaker", "CreateProcessingJob", evaluate.request,
+        PlannedCall("sagemaker", "CreateProcessingJob", job_request(evaluate, tags),
                     "unless cached; with a champion input once a model is live"),
     ]
     package = model_package_request(
@@ -146,18 +157,19 @@ def build_plan(config: PipelineConfig, commit: str | None = None) -> list[Planne
     endpoints = [config.endpoint.for_staging()] if config.endpoint.staging_name else []
     for settings in [*endpoints, config.endpoint]:
         name = settings.name
+        tag_list = [{"Key": k, "Value": v[:256]} for k, v in tags.items()]
         model, endpoint_config = deploy_requests(
             endpoint=name, package_arn=package_arn, role_arn=config.jobs.role_arn,
             instance_type=config.endpoint.instance_type,
-            instance_count=config.endpoint.instance_count)
+            instance_count=config.endpoint.instance_count, tags=tag_list)
         calls += [
             PlannedCall("sagemaker", "CreateModel", model, "if the gate passes"),
             PlannedCall("sagemaker", "CreateEndpointConfig", endpoint_config,
                         "if the gate passes"),
             PlannedCall("sagemaker", "CreateEndpoint", {
                 "EndpointName": name,
-                "EndpointConfigName": endpoint_config["EndpointConfigName"]},
-                "first deploy"),
+                "EndpointConfigName": endpoint_config["EndpointConfigName"],
+                "Tags": tag_list}, "first deploy"),
             PlannedCall("sagemaker", "UpdateEndpoint", {
                 "EndpointName": name,
                 "EndpointConfigName": endpoint_config["EndpointConfigName"],

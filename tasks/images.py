@@ -38,7 +38,8 @@ from .jobs import LogTail
 from .runtime import Clients, RuntimeSettings, call_with_retry, get_clients, retry_transient
 from .stepsource import code_files
 
-__all__ = ["BUILDSPEC", "ImageRef", "build_images", "content_tag", "ensure_images"]
+__all__ = ["BUILDSPEC", "ImageRef", "build_images", "build_request", "content_tag",
+           "ensure_images"]
 
 # Sent with every build, so the CodeBuild project needs no copy of it.
 BUILDSPEC = Path(__file__).parent.parent / "buildspecs" / "build-images.yml"
@@ -108,6 +109,31 @@ def _zip(folders: Mapping[str, Path], names: list[str]) -> bytes:
     return buffer.getvalue()
 
 
+def build_request(*, build_project: str, artifacts_bucket: str, artifacts_prefix: str,
+                  tags: Mapping[str, str], repositories: Mapping[str, str],
+                  buildspec: str | None, run_key: str | None) -> tuple[str, dict[str, Any]]:
+    """(source zip key, the StartBuild request) for the images to build."""
+    source_key = f"{artifacts_prefix.strip('/')}/builds/{'-'.join(tags.values())}"
+    source_key = source_key.lstrip("/")[:900] + ".zip"
+    images = " ".join(f"{n}={repositories[n]}:{tag}" for n, tag in tags.items())
+    request: dict[str, Any] = {
+        "projectName": build_project, "sourceTypeOverride": "S3",
+        "sourceLocationOverride": f"{artifacts_bucket}/{source_key}",
+        "environmentVariablesOverride": [{"name": "IMAGES", "value": images,
+                                          "type": "PLAINTEXT"}],
+        # docker build needs CodeBuild's privileged mode; without it the daemon is absent
+        "privilegedModeOverride": True,
+    }
+    if buildspec is not None:
+        request["buildspecOverride"] = buildspec
+    # Prefect may retry this task while the build still runs: CodeBuild answers a repeated
+    # token (valid 5 minutes) with the same build instead of a second one. The run key
+    # keeps a new run from being handed an earlier run's failed build.
+    request["idempotencyToken"] = hashlib.sha256(
+        json.dumps([request, run_key], sort_keys=True).encode()).hexdigest()[:32]
+    return source_key, request
+
+
 def ensure_images(clients: Clients, *, folders: Mapping[str, Path], repository_prefix: str,
                   build_project: str, artifacts_bucket: str, artifacts_prefix: str,
                   log: logging.Logger | logging.LoggerAdapter[Any],
@@ -132,26 +158,13 @@ def ensure_images(clients: Clients, *, folders: Mapping[str, Path], repository_p
     digests = {n: _find(clients, repos[n], tags[n]) for n in names}
     to_build = [n for n in names if digests[n] is None]
     if to_build:
-        source_key = f"{artifacts_prefix.strip('/')}/builds/{'-'.join(tags[n] for n in to_build)}"
-        source_key = source_key.lstrip("/")[:900] + ".zip"
+        source_key, request = build_request(
+            build_project=build_project, artifacts_bucket=artifacts_bucket,
+            artifacts_prefix=artifacts_prefix, tags={n: tags[n] for n in to_build},
+            repositories={n: repos[n] for n in to_build}, buildspec=buildspec,
+            run_key=run_key)
         clients.s3.put_object(Bucket=artifacts_bucket, Key=source_key,
                               Body=_zip(folders, to_build))
-        images = " ".join(f"{n}={repos[n]}:{tags[n]}" for n in to_build)
-        request: dict[str, Any] = {
-            "projectName": build_project, "sourceTypeOverride": "S3",
-            "sourceLocationOverride": f"{artifacts_bucket}/{source_key}",
-            "environmentVariablesOverride": [{"name": "IMAGES", "value": images,
-                                              "type": "PLAINTEXT"}],
-            # docker build needs CodeBuild's privileged mode; without it the daemon is absent
-            "privilegedModeOverride": True,
-        }
-        if buildspec is not None:
-            request["buildspecOverride"] = buildspec
-        # Prefect may retry this task while the build still runs: CodeBuild answers a
-        # repeated token (valid 5 minutes) with the same build instead of a second one.
-        # The run key keeps a new run from being handed an earlier run's failed build.
-        request["idempotencyToken"] = hashlib.sha256(
-            json.dumps([request, run_key], sort_keys=True).encode()).hexdigest()[:32]
         log.info("Building %s with CodeBuild project %s", ", ".join(to_build), build_project)
         build_id = clients.codebuild.start_build(**request)["build"]["id"]
         log.info("Started image build %s", build_id)

@@ -25,8 +25,8 @@ from .jobs import PROCESSING, TRAINING, WaitPolicy, content_key, job_name, run_j
 from .runtime import RuntimeSettings, get_clients, retry_transient, runtime_identity
 from .storage import outputs_exist
 
-__all__ = ["JobOutcome", "JobPlan", "JobSettings", "plan_evaluate", "plan_preprocess",
-           "plan_train", "run_step"]
+__all__ = ["JobOutcome", "JobPlan", "JobSettings", "job_request", "plan_evaluate",
+           "plan_preprocess", "plan_train", "run_step"]
 
 _PROC = "/opt/ml/processing"
 DELIMITER_ARGS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
@@ -246,6 +246,12 @@ def plan_evaluate(*, project: str, runtime: RuntimeSettings, artifacts_uri: str,
     return _finish("evaluate", "processing", project, runtime, artifacts_uri, build)
 
 
+def job_request(plan: JobPlan, tags: dict[str, str]) -> dict[str, Any]:
+    """The request as sent: the plan's, with the run's tags plus the step and cache key."""
+    tags = {**tags, "sagepipe:step": plan.step, "sagepipe:cache-key": plan.key}
+    return {**plan.request, "Tags": [{"Key": k, "Value": v[:256]} for k, v in tags.items()]}
+
+
 def _hp(value: Any) -> str:
     """SageMaker hyperparameters are strings; booleans the way Python scripts parse them."""
     if isinstance(value, bool):
@@ -266,8 +272,7 @@ def run_step(runtime: RuntimeSettings, plan: JobPlan, settings: JobSettings,
     """Run one planned job to completion (re-attaching after a retry); cached on content."""
     log = get_run_logger()
     kind = PROCESSING if plan.kind == "processing" else TRAINING
-    tags = {**tags, "sagepipe:step": plan.step, "sagepipe:cache-key": plan.key}
-    request = {**plan.request, "Tags": [{"Key": k, "Value": v[:256]} for k, v in tags.items()]}
+    request = job_request(plan, tags)
     clients = get_clients(runtime)
 
     def outputs_still_there(described: dict[str, Any]) -> bool:

@@ -67,7 +67,16 @@ JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{
 # CodePipeline's limits (botocore's model has them; its validator checks only some)
 MAX_SUMMARY, MAX_MESSAGE, MAX_VARIABLE = 2048, 5000, 1000
 DEFAULT_TIMEOUT = 10.0
-REPORT_SECONDS = 3.0  # kept back from the Lambda's remaining time to report the result
+# Every AWS call is bounded: 2 attempts of at most 2 s to connect and 5 s to read.
+AWS_CALL_SECONDS = 14.0
+REPORT_SECONDS = AWS_CALL_SECONDS + 1  # kept back from the Lambda's time to report the result
+# CodePipeline fails a Lambda invoke action after 24 hours (CodePipeline quotas, "Length of
+# time before an action times out"): the stage is failed cleanly, and the run cancelled, first.
+ACTION_LIMIT_SECONDS = 24 * 3600
+GIVE_UP_SECONDS = ACTION_LIMIT_SECONDS - 30 * 60
+# a manual approval must leave the jobs time within that limit
+MAX_APPROVAL_SECONDS = 20 * 3600
+MAX_LOST_ROUNDS = 5  # consecutive continuation rounds without an answer from Prefect
 ATTEMPTS = 3
 RETRY_BASE_SECONDS = 0.5  # first retry after 0.5-1 s, the second after 1-2 s
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -111,7 +120,9 @@ class Budget:
         except ValueError:
             timeout = DEFAULT_TIMEOUT
         remaining = getattr(context, "get_remaining_time_in_millis", None)
-        span = remaining() / 1000.0 - REPORT_SECONDS if callable(remaining) else 6 * timeout
+        # no Lambda context (a local call): room for the secret and six requests
+        span = remaining() / 1000.0 - REPORT_SECONDS if callable(remaining) else \
+            AWS_CALL_SECONDS + 6 * timeout
         return cls(max(timeout, 0.5), time.monotonic() + max(span, 1.0))
 
     def request_timeout(self) -> float:
@@ -140,8 +151,8 @@ class Result:
 def aws(service: str) -> Any:
     """One boto3 client per service and container, with timeouts and standard retries."""
     if service not in _AWS:
-        config = Config(connect_timeout=5, read_timeout=15,
-                        retries={"mode": "standard", "total_max_attempts": 3})
+        config = Config(connect_timeout=2, read_timeout=5,
+                        retries={"mode": "standard", "total_max_attempts": 2})
         _AWS[service] = boto3.client(service, config=config)  # type: ignore[call-overload]
     return _AWS[service]
 
@@ -155,15 +166,16 @@ def handler(event: Any, context: Any) -> dict[str, str]:
         log.error("Not a CodePipeline job event (no valid CodePipeline.job.id); ignored")
         return {"status": "ignored", "reason": "not a CodePipeline job event"}
     assert isinstance(job, dict)
+    budget = Budget.for_context(context)
     try:
-        result = run_job(job_id, job, Budget.for_context(context))
+        result = run_job(job_id, job, budget)
     except TriggerError as exc:
         result = Result("failure", str(exc), exc.external_id, failure_type=exc.failure_type)
     except Exception as exc:  # a bug must fail the stage, not leave it waiting for an hour
         log.exception("Unexpected error in job %s", job_id)
         result = Result("failure", f"The trigger failed unexpectedly: {type(exc).__name__}: "
                                    f"{exc}")
-    return report(job_id, result)
+    return report(job_id, result, deadline=budget.deadline + REPORT_SECONDS)
 
 
 def run_job(job_id: str, job: dict[str, Any], budget: Budget) -> Result:
@@ -173,13 +185,12 @@ def run_job(job_id: str, job: dict[str, Any], budget: Budget) -> Result:
                            "action's FunctionName?", "ConfigurationError")
     token = data.get("continuationToken")
     if token:
-        run_id = _flow_run_id(token)
-        api = PrefectAPI(prefect_settings(), budget)
-        return check_run(api, api.flow_run(run_id))
+        return follow(parse_token(token), budget)
     deployment_name, user_parameters = parse_user_parameters(data)
-    api = PrefectAPI(prefect_settings(), budget)
+    api = PrefectAPI(prefect_settings(budget), budget)
     deployment = api.deployment(deployment_name)
     parameters = merge(deployment.get("parameters") or {}, user_parameters)
+    check_approval_timeout(parameters)
     commit = commit_of(data)
     if commit:
         parameters["commit"] = commit
@@ -188,7 +199,77 @@ def run_job(job_id: str, job: dict[str, Any], budget: Budget) -> Result:
     run = api.create_flow_run(deployment["id"], parameters, idempotency_key=job_id)
     log.info("Job %s: flow run %s (%s) of %s", job_id, run["id"], run.get("name"),
              deployment_name)
-    return check_run(api, run)
+    return check_run(api, run, Token(str(run["id"]), started=time.time()))
+
+
+@dataclass(frozen=True)
+class Token:
+    """What a continuation carries: the run, when the job began, rounds without an answer."""
+
+    flow_run_id: str
+    started: float
+    lost_rounds: int = 0
+
+    def dump(self) -> str:
+        return json.dumps({"flow_run_id": self.flow_run_id, "started": round(self.started, 1),
+                           "lost_rounds": self.lost_rounds})
+
+
+def parse_token(token: str) -> Token:
+    try:
+        value = json.loads(token)
+        return Token(str(value["flow_run_id"]), float(value.get("started") or time.time()),
+                     int(value.get("lost_rounds") or 0))
+    except (TypeError, ValueError, KeyError):
+        raise TriggerError("The continuation token is not one this function made; re-run "
+                           "the pipeline stage", "ConfigurationError") from None
+
+
+def follow(token: Token, budget: Budget) -> Result:
+    """A continuation round: the run's state, within CodePipeline's limit, riding out a
+    Prefect API that does not answer for a few rounds (the flow keeps running meanwhile)."""
+    api = PrefectAPI(prefect_settings(budget), budget)
+    age = time.time() - token.started
+    if age > GIVE_UP_SECONDS:
+        cancelled = api.cancel(token.flow_run_id)
+        return Result("failure", (
+            f"Flow run {token.flow_run_id} ran {age / 3600:.1f} h, close to CodePipeline's "
+            "24-hour limit for a Lambda action; "
+            + ("it was cancelled so it deploys nothing after the stage failed. "
+               if cancelled else "it could not be cancelled: cancel it in the Prefect UI. ")
+            + api.run_url(token.flow_run_id)), token.flow_run_id, failure_type="JobFailed")
+    try:
+        run = api.flow_run(token.flow_run_id)
+    except TriggerError as exc:
+        if exc.failure_type != "SystemUnavailable":
+            raise
+        lost = token.lost_rounds + 1
+        if lost >= MAX_LOST_ROUNDS:
+            raise TriggerError(f"No answer from Prefect about flow run {token.flow_run_id} in "
+                               f"{lost} rounds in a row: {exc}", "SystemUnavailable",
+                               token.flow_run_id) from None
+        log.warning("Round %d without an answer about %s: %s", lost, token.flow_run_id, exc)
+        return Result("continue", f"Could not read flow run {token.flow_run_id} ({exc}); "
+                      "asking again next round", token.flow_run_id,
+                      token=Token(token.flow_run_id, token.started, lost).dump())
+    return check_run(api, run, Token(token.flow_run_id, token.started))
+
+
+def check_approval_timeout(parameters: dict[str, Any]) -> None:
+    """A manual approval must end, and the jobs after it, before CodePipeline's limit."""
+    gate = ((parameters.get("config") or {}).get("gate") or {})
+    if not isinstance(gate, dict) or gate.get("approval") != "manual":
+        return
+    try:
+        timeout = float(gate.get("approval_timeout_seconds") or 3600)
+    except (TypeError, ValueError):
+        return  # the flow's own validation reports a malformed value
+    if timeout > MAX_APPROVAL_SECONDS:
+        raise TriggerError(
+            f"gate.approval_timeout_seconds is {timeout:.0f}: a run started by CodePipeline "
+            "must end within the Lambda action's 24-hour limit, so a manual approval may wait "
+            f"at most {MAX_APPROVAL_SECONDS} s (20 h). Lower it in the deployment's settings "
+            "or in UserParameters.", "ConfigurationError")
 
 
 def parse_user_parameters(data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -242,16 +323,7 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _flow_run_id(token: str) -> str:
-    try:
-        flow_run_id = json.loads(token)["flow_run_id"]
-    except (TypeError, ValueError, KeyError):
-        raise TriggerError("The continuation token is not one this function made; re-run "
-                           "the pipeline stage", "ConfigurationError") from None
-    return str(flow_run_id)
-
-
-def check_run(api: PrefectAPI, run: dict[str, Any]) -> Result:
+def check_run(api: PrefectAPI, run: dict[str, Any], token: Token) -> Result:
     """The job's answer for the flow run's current state."""
     run_id = str(run["id"])
     state = run.get("state") or {}
@@ -270,7 +342,7 @@ def check_run(api: PrefectAPI, run: dict[str, Any]) -> Result:
                       failure_type="JobFailed")
     waiting = " (waiting for approval in the Prefect UI)" if kind == "PAUSED" else ""
     return Result("continue", f"{label} is {name}{waiting}. {link}", run_id,
-                  token=json.dumps({"flow_run_id": run_id}))
+                  token=token.dump())
 
 
 def output_variables(run_id: str, link: str, outcome: dict[str, Any]) -> dict[str, str]:
@@ -283,8 +355,9 @@ def output_variables(run_id: str, link: str, outcome: dict[str, Any]) -> dict[st
     return {k: str(v)[:MAX_VARIABLE] for k, v in values.items()}
 
 
-def prefect_settings() -> PrefectSettings:
-    """The Prefect API URL and key from Secrets Manager, read once per container."""
+def prefect_settings(budget: Budget) -> PrefectSettings:
+    """The Prefect API URL and key from Secrets Manager, read once per container (a read
+    takes at most AWS_CALL_SECONDS, and starts only if the budget has that time)."""
     arn = os.environ.get("PREFECT_API_SECRET_ARN", "").strip()
     if not arn:
         raise TriggerError("PREFECT_API_SECRET_ARN is not set: give the function the ARN of "
@@ -292,6 +365,9 @@ def prefect_settings() -> PrefectSettings:
                            "ConfigurationError")
     if arn in _SECRETS:
         return _SECRETS[arn]
+    if not budget.allows(AWS_CALL_SECONDS):
+        raise TriggerError("No time left to read the Prefect API secret; give the function a "
+                           "longer timeout (60 s or more)", "SystemUnavailable")
     try:
         secret = aws("secretsmanager").get_secret_value(SecretId=arn)
     except ClientError as exc:
@@ -357,9 +433,22 @@ class PrefectAPI:
 
     def create_flow_run(self, deployment_id: str, parameters: dict[str, Any], *,
                         idempotency_key: str) -> dict[str, Any]:
+        # the idempotency key makes asking again safe, even after a timeout
         return self._request("POST", f"/deployments/{deployment_id}/create_flow_run",
                              {"parameters": parameters, "idempotency_key": idempotency_key,
-                              "tags": ["codepipeline"]})
+                              "tags": ["codepipeline"]}, retry_timeouts=True)
+
+    def cancel(self, run_id: str) -> bool:
+        """Ask Prefect to cancel the run (its on_cancellation hook stops its jobs)."""
+        try:
+            self._request("POST", f"/flow_runs/{urllib.parse.quote(run_id, safe='')}/set_state",
+                          {"state": {"type": "CANCELLING", "name": "Cancelling",
+                                     "message": "CodePipeline's 24-hour limit"},
+                           "force": True})
+        except TriggerError as exc:
+            log.error("Could not cancel flow run %s: %s", run_id, exc)
+            return False
+        return True
 
     def flow_run(self, run_id: str) -> dict[str, Any]:
         try:
@@ -385,12 +474,14 @@ class PrefectAPI:
                 log.warning("Outcome artifact of flow run %s is not a table; ignored", run_id)
         return {}
 
-    def _request(self, method: str, path: str, body: Any = None) -> Any:
-        """One call, asked again after a dropped connection or a busy server."""
+    def _request(self, method: str, path: str, body: Any = None, *,
+                 retry_timeouts: bool = False) -> Any:
+        """One call, asked again after a dropped connection or a busy server (and after a
+        timeout, for an idempotent call)."""
         attempt = 1
         while True:  # bounded: ATTEMPTS, and the budget's deadline
             try:
-                return self._request_once(method, path, body)
+                return self._request_once(method, path, body, retry_timeouts)
             except _Transient as exc:
                 delay = RETRY_BASE_SECONDS * random.uniform(1.0, 2.0) * attempt
                 if attempt >= ATTEMPTS or not self.budget.allows(delay):
@@ -399,7 +490,7 @@ class PrefectAPI:
                 time.sleep(delay)
                 attempt += 1
 
-    def _request_once(self, method: str, path: str, body: Any) -> Any:
+    def _request_once(self, method: str, path: str, body: Any, retry_timeouts: bool) -> Any:
         url = self.settings.api_url + path
         headers = {"Accept": "application/json", "User-Agent": "sagepipe-trigger"}
         if self.settings.api_key:
@@ -437,7 +528,10 @@ class PrefectAPI:
                                  "SystemUnavailable")
             if isinstance(reason, ConnectionError):  # refused or reset: worth a second try
                 raise _Transient(error) from None
-            raise error from None  # a timeout already spent the time a retry would need
+            timed_out = isinstance(reason, TimeoutError) or isinstance(exc, TimeoutError)
+            if timed_out and retry_timeouts:  # the budget decides whether time is left
+                raise _Transient(error) from None
+            raise error from None  # a read's timeout already spent a retry's time
         try:
             return json.loads(text) if text else None
         except ValueError:
@@ -464,19 +558,25 @@ def _detail(exc: urllib.error.HTTPError) -> str:
     return str(detail)[:1000]
 
 
-def report(job_id: str, result: Result) -> dict[str, str]:
-    """Tell CodePipeline; a failure to tell it is logged, never raised."""
+class ReportError(RuntimeError):
+    """CodePipeline took no result: raised so Lambda runs the invocation again."""
+
+
+_GONE = frozenset({"JobNotFoundException", "InvalidJobStateException"})
+
+
+def report(job_id: str, result: Result, *, deadline: float | None = None) -> dict[str, str]:
+    """Tell CodePipeline. A refused success falls back to a failure (else the job would
+    wait 20 minutes for nothing); if no result is taken at all, raise, so Lambda's own
+    retry asks again (the round is idempotent). A job CodePipeline no longer knows is
+    only logged."""
     codepipeline = aws("codepipeline")
     details: dict[str, Any] = {"summary": result.message[:MAX_SUMMARY]}
     if result.external_id:
         details["externalExecutionId"] = result.external_id
     try:
         if result.kind == "failure":
-            failure: dict[str, Any] = {"type": result.failure_type,
-                                       "message": result.message[:MAX_MESSAGE]}
-            if result.external_id:
-                failure["externalExecutionId"] = result.external_id
-            codepipeline.put_job_failure_result(jobId=job_id, failureDetails=failure)
+            _report_failure(job_id, result)
         elif result.kind == "continue":
             codepipeline.put_job_success_result(jobId=job_id, continuationToken=result.token,
                                                 executionDetails=details)
@@ -484,8 +584,34 @@ def report(job_id: str, result: Result) -> dict[str, str]:
             codepipeline.put_job_success_result(jobId=job_id, executionDetails=details,
                                                 outputVariables=result.outputs)
     except (ClientError, BotoCoreError) as exc:
-        log.error("Could not report job %s to CodePipeline (%s): %s", job_id, result.kind, exc)
-        return {"status": "report-failed", "job": job_id, "error": str(exc)}
+        code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) \
+            else None
+        if code in _GONE:
+            log.error("Could not report job %s to CodePipeline (%s): %s", job_id, result.kind,
+                      exc)
+            return {"status": "report-failed", "job": job_id, "error": str(exc)}
+        if result.kind == "failure" or (deadline is not None and
+                                        time.monotonic() + AWS_CALL_SECONDS > deadline):
+            raise ReportError(f"CodePipeline took no result for job {job_id}: {exc}") from exc
+        log.error("CodePipeline refused the %s result of job %s (%s); failing the job "
+                  "instead", result.kind, job_id, exc)
+        fallback = Result("failure", f"Could not report {result.kind} to CodePipeline ({exc}): "
+                          f"{result.message}", result.external_id,
+                          failure_type="SystemUnavailable")
+        try:
+            _report_failure(job_id, fallback)
+        except (ClientError, BotoCoreError) as second:
+            raise ReportError(f"CodePipeline took no result for job {job_id}: {second}"
+                              ) from second
+        return {"status": "failure", "job": job_id}
     log.log(logging.WARNING if result.kind == "failure" else logging.INFO, "Job %s: %s: %s",
             job_id, result.kind, result.message[:500])
     return {"status": result.kind, "job": job_id}
+
+
+def _report_failure(job_id: str, result: Result) -> None:
+    failure: dict[str, Any] = {"type": result.failure_type,
+                               "message": result.message[:MAX_MESSAGE]}
+    if result.external_id:
+        failure["externalExecutionId"] = result.external_id
+    aws("codepipeline").put_job_failure_result(jobId=job_id, failureDetails=failure)

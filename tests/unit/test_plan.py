@@ -44,3 +44,24 @@ def test_a_request_aws_would_refuse_is_reported_and_the_command_fails(tmp_path: 
     assert "CreateEndpointConfig (if the gate passes) - INVALID" in result.output
     assert "ml.banana.huge" in result.output
     assert "invalid" in result.output.splitlines()[-1]
+
+
+def test_the_plan_shows_the_requests_exactly_as_a_run_sends_them() -> None:
+    """Tags, StartBuild's overrides and token: built by the same functions the run uses."""
+    from sagepipe.tasks.images import BUILDSPEC
+
+    calls = build_plan(load_config("aws"), commit="abc")
+    train = next(c for c in calls if c.operation == "CreateTrainingJob").params
+    tags = {t["Key"]: t["Value"] for t in train["Tags"]}
+    assert tags["sagepipe:flow-run-id"] == "<flow-run-id>"
+    assert (tags["sagepipe:commit"], tags["sagepipe:step"]) == ("abc", "train")
+    assert train["TrainingJobName"].endswith(tags["sagepipe:cache-key"])
+    build = next(c for c in calls if c.operation == "StartBuild").params
+    assert build["privilegedModeOverride"] is True
+    assert build["buildspecOverride"] == BUILDSPEC.read_text()
+    assert build["idempotencyToken"].startswith("<")
+    upload = next(c for c in calls if c.operation == "PutObject" and "/builds/" in c.params[
+        "Key"])
+    assert build["sourceLocationOverride"].endswith(upload.params["Key"])
+    endpoint = next(c for c in calls if c.operation == "CreateEndpoint").params
+    assert {"Key": "sagepipe:project", "Value": "sagepipe-demo"} in endpoint["Tags"]

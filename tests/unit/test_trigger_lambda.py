@@ -239,12 +239,14 @@ def test_requests_stay_within_the_invocation_budget(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.delenv("HTTP_TIMEOUT_SECONDS", raising=False)
     assert handler.Budget.for_context(None).request_timeout() == pytest.approx(10.0)
-    # 7 s left, 3 s kept for reporting: a request may take 4 s, not HTTP_TIMEOUT_SECONDS
-    budget = handler.Budget.for_context(Context(7000))
+    # 19 s left, 15 s kept for reporting (one bounded AWS call): a request may take 4 s,
+    # not HTTP_TIMEOUT_SECONDS
+    assert handler.REPORT_SECONDS == 15.0
+    budget = handler.Budget.for_context(Context(19000))
     assert budget.request_timeout() == pytest.approx(4.0, abs=0.1)
     assert not budget.allows(4.0)
     monkeypatch.setenv("HTTP_TIMEOUT_SECONDS", "0.7")
-    assert handler.Budget.for_context(Context(7000)).request_timeout() == pytest.approx(0.7)
+    assert handler.Budget.for_context(Context(19000)).request_timeout() == pytest.approx(0.7)
     spent = handler.Budget(timeout=10, deadline=time.monotonic() + 0.2)
     with pytest.raises(handler.TriggerError, match="Ran out of time"):
         spent.request_timeout()
@@ -270,3 +272,180 @@ def test_parameters_merge_key_by_key_and_the_commit_is_the_source_revision() -> 
     data["inputArtifacts"].insert(0, {"name": "BuildOutput", "revision": None})
     assert handler.commit_of(data) == "0123456789abcdef0123"
     assert handler.commit_of({"inputArtifacts": []}) is None
+
+
+# ---- a Prefect API that answers by route, and the trigger's rules for real AWS ------------
+
+RUN_ID = "0f0e0d0c-0b0a-4908-8706-050403020100"
+
+
+class _Routes(BaseHTTPRequestHandler):
+    """``routes``: (method, path) -> list of (status, json body, delay); the last repeats."""
+
+    routes: dict[tuple[str, str], list[tuple[int, Any, float]]]
+    seen: list[tuple[str, str, Any]]
+
+    def _answer(self, method: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length)) if length else None
+        path = self.path.removeprefix("/api")
+        self.seen.append((method, path, body))
+        queue = self.routes.get((method, path)) or [(404, {"detail": "Not found"}, 0.0)]
+        status, answer, delay = queue.pop(0) if len(queue) > 1 else queue[0]
+        time.sleep(delay)
+        data = json.dumps(answer).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
+            pass
+
+    def do_GET(self) -> None:
+        self._answer("GET")
+
+    def do_POST(self) -> None:
+        self._answer("POST")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture()
+def prefect(aws: FakeAWS) -> Iterator[tuple[dict[tuple[str, str], list[Any]], list[Any]]]:
+    routes: dict[tuple[str, str], list[Any]] = {}
+    seen: list[Any] = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), type(
+        "Routes", (_Routes,), {"routes": routes, "seen": seen}))
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    aws.expect_secret({"api_url": f"http://127.0.0.1:{server.server_port}/api", "api_key": ""})
+    try:
+        yield routes, seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def run(state: str = "RUNNING") -> dict[str, Any]:
+    return {"id": RUN_ID, "name": "brave-fox", "state": {"type": state, "name": state.title()}}
+
+
+def token(**fields: Any) -> str:
+    return json.dumps({"flow_run_id": RUN_ID, "started": time.time(), **fields})
+
+
+def test_a_prefect_error_while_following_a_run_continues_with_the_same_run(
+        aws: FakeAWS, prefect: Any) -> None:
+    routes, _ = prefect
+    routes[("GET", f"/flow_runs/{RUN_ID}")] = [(500, {"detail": "db locked"}, 0.0)]
+    aws.expect_continuation()
+    assert handler.handler(job_event(token=token()), None)["status"] == "continue"
+    sent = json.loads(aws.last()["continuationToken"])
+    assert (sent["flow_run_id"], sent["lost_rounds"]) == (RUN_ID, 1)
+    aws.done()
+
+
+def test_rounds_without_an_answer_are_bounded(aws: FakeAWS, prefect: Any) -> None:
+    routes, _ = prefect
+    routes[("GET", f"/flow_runs/{RUN_ID}")] = [(500, {"detail": "db locked"}, 0.0)]
+    aws.expect_failure()
+    handler.handler(job_event(token=token(lost_rounds=handler.MAX_LOST_ROUNDS - 1)), None)
+    failure = aws.last()["failureDetails"]
+    assert failure["type"] == "SystemUnavailable" and "rounds in a row" in failure["message"]
+    aws.done()
+
+
+def test_an_answer_resets_the_count_and_keeps_the_start_time(aws: FakeAWS, prefect: Any) -> None:
+    routes, _ = prefect
+    routes[("GET", f"/flow_runs/{RUN_ID}")] = [(200, run(), 0.0)]
+    aws.expect_continuation()
+    started = round(time.time() - 3600, 1)
+    handler.handler(job_event(token=token(lost_rounds=3, started=started)), None)
+    sent = json.loads(aws.last()["continuationToken"])
+    assert (sent["lost_rounds"], sent["started"]) == (0, started)
+    aws.done()
+
+
+def test_a_slow_flow_run_creation_is_asked_again_with_the_same_key(
+        aws: FakeAWS, prefect: Any) -> None:
+    routes, seen = prefect
+    routes[("GET", "/deployments/name/ml-pipeline/production")] = [
+        (200, {"id": "d1", "parameters": {}}, 0.0)]
+    # the first creation outlives the 1 s request timeout; asking again is safe
+    routes[("POST", "/deployments/d1/create_flow_run")] = [(201, run("SCHEDULED"), 1.5),
+                                                           (201, run("SCHEDULED"), 0.0)]
+    aws.expect_continuation()
+    assert handler.handler(job_event(GOOD_PARAMETERS), None)["status"] == "continue"
+    posts = [body for method, _, body in seen if method == "POST"]
+    assert len(posts) == 2 and posts[0]["idempotency_key"] == posts[1]["idempotency_key"]
+    aws.done()
+
+
+def test_a_run_near_codepipelines_24_hour_limit_is_cancelled_and_the_stage_failed(
+        aws: FakeAWS, prefect: Any) -> None:
+    """CodePipeline quotas: a Lambda invoke action fails after 24 hours."""
+    routes, seen = prefect
+    routes[("POST", f"/flow_runs/{RUN_ID}/set_state")] = [(201, {"status": "ACCEPT"}, 0.0)]
+    aws.expect_failure()
+    handler.handler(job_event(token=token(started=time.time() - 23.6 * 3600)), None)
+    failure = aws.last()["failureDetails"]
+    assert "24-hour limit" in failure["message"] and "was cancelled" in failure["message"]
+    assert seen == [("POST", f"/flow_runs/{RUN_ID}/set_state", {
+        "state": {"type": "CANCELLING", "name": "Cancelling",
+                  "message": "CodePipeline's 24-hour limit"}, "force": True})]
+    aws.done()
+
+
+def test_a_manual_approval_longer_than_the_action_can_wait_is_refused(
+        aws: FakeAWS, prefect: Any) -> None:
+    routes, seen = prefect
+    routes[("GET", "/deployments/name/ml-pipeline/production")] = [(200, {
+        "id": "d1", "parameters": {"config": {"gate": {
+            "approval": "manual", "approval_timeout_seconds": 7 * 24 * 3600}}}}, 0.0)]
+    aws.expect_failure()
+    handler.handler(job_event(GOOD_PARAMETERS), None)
+    failure = aws.last()["failureDetails"]
+    assert failure["type"] == "ConfigurationError" and "at most 72000 s" in failure["message"]
+    assert not [s for s in seen if s[0] == "POST"]  # no run was created
+    aws.done()
+
+
+def test_a_refused_success_report_fails_the_job_instead_of_leaving_it_waiting(
+        aws: FakeAWS, prefect: Any) -> None:
+    routes, _ = prefect
+    routes[("GET", f"/flow_runs/{RUN_ID}")] = [(200, run(), 0.0)]
+    aws.pipeline_stub.add_client_error("put_job_success_result", "ValidationException",
+                                       "Continuation token too long", 400)
+    aws.expect_failure()
+    assert handler.handler(job_event(token=token()), None)["status"] == "failure"
+    assert "Could not report continue" in aws.last()["failureDetails"]["message"]
+    aws.done()
+
+
+def test_when_codepipeline_takes_no_result_lambda_is_asked_to_retry(
+        aws: FakeAWS, prefect: Any) -> None:
+    routes, _ = prefect
+    routes[("GET", f"/flow_runs/{RUN_ID}")] = [(200, run(), 0.0)]
+    for method in ("put_job_success_result", "put_job_failure_result"):
+        aws.pipeline_stub.add_client_error(method, "ThrottlingException", "Rate exceeded", 400)
+    with pytest.raises(handler.ReportError, match="took no result"):
+        handler.handler(job_event(token=token()), None)
+    aws.done()
+
+
+def test_aws_calls_are_bounded_and_the_secret_read_waits_for_the_budget(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(handler, "_AWS", {})
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")  # as in Lambda
+    config = handler.aws("codepipeline").meta.config
+    assert (config.connect_timeout, config.read_timeout) == (2, 5)
+    assert config.retries["total_max_attempts"] == 2
+    assert handler.AWS_CALL_SECONDS >= 2 * (2 + 5)
+    monkeypatch.setenv("PREFECT_API_SECRET_ARN", SECRET_ARN)
+    monkeypatch.setattr(handler, "_SECRETS", {})
+    short = handler.Budget(timeout=1, deadline=time.monotonic() + 5)
+    with pytest.raises(handler.TriggerError, match="No time left to read"):
+        handler.prefect_settings(short)  # no call made: none could finish in time
