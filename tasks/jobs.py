@@ -22,7 +22,8 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,6 +150,7 @@ class LogTail:
         self.clients, self.group, self.job, self.emit = clients, group, job, emit
         self.log, self.sleep = log, sleep
         self.tokens: dict[str, str | None] = {}
+        self.recent: deque[str] = deque(maxlen=5)  # the last lines, for a failure's message
 
     def _call(self, fn: Callable[..., Any], **params: Any) -> dict[str, Any]:
         return dict(call_with_retry(fn, log=self.log, sleep=self.sleep, **params))
@@ -168,6 +170,7 @@ class LogTail:
                     page = self._call(logs.get_log_events, **kwargs)
                     for event in page["events"]:
                         self.emit(event["message"])
+                        self.recent.append(event["message"])
                     if page["nextForwardToken"] == self.tokens.get(name):
                         break  # CloudWatch returns the same token at the end of a stream
                     self.tokens[name] = page["nextForwardToken"]
@@ -192,6 +195,24 @@ def stop_job(clients: Clients, kind: JobKind, name: str, *, log: Log = _LOG,
             raise
         return False
     return True
+
+
+def failure_reason(described: dict[str, Any], recent: Iterable[str]) -> str | None:
+    """Why a job failed, in the container's own words where AWS keeps them.
+
+    A processing container reports through ``/opt/ml/output/message``, which
+    DescribeProcessingJob returns as ``ExitMessage``; its ``FailureReason`` is generic
+    ("AlgorithmError: See job logs for more information"). A training container's
+    ``/opt/ml/output/failure`` is in ``FailureReason``. Without either, the last log lines.
+    """
+    reason = described.get("FailureReason")
+    message = (described.get("ExitMessage") or "").strip()
+    if message:
+        return f"{message} ({reason})" if reason else message
+    lines = [line for line in recent if line.strip()]
+    if lines and (not reason or "See job logs" in reason):
+        return f"{reason or 'no reason given'}; last log lines: {' | '.join(lines)}"
+    return reason
 
 
 def run_job(clients: Clients, kind: JobKind, request: dict[str, Any], *,
@@ -221,7 +242,7 @@ def run_job(clients: Clients, kind: JobKind, request: dict[str, Any], *,
                 tail.poll()
             if status in ("Completed", "Failed", "Stopped"):
                 if status != "Completed":
-                    raise JobFailed(name, status, described.get("FailureReason"),
+                    raise JobFailed(name, status, failure_reason(described, tail.recent),
                                     kind=kind.noun.lower())
                 described["_how"] = how
                 return described

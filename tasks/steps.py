@@ -10,6 +10,7 @@ can skip a step without a single AWS call.
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -176,9 +177,11 @@ def plan_train(*, project: str, runtime: RuntimeSettings, artifacts_uri: str,
                hyperparameters: dict[str, Any], settings: JobSettings) -> JobPlan:
     """``splits``: train and validation (CSV), and schema (the preprocess step's
     schema.json: problem type, classes, column kinds) when the step wrote one."""
-    hps = {k: _hp(v) for k, v in hyperparameters.items() if v is not None}
-    hps["label_column"] = label_column
-    if image.framework is not None:  # JSON-encoded, plus the SDK's sagemaker_* entries
+    # JSON-encoded, as the SageMaker SDK sends them: the training toolkit json-decodes
+    # every value, so a bare string such as "null", "1e3" or "[1]" would change type
+    hps = {k: json.dumps(v) for k, v in hyperparameters.items() if v is not None}
+    hps["label_column"] = json.dumps(label_column)
+    if image.framework is not None:  # plus the SDK's sagemaker_* entries
         hps = training_hyperparameters({**hyperparameters, "label_column": label_column},
                                        image.framework)
     types = {"train": "text/csv", "validation": "text/csv", "schema": "application/json"}
@@ -250,13 +253,6 @@ def job_request(plan: JobPlan, tags: dict[str, str]) -> dict[str, Any]:
     """The request as sent: the plan's, with the run's tags plus the step and cache key."""
     tags = {**tags, "sagepipe:step": plan.step, "sagepipe:cache-key": plan.key}
     return {**plan.request, "Tags": [{"Key": k, "Value": v[:256]} for k, v in tags.items()]}
-
-
-def _hp(value: Any) -> str:
-    """SageMaker hyperparameters are strings; booleans the way Python scripts parse them."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 def _cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:

@@ -143,7 +143,7 @@ def train_request(name: str = JOB) -> dict[str, Any]:
         "AlgorithmSpecification": {"TrainingImage": IMAGE, "TrainingInputMode": "File",
                                    "MetricDefinitions": [{"Name": "validation:roc_auc",
                                                           "Regex": "roc_auc=([0-9.]+);"}]},
-        "HyperParameters": {"C": "1.0", "label_column": "target"},
+        "HyperParameters": {"C": "1.0", "label_column": "\"target\""},
         "InputDataConfig": [{"ChannelName": "train", "ContentType": "text/csv",
                              "InputMode": "File", "DataSource": {"S3DataSource": {
                                  "S3DataType": "S3Prefix", "S3Uri": "s3://bkt/splits/train/",
@@ -254,7 +254,11 @@ def test_training_job_is_created_waited_for_with_capped_backoff_and_its_log_stre
 def test_failed_processing_job_raises_job_failed_with_aws_failure_reason(
         aws: Stubbed, caplog: pytest.LogCaptureFixture) -> None:
     name = "sagepipe-demo-preprocess-0123456789abcdef"
-    reason = "AlgorithmError: ValueError: label column 'target' not in the data, exit code: 1"
+    # Processing reports the container's /opt/ml/output/message as ExitMessage; its
+    # FailureReason is generic (developer guide: "Save and Access Metadata Information
+    # About Your Processing Job")
+    reason = "AlgorithmError: See job logs for more information"
+    exit_message = "ValueError: label column 'target' not in the data"
     named = {"ProcessingJobName": name}
     not_found(aws.sm, "describe_processing_job", **named)
     aws.sm.add_response("create_processing_job",
@@ -263,7 +267,7 @@ def test_failed_processing_job_raises_job_failed_with_aws_failure_reason(
     aws.sm.add_response("describe_processing_job", processing(name, "InProgress"), named)
     aws.sm.add_response("describe_processing_job",
                         processing(name, "Failed", FailureReason=reason,
-                                   ExitMessage="ValueError"), named)
+                                   ExitMessage=exit_message), named)
     for _ in range(2):  # no log group before the first job of the account: not an error
         aws.logs.add_client_error("describe_log_streams",
                                   service_error_code="ResourceNotFoundException",
@@ -276,9 +280,9 @@ def test_failed_processing_job_raises_job_failed_with_aws_failure_reason(
                 clock=fake.clock, sleep=fake.sleep)
 
     assert err.value.status == "Failed"
-    assert err.value.reason == reason
+    assert err.value.reason == f"{exit_message} ({reason})"  # the container's own words
     assert err.value.job == name and err.value.kind == "processing"
-    assert reason in str(err.value)
+    assert exit_message in str(err.value)
     assert job_lines(caplog) == []  # a missing log group is not reported as a log line
     assert "StopProcessingJob" not in aws.ops("sagemaker")  # it ended: nothing to stop
     aws.assert_done()

@@ -57,7 +57,9 @@ def test_requests_satisfy_the_service_model_with_every_option() -> None:
     assert fit.request["VpcConfig"] == {"Subnets": ["subnet-0abc"],
                                         "SecurityGroupIds": ["sg-0abc"]}
     assert fit.request["ResourceConfig"]["VolumeKmsKeyId"] == "alias/sagepipe"
-    assert fit.request["HyperParameters"] == {"C": "1.0", "fast": "true", "label_column": "target"}
+    # JSON-encoded as the SageMaker SDK sends them (the training toolkit json-decodes each)
+    assert fit.request["HyperParameters"] == {"C": "1.0", "fast": "true",
+                                              "label_column": '"target"'}
     assert pre.request["NetworkConfig"]["EnableNetworkIsolation"] is True
     assert pre.request["ProcessingOutputConfig"]["KmsKeyId"] == "alias/sagepipe"
     assert [i["InputName"] for i in ev.request["ProcessingInputs"]] == ["model", "test",
@@ -82,3 +84,14 @@ def test_inconsistent_job_settings_are_refused() -> None:
     with pytest.raises(ConfigError, match=r"at least jobs\.max_runtime_seconds"):
         build_config({"jobs": {"spot": True, "max_wait_seconds": 600,
                                "max_runtime_seconds": 3600}})
+
+
+def test_string_hyperparameters_keep_their_type_through_the_training_toolkit() -> None:
+    """sagemaker-training json-decodes each value it reads from hyperparameters.json; sent as
+    str(v), the string "null" became None and "1e3" became 1000.0 in the script."""
+    import json
+
+    fit = plans(JobSettings(), note="null", scale="1e3", depth=3)[1]
+    sent = fit.request["HyperParameters"]
+    decoded = {k: json.loads(v) for k, v in sent.items()}  # what the toolkit hands the script
+    assert decoded == {"note": "null", "scale": "1e3", "depth": 3, "label_column": "target"}

@@ -120,3 +120,17 @@ def test_an_interrupted_wait_stops_the_job(fake_runtime: dict[str, Any]) -> None
                 log=logging.getLogger("test.jobs"), sleep=interrupting_sleep)
     status = clients.sagemaker.describe_training_job(TrainingJobName="j-5")["TrainingJobStatus"]
     assert status in ("Stopping", "Stopped")
+
+
+def test_a_failure_is_told_in_the_containers_own_words() -> None:
+    from sagepipe.tasks.jobs import failure_reason
+
+    generic = "AlgorithmError: See job logs for more information"
+    assert failure_reason({"FailureReason": generic, "ExitMessage": "ValueError: no label\n"},
+                          ["noise"]) == f"ValueError: no label ({generic})"
+    assert failure_reason({"FailureReason": generic}, ["loading", "", "KeyError: 'x'"]) == (
+        f"{generic}; last log lines: loading | KeyError: 'x'")
+    # a training container's failure file is in FailureReason already
+    assert failure_reason({"FailureReason": "AlgorithmError: C must be > 0"}, ["x"]) == (
+        "AlgorithmError: C must be > 0")
+    assert failure_reason({}, []) is None
