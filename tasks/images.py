@@ -41,6 +41,7 @@ from .stepsource import code_files
 __all__ = ["BUILDSPEC", "ImageRef", "build_images", "build_request", "content_tag",
            "ensure_images"]
 
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 # Sent with every build, so the CodeBuild project needs no copy of it.
 BUILDSPEC = Path(__file__).parent.parent / "buildspecs" / "build-images.yml"
 
@@ -93,7 +94,18 @@ def _find(clients: Clients, repository: str, tag: str) -> str | None:
             return None
         raise
     details = found.get("imageDetails", [])
-    return str(details[0]["imageDigest"]) if details else None
+    if not details:
+        return None
+    media_type = details[0].get("imageManifestMediaType")
+    if media_type is not None and media_type != DOCKER_MANIFEST:
+        # SageMaker refuses OCI manifests and image indexes ("Unsupported manifest media
+        # type", aws/amazon-sagemaker-feedback#180): say so now, not when a job starts
+        raise ImageBuildFailed(
+            f"Image {repository}:{tag} in ECR is a {media_type}; SageMaker runs only Docker "
+            f"image manifests ({DOCKER_MANIFEST}). Build without attestations and with "
+            "Docker media types (`docker build --provenance=false --sbom=false`, as "
+            "buildspecs/build-images.yml does), delete the tag, and run again.")
+    return str(details[0]["imageDigest"])
 
 
 def _zip(folders: Mapping[str, Path], names: list[str]) -> bytes:

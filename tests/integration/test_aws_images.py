@@ -288,7 +288,8 @@ def test_failed_build_raises_with_the_phase_message_and_streams_its_log(
     clients, cb_stub, logs_stub = stubbed
     where = {"groupName": GROUP, "streamName": STREAM}
     read = {"logGroupName": GROUP, "logStreamName": STREAM, "startFromHead": True}
-    message = ("Error while executing command: docker build --tag \"${uri}\" "
+    message = ("Error while executing command: docker build --provenance=false --sbom=false "
+               "--tag \"${uri}\" "
                "\"${CODEBUILD_SRC_DIR}/${folder}\". Reason: exit status 1")
     # poll 1: running, two lines so far (then CloudWatch repeats the token: end of stream)
     cb_stub.add_response("batch_get_builds", build("IN_PROGRESS", logs=where), {"ids": [BUILD_ID]})
@@ -449,7 +450,7 @@ case "$1" in
   login) [ "$(cat)" = secret-password ] || { echo "wrong password" >&2; exit 1; } ;;
   build)
     [ -z "${FAKE_BUILD_FAILS:-}" ] || { echo "ERROR: failed to solve" >&2; exit 1; }
-    [ -f "$4/Dockerfile" ] || { echo "no Dockerfile in $4" >&2; exit 1; } ;;
+    [ -f "${*: -1}/Dockerfile" ] || { echo "no Dockerfile in ${*: -1}" >&2; exit 1; } ;;
   push) echo "$2: digest: $FAKE_DIGEST size: 1234" ;;
   inspect) uri="${*: -1}"; echo "python@sha256:$(printf '%064d' 1) ${uri%:*}@$FAKE_DIGEST" ;;
   *) echo "fake docker: unexpected $*" >&2; exit 2 ;;
@@ -520,7 +521,8 @@ def test_buildspec_builds_and_pushes_what_the_request_names(sent: tuple[Path, st
     assert run.calls[3:] == [
         f"aws ecr describe-images --repository-name sagepipe-train --image-ids imageTag={tag} "
         "--query imageDetails[0].imageDigest --output text",
-        f"docker build --tag {uri} {source}/train",
+        # attestations off: SageMaker runs only Docker v2 manifests, not OCI indexes
+        f"docker build --provenance=false --sbom=false --tag {uri} {source}/train",
         f"docker push {uri}",
         f"docker inspect --format {{{{join .RepoDigests \" \"}}}} {uri}",
     ]
@@ -561,3 +563,17 @@ def test_buildspec_refuses_a_bad_images_list_before_docker(sent: tuple[Path, str
     assert run.returncode != 0
     assert "pre_build failed" in run.output
     assert not any(c.startswith("docker") for c in run.calls)
+
+
+def test_an_image_sagemaker_cannot_run_is_refused_before_any_job(
+        aws: Clients, containers: Path) -> None:
+    """SageMaker refuses OCI manifests and image indexes ("Unsupported manifest media type",
+    aws/amazon-sagemaker-feedback#180); BuildKit pushes an index when attestations are on."""
+    tag = content_tag(containers / "train")
+    aws.ecr.put_image(repositoryName="sagepipe-train", imageTag=tag, imageManifest=json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": []}))
+    with pytest.raises(ImageBuildFailed, match=r"oci\.image\.index.*--provenance=false"):
+        ensure_images(aws, folders={"train": containers / "train"}, repository_prefix="sagepipe",
+                      build_project=PROJECT, artifacts_bucket=BUCKET, artifacts_prefix="pipeline",
+                      log=logging.getLogger("test.images"))
