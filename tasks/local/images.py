@@ -124,6 +124,8 @@ class LocalECR(LocalClient):
             details.append({
                 "registryId": ACCOUNT, "repositoryName": repository,
                 "imageDigest": doc["digest"], "imageTags": doc["tags"],
+                # a local image is a folder: it stands for a Docker v2 manifest
+                "imageManifestMediaType": "application/vnd.docker.distribution.manifest.v2+json",
                 "imagePushedAt": to_datetime(doc["pushed"]),
                 "imageSizeInBytes": doc["size"],
             })

@@ -266,6 +266,8 @@ class _Runner:
                             started=now())
             returncode = self.execute(command, job_environment(self.base, extra_env),
                                       max_runtime)
+            if self.kind == "processing":
+                self.record_exit_message()
             if self.stopping.is_set():
                 raise _Stopped()
             if returncode != 0:
@@ -325,7 +327,25 @@ class _Runner:
         if self.child is not None and self.child.poll() is None:
             self.child.terminate()
 
+    def record_exit_message(self) -> None:
+        """A processing container's /opt/ml/output/message: its first 1 KB becomes
+        ExitMessage; text that is not UTF-8 fails the job (developer guide, "Save and Access
+        Metadata Information About Your Processing Job")."""
+        path = self.base / "output" / "message"
+        if not path.is_file():
+            return
+        raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _JobError("ClientError: /opt/ml/output/message is not UTF-8 encoded") from None
+        self.set_status(exit_message=text.encode()[:1024].decode("utf-8", errors="ignore"))
+
     def failure_reason(self, returncode: int) -> str:
+        if self.kind == "processing":
+            # AWS's own words for a processing container that exits non-zero; the
+            # container's reason is its ExitMessage (see record_exit_message)
+            return "AlgorithmError: See job logs for more information"
         failure = self.base / "output" / "failure"
         if failure.exists() and failure.read_text().strip():
             # SageMaker caps FailureReason at 1024 characters

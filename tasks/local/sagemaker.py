@@ -113,6 +113,8 @@ class LocalSageMaker(LocalClient):
         }
         if "ProcessingOutputConfig" in req:
             out["ProcessingOutputConfig"] = req["ProcessingOutputConfig"]
+        if doc.get("exit_message") is not None:
+            out["ExitMessage"] = doc["exit_message"]
         return self._job_times(doc, out, "Processing")
 
     @staticmethod

@@ -179,3 +179,57 @@ def test_a_second_client_on_the_same_root_sees_the_same_jobs(env: dict[str, Any]
     env["sm"].create_training_job(**training_request(env, "shared-1"))
     other = local_clients(env["root"])["sagemaker"]
     assert wait(other, "shared-1")["TrainingJobStatus"] == "Completed"
+
+
+FAILING_PROCESS = r'''
+import os, pathlib, sys
+out = pathlib.Path(os.environ["SAGEMAKER_BASE_DIR"]) / "output"
+out.mkdir(parents=True, exist_ok=True)
+how = sys.argv[-1]
+if how == "latin1":
+    (out / "message").write_bytes("caf\xe9".encode("latin-1"))
+else:
+    (out / "message").write_text("ValueError: label column 'target' not in the data" + "!" * 2000)
+print("about to fail", flush=True)
+sys.exit(1)
+'''
+
+
+@pytest.mark.parametrize(("how", "reason", "exit_message"), [
+    ("utf8", "AlgorithmError: See job logs for more information",
+     "ValueError: label column 'target' not in the data"),
+    ("latin1", "ClientError: /opt/ml/output/message is not UTF-8 encoded", None),
+])
+def test_a_failed_processing_job_reports_as_aws_does(env: dict[str, Any], tmp_path: Any,
+                                                     how: str, reason: str,
+                                                     exit_message: str | None) -> None:
+    """Developer guide, "Save and Access Metadata Information About Your Processing Job":
+    /opt/ml/output/message becomes ExitMessage (its first 1 KB); text that is not UTF-8
+    fails the job with a ClientError. FailureReason itself is AWS's generic one."""
+    from sagepipe.tasks.local.images import registry_host
+
+    folder = tmp_path / "failing"
+    folder.mkdir()
+    (folder / "Dockerfile").write_text('ENTRYPOINT ["python3", "/opt/ml/code/fail.py"]\n')
+    (folder / "fail.py").write_text(FAILING_PROCESS)
+    digest = env["clients"]["ecr"].push("t-failing", "v1", folder, env["root"])
+    sm, name = env["sm"], f"fail-{how}"
+    sm.create_processing_job(
+        ProcessingJobName=name, RoleArn="arn:aws:iam::000000000000:role/sm",
+        AppSpecification={"ImageUri": f"{registry_host('us-east-1')}/t-failing@{digest}",
+                          "ContainerArguments": [how]},
+        ProcessingResources={"ClusterConfig": {"InstanceCount": 1,
+                                               "InstanceType": "ml.m5.large",
+                                               "VolumeSizeInGB": 1}})
+    deadline = time.monotonic() + 60
+    while (described := sm.describe_processing_job(ProcessingJobName=name))[
+            "ProcessingJobStatus"] == "InProgress":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert described["ProcessingJobStatus"] == "Failed"
+    assert described["FailureReason"] == reason
+    if exit_message is None:
+        assert "ExitMessage" not in described
+    else:
+        assert described["ExitMessage"].startswith(exit_message)
+        assert len(described["ExitMessage"].encode()) == 1024  # the first 1 KB only
