@@ -17,6 +17,7 @@ small to reach every split; a run's pin step reads the first bytes of each store
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 from pathlib import Path
@@ -414,23 +415,62 @@ def pin_dataset(clients: Clients, dataset_uri: str, artifacts_uri: str,
     snapshot_prefix = f"{art_prefix.strip('/')}/data/{digest}/".lstrip("/")
     for obj in objects:
         target = snapshot_prefix + obj.key.rsplit("/", 1)[-1]
-        if _already_copied(clients, art_bucket, target, obj.etag):
+        if _already_copied(clients, art_bucket, target, obj):
             continue
-        clients.s3.copy_object(Bucket=art_bucket, Key=target,
-                               CopySource={"Bucket": bucket, "Key": obj.key,
-                                           "VersionId": obj.version_id})
+        copy_version(clients, bucket, obj, art_bucket, target)
     return DataPin(source_uri=dataset_uri, bucket=bucket, objects=objects, digest=digest,
                    snapshot_uri=f"s3://{art_bucket}/{snapshot_prefix}", report=first)
 
 
-def _already_copied(clients: Clients, bucket: str, key: str, etag: str) -> bool:
+# CopyObject copies up to 5 GB in one request; a bigger object is copied in parts with
+# UploadPartCopy, which takes the source's VersionId too (S3 API reference: CopyObject,
+# UploadPartCopy). At most 10,000 parts.
+COPY_LIMIT = 5 * 1024 ** 3
+PART_SIZE = 512 * 1024 ** 2
+_SOURCE_VERSION = "sagepipe-source-version"
+
+
+def copy_version(clients: Clients, bucket: str, obj: PinnedObject, target_bucket: str,
+                 target: str) -> None:
+    """Server-side copy of exactly ``obj``'s version, whatever its size. The copy records
+    the source version in its metadata: an ETag is no content hash under SSE-KMS or for a
+    multipart object, so that, not the ETag, says the copy is done."""
+    source = {"Bucket": bucket, "Key": obj.key, "VersionId": obj.version_id}
+    metadata = {_SOURCE_VERSION: obj.version_id}
+    if obj.size <= COPY_LIMIT:
+        clients.s3.copy_object(Bucket=target_bucket, Key=target, CopySource=source,
+                               Metadata=metadata, MetadataDirective="REPLACE")
+        return
+    part = max(PART_SIZE, -(-obj.size // 10_000))
+    upload = clients.s3.create_multipart_upload(Bucket=target_bucket, Key=target,
+                                                Metadata=metadata)["UploadId"]
+    try:
+        parts = []
+        for number, start in enumerate(range(0, obj.size, part), start=1):
+            end = min(start + part, obj.size) - 1
+            copied = clients.s3.upload_part_copy(
+                Bucket=target_bucket, Key=target, UploadId=upload, PartNumber=number,
+                CopySource=source, CopySourceRange=f"bytes={start}-{end}")
+            parts.append({"PartNumber": number, "ETag": copied["CopyPartResult"]["ETag"]})
+        clients.s3.complete_multipart_upload(Bucket=target_bucket, Key=target, UploadId=upload,
+                                             MultipartUpload={"Parts": parts})
+    except BaseException:
+        # the bucket's lifecycle rule (AbortIncompleteMultipartUpload) removes what an
+        # abort cannot: the flow role is not granted s3:AbortMultipartUpload
+        with contextlib.suppress(ClientError):
+            clients.s3.abort_multipart_upload(Bucket=target_bucket, Key=target,
+                                              UploadId=upload)
+        raise
+
+
+def _already_copied(clients: Clients, bucket: str, key: str, obj: PinnedObject) -> bool:
     try:
         head = clients.s3.head_object(Bucket=bucket, Key=key)
     except ClientError as exc:
         if _code(exc) in ("404", "NoSuchKey"):
             return False
         raise
-    return bool(head["ETag"].strip('"') == etag)
+    return bool((head.get("Metadata") or {}).get(_SOURCE_VERSION) == obj.version_id)
 
 
 @task(name="pin-data", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient)

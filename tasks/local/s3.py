@@ -58,7 +58,18 @@ _ERRORS = {  # code -> (HTTP status, S3's message)
     "InvalidBucketName": (400, "The specified bucket is not valid."),
     "InvalidRange": (416, "The requested range is not satisfiable"),
     "InvalidArgument": (400, "Invalid Argument"),
+    "InvalidRequest": (400, "The specified copy source is larger than the maximum allowable "
+                       "size for a copy source: 5368709120"),
+    "NoSuchUpload": (404, "The specified upload does not exist. The upload ID may be invalid, "
+                     "or the upload may have been aborted or completed."),
+    "InvalidPart": (400, "One or more of the specified parts could not be found."),
+    "EntityTooSmall": (400, "Your proposed upload is smaller than the minimum allowed size"),
 }
+# CopyObject copies at most 5 GB in one request; larger objects need a multipart upload
+# with UploadPartCopy (S3 API reference, CopyObject and UploadPartCopy). Parts other than
+# the last are at least 5 MiB.
+COPY_LIMIT = 5 * 1024 ** 3
+MIN_PART = 5 * 1024 ** 2
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS s3_buckets (name TEXT PRIMARY KEY, created TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS s3_versions (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
@@ -249,6 +260,8 @@ class LocalS3:
         path, _, source_id = params["CopySource"].partition("?versionId=")
         source_bucket, _, source_key = unquote(path.lstrip("/")).partition("/")
         source = self._resolve("CopyObject", source_bucket, source_key, source_id or None)
+        if source.size > COPY_LIMIT:
+            raise self._error("CopyObject", "InvalidRequest")
         content_type, metadata = source.content_type, json.loads(source.metadata)
         if params.get("MetadataDirective") == "REPLACE":
             content_type = params.get("ContentType", _DEFAULT_TYPE)
@@ -258,6 +271,82 @@ class LocalS3:
             etag=source.etag, content_type=content_type, metadata=metadata)
         return _ok(CopyObjectResult={"ETag": source.etag, "LastModified": modified},
                    VersionId=version_id, CopySourceVersionId=source.version_id)
+
+    # -- multipart copy: the parts of a big object copied server-side ---------------------
+
+    def create_multipart_upload(self, **params: Any) -> dict[str, Any]:
+        params = self._check("CreateMultipartUpload", params)
+        self._require_bucket("CreateMultipartUpload", params["Bucket"])
+        upload_id = uuid.uuid4().hex
+        self._state.put("s3-upload", upload_id, {
+            "bucket": params["Bucket"], "key": params["Key"], "parts": {},
+            "content_type": params.get("ContentType", _DEFAULT_TYPE),
+            "metadata": params.get("Metadata", {})})
+        return _ok(Bucket=params["Bucket"], Key=params["Key"], UploadId=upload_id)
+
+    def upload_part_copy(self, **params: Any) -> dict[str, Any]:
+        params = self._check("UploadPartCopy", params)
+        self._upload("UploadPartCopy", params)
+        path, _, source_id = params["CopySource"].partition("?versionId=")
+        source_bucket, _, source_key = unquote(path.lstrip("/")).partition("/")
+        source = self._resolve("UploadPartCopy", source_bucket, source_key, source_id or None)
+        start, end = 0, source.size - 1
+        if "CopySourceRange" in params:
+            match = re.fullmatch(r"bytes=(\d+)-(\d+)", params["CopySourceRange"])
+            if not match or int(match[2]) < int(match[1]) or int(match[2]) >= source.size:
+                raise self._error("UploadPartCopy", "InvalidArgument")
+            start, end = int(match[1]), int(match[2])
+        with open(self.blobs / source.sha256, "rb") as blob:
+            blob.seek(start)
+            window: Any = _Window(blob, end - start + 1)
+            sha256, md5, size = self._write_blob(window)
+        number = str(params["PartNumber"])
+
+        def add(doc: dict[str, Any]) -> dict[str, Any]:
+            doc["parts"][number] = {"sha256": sha256, "md5": md5, "size": size}
+            return doc
+
+        self._state.update("s3-upload", params["UploadId"], add)
+        return _ok(CopyPartResult={"ETag": f'"{md5}"', "LastModified": _now()},
+                   CopySourceVersionId=source.version_id)
+
+    def complete_multipart_upload(self, **params: Any) -> dict[str, Any]:
+        params = self._check("CompleteMultipartUpload", params)
+        upload = self._upload("CompleteMultipartUpload", params)
+        listed = (params.get("MultipartUpload") or {}).get("Parts") or []
+        parts = []
+        for item in listed:
+            part = upload["parts"].get(str(item["PartNumber"]))
+            if part is None or item.get("ETag", "").strip('"') != part["md5"]:
+                raise self._error("CompleteMultipartUpload", "InvalidPart")
+            parts.append(part)
+        if not parts or any(p["size"] < MIN_PART for p in parts[:-1]):
+            raise self._error("CompleteMultipartUpload",
+                              "InvalidPart" if not parts else "EntityTooSmall")
+        joined = io.BufferedReader(_Concat([self.blobs / p["sha256"] for p in parts]))
+        sha256, _, size = self._write_blob(joined)
+        digest = hashlib.md5(b"".join(bytes.fromhex(p["md5"]) for p in parts),
+                             usedforsecurity=False).hexdigest()
+        etag = f'"{digest}-{len(parts)}"'  # S3's ETag of a multipart object
+        version_id, _ = self._insert(
+            "CompleteMultipartUpload", upload["bucket"], upload["key"], sha256=sha256,
+            size=size, etag=etag, content_type=upload["content_type"],
+            metadata=upload["metadata"])
+        self._state.delete("s3-upload", params["UploadId"])
+        return _ok(Bucket=upload["bucket"], Key=upload["key"], ETag=etag, VersionId=version_id)
+
+    def abort_multipart_upload(self, **params: Any) -> dict[str, Any]:
+        params = self._check("AbortMultipartUpload", params)
+        self._upload("AbortMultipartUpload", params)
+        self._state.delete("s3-upload", params["UploadId"])
+        return _ok(204)
+
+    def _upload(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+        upload = self._state.get("s3-upload", params["UploadId"])
+        if upload is None or (upload["bucket"], upload["key"]) != (params["Bucket"],
+                                                                   params["Key"]):
+            raise self._error(operation, "NoSuchUpload", UploadId=params["UploadId"])
+        return upload
 
     def delete_object(self, **params: Any) -> dict[str, Any]:
         """Without VersionId: add a delete marker. With it: remove that version for good."""
@@ -337,7 +426,7 @@ class LocalS3:
         """
         if isinstance(params.get("Bucket"), str):
             validate_bucket_name(params)
-        if operation == "CopyObject":
+        if operation in ("CopyObject", "UploadPartCopy"):
             handle_copy_source_param(params)
         validate_request("s3", operation, params)
         return params
@@ -451,6 +540,30 @@ class LocalS3:
         except (binascii.Error, UnicodeDecodeError, ValueError):
             raise self._error("ListObjectsV2", "InvalidArgument",
                               "The continuation token provided is incorrect") from None
+
+
+class _Concat(io.RawIOBase):
+    """Files read one after another, as one stream."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        super().__init__()
+        self._paths: list[Path] = list(paths)
+        self._current: IO[bytes] | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while True:
+            if self._current is None:
+                if not self._paths:
+                    return 0
+                self._current = open(self._paths.pop(0), "rb")  # noqa: SIM115
+            n = self._current.readinto(buffer)  # type: ignore[attr-defined]
+            if n:
+                return int(n)
+            self._current.close()
+            self._current = None
 
 
 class _Window(io.RawIOBase):
