@@ -132,7 +132,7 @@ class ContainerRunner:
                 self.folder(params["AlgorithmSpecification"]["TrainingImage"]), base,
                 mode="train", hyperparameters=hps, root=Path(tmp) / "root")
             self.run(command, base, {**channels, "SM_MODEL_DIR": str(base / "model"),
-                                     "SM_HPS": json.dumps(hps)},
+                                     "SM_HPS": json.dumps(toolkit_decoded(hps))},
                      group="/aws/sagemaker/TrainingJobs", job=params["TrainingJobName"])
             archive = io.BytesIO()
             with tarfile.open(fileobj=archive, mode="w:gz") as tar:
@@ -141,6 +141,17 @@ class ContainerRunner:
             bucket, prefix = s3_uri_split(params["OutputDataConfig"]["S3OutputPath"])
             self.s3.put_object(Bucket=bucket, Body=archive.getvalue(),
                                Key=f"{prefix}/{params['TrainingJobName']}/output/model.tar.gz")
+
+
+def toolkit_decoded(hps: dict[str, str]) -> dict[str, Any]:
+    """SM_HPS as sagemaker-training builds it: each value json-decoded where it parses."""
+    decoded: dict[str, Any] = {}
+    for key, value in hps.items():
+        try:
+            decoded[key] = json.loads(value)
+        except ValueError:
+            decoded[key] = value
+    return decoded
 
 
 def write_log(logs: Any, group: str, stream: str, lines: list[str]) -> None:
