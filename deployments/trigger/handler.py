@@ -51,6 +51,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import boto3
@@ -199,7 +200,16 @@ def run_job(job_id: str, job: dict[str, Any], budget: Budget) -> Result:
     run = api.create_flow_run(deployment["id"], parameters, idempotency_key=job_id)
     log.info("Job %s: flow run %s (%s) of %s", job_id, run["id"], run.get("name"),
              deployment_name)
-    return check_run(api, run, Token(str(run["id"]), started=time.time()))
+    # the run's own creation time: a retried invocation (same job, same run) sends the same token
+    return check_run(api, run, Token(str(run["id"]), started=created_at(run)))
+
+
+def created_at(run: dict[str, Any]) -> float:
+    """When Prefect created the run (epoch seconds); now if it does not say."""
+    try:
+        return datetime.fromisoformat(str(run["created"]).replace("Z", "+00:00")).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return time.time()
 
 
 @dataclass(frozen=True)
