@@ -93,8 +93,6 @@ def model_fn(model_dir: str) -> Model:
     problem = info.get("problem", "binary")
     classes = [] if problem == "regression" else (info.get("classes") or
                                                   np.asarray(estimator.classes_).tolist())
-    # Inputs are converted (and infinities made missing) here: sklearn need not check again.
-    sklearn.set_config(assume_finite=True)
     model = Model(estimator, problem, classes, names,
                   [f["kind"] == "numeric" for f in features], list(inputs),
                   [inputs.index(n) for n in names],
@@ -229,10 +227,13 @@ def _frame(data: np.ndarray | list[Any], model: Model) -> pd.DataFrame:
 def predict_fn(data: np.ndarray | list[Any], model: Model) -> Predictions:
     """Per row: the label and class probabilities, or the predicted value."""
     frame = _frame(data, model)
-    if model.problem == "regression":
-        return Predictions(values=np.asarray(model.estimator.predict(frame),
-                                             dtype=np.float64).tolist())
-    proba = np.asarray(model.estimator.predict_proba(frame), dtype=np.float64)
+    # inputs are converted (infinities made missing) by _frame: sklearn need not check again.
+    # Its config is thread-local, and every request runs in a thread of its own.
+    with sklearn.config_context(assume_finite=True):
+        if model.problem == "regression":
+            return Predictions(values=np.asarray(model.estimator.predict(frame),
+                                                 dtype=np.float64).tolist())
+        proba = np.asarray(model.estimator.predict_proba(frame), dtype=np.float64)
     labels = [model.classes[i] for i in proba.argmax(axis=1)]
     return Predictions(labels=labels, probabilities=proba, classes=model.classes)
 

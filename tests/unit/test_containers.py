@@ -279,3 +279,15 @@ def test_a_plot_that_cannot_be_drawn_does_not_fail_the_evaluation(
     assert report["plots"] == {} and report["plots_error"] == "RuntimeError: no fonts"
     assert report["challenger"]["roc_auc"] > 0.9
     assert not (tmp_path / "ml" / "output" / "failure").exists()
+
+
+def test_default_images_start_from_a_registry_codebuild_is_not_rate_limited_on() -> None:
+    """Docker Hub limits anonymous pulls, and CodeBuild's addresses are shared; ECR Public
+    serves Docker's official images (public.ecr.aws/docker/library/...)."""
+    from sagepipe.tasks.stepsource import DEFAULT_CONTAINERS, STEPS
+
+    for step in STEPS:
+        bases = [line.split()[1] for line in
+                 (DEFAULT_CONTAINERS / step / "Dockerfile").read_text().splitlines()
+                 if line.startswith("FROM ")]
+        assert bases == ["public.ecr.aws/docker/library/python:3.11-slim"], step

@@ -252,3 +252,131 @@ def test_a_model_that_does_not_load_stops_the_server_before_it_listens(tmp_path:
     assert result.returncode == 1
     assert "lacks model.joblib and model.json" in result.stderr
     assert "serving on" not in result.stdout
+
+
+# ---- the production server: HTTP details, workers, bounded connections ---------------------
+
+
+def raw(port: int, data: bytes, timeout: float = 5) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock.sendall(data)
+    return sock
+
+
+def read_response(sock: socket.socket) -> tuple[int, bytes]:
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    return response.status, response.read()
+
+
+def test_expect_100_continue_is_answered_before_the_body_is_sent(
+        server: Server, rows: np.ndarray) -> None:
+    """curl and AWS's BYOC test scripts wait for the interim answer before sending."""
+    body = csv_body(rows[:1]).encode()
+    head = (f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n"
+            f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n").encode()
+    with raw(server.port, head, timeout=1) as sock:
+        interim = sock.recv(64)  # before the body: a buffered 100 would time out here
+        assert interim.startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(body)
+        status, data = read_response(sock)
+    assert status == 200 and len(json.loads(data)["predictions"]) == 1
+
+
+def chunked(body: bytes, size: int = 7) -> bytes:
+    parts = [body[i:i + size] for i in range(0, len(body), size)]
+    return b"".join(f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in parts) + b"0\r\n\r\n"
+
+
+def test_a_chunked_body_is_read_within_the_payload_limit(server: Server,
+                                                         rows: np.ndarray) -> None:
+    """Batch transform with MaxPayloadInMB=0 streams chunked requests."""
+    head = (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n")
+    with raw(server.port, head + chunked(csv_body(rows).encode())) as sock:
+        status, data = read_response(sock)
+    assert status == 200 and len(json.loads(data)["predictions"]) == len(rows)
+    too_big = chunked(csv_body(np.repeat(rows, 40, axis=0)).encode(), size=4096)
+    with raw(server.port, head + too_big) as sock:
+        status, data = read_response(sock)
+    assert status == 413 and "exceeds" in json.loads(data)["error"]
+
+
+def children(pid: int) -> set[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
+                         text=True).stdout
+    return {int(p) for p in out.split()}
+
+
+def test_workers_follow_the_setting_and_a_dead_one_is_replaced(base: Path,
+                                                               rows: np.ndarray) -> None:
+    server = start(base, SAGEMAKER_MODEL_SERVER_WORKERS="2")
+    try:
+        workers = children(server.process.pid)
+        assert len(workers) == 2
+        victim = sorted(workers)[0]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            now = children(server.process.pid)
+            if len(now) == 2 and victim not in now:
+                break
+            time.sleep(0.2)
+        assert len(now) == 2 and victim not in now  # replaced, with its model loaded
+        for _ in range(6):  # whichever worker takes the connection answers
+            assert server.invoke(csv_body(rows[:1]), Content_Type="text/csv")[0] == 200
+    finally:
+        server.process.terminate()
+        out, _ = server.process.communicate(timeout=20)
+    assert server.process.returncode == 0 and "stopped" in out
+
+
+def test_connections_are_bounded_per_worker(base: Path, rows: np.ndarray) -> None:
+    server = start(base, SAGEMAKER_MODEL_SERVER_WORKERS="1", SAGEPIPE_SERVER_CONNECTIONS="1")
+    try:
+        holder = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        holder.request("GET", "/ping")  # keep-alive: this connection keeps its slot
+        assert holder.getresponse().read() == b""
+        waiting = http.client.HTTPConnection("127.0.0.1", server.port, timeout=1)
+        with pytest.raises(TimeoutError):  # no thread is started for it meanwhile
+            waiting.request("GET", "/ping")
+            waiting.getresponse()
+        waiting.close()
+        holder.close()  # the slot frees: the next connection is served
+        assert server.request("GET", "/ping")[0] == 200
+    finally:
+        server.process.terminate()
+        server.process.wait(timeout=20)
+
+
+def test_predictions_run_with_assume_finite_in_every_request_thread(base: Path) -> None:
+    """sklearn's config is thread-local: set once at load, it never reached the threads."""
+    import threading
+
+    import sklearn
+
+    sys.path.insert(0, str(CONTAINERS / "serve"))
+    try:
+        import inference
+    finally:
+        sys.path.pop(0)
+    model = inference.model_fn(str(base / "model"))
+    seen: list[bool] = []
+    estimator = model.estimator
+
+    class Watch:
+        def __getattr__(self, name: str) -> object:
+            return getattr(estimator, name)
+
+        def predict_proba(self, frame: object) -> object:
+            seen.append(sklearn.get_config()["assume_finite"])
+            return estimator.predict_proba(frame)
+
+    import dataclasses
+
+    watched = dataclasses.replace(model, estimator=Watch())
+    thread = threading.Thread(target=inference.predict_fn,
+                              args=([[1.0] * len(model.input_columns)], watched))
+    thread.start()
+    thread.join()
+    assert seen == [True]
