@@ -1,7 +1,7 @@
 """Local SageMaker jobs: a detached runner process per job.
 
 ``create_training_job`` / ``create_processing_job`` store the request and spawn
-``python -m sagepipe.tasks.local.jobs <root> <kind> <name>``. The runner stages inputs from
+``python -m sagepipe.tasks.local.runner <root> <kind> <name>``. The runner stages inputs from
 the object store into the job's workspace, runs the container command, streams
 its output into the job's log stream, uploads outputs, and writes the final
 status: InProgress -> Completed | Failed | Stopped, with FailureReason taken
@@ -51,7 +51,7 @@ def spawn_runner(root: Path, kind: str, name: str) -> int:
     runner_log.parent.mkdir(parents=True, exist_ok=True)
     with open(runner_log, "ab") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "sagepipe.tasks.local.jobs", str(root), kind, name],
+            [sys.executable, "-m", "sagepipe.tasks.local.runner", str(root), kind, name],
             stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True,
             cwd=str(root), env={**os.environ, "PYTHONPATH": _project_path()},
         )
@@ -387,7 +387,3 @@ def _tail(path: Path, lines: int) -> str:
         return "(no log)"
     return " | ".join(line.split("\t", 1)[-1] for line in text)
 
-
-if __name__ == "__main__":
-    _root, _kind, _name = sys.argv[1:4]
-    _Runner(Path(_root), _kind, _name).run()

@@ -33,6 +33,15 @@ def wait(sm: Any, name: str, timeout: float = 60) -> dict[str, Any]:
     raise AssertionError(f"{name} did not finish")
 
 
+def test_the_runner_loads_the_jobs_module_once(env: dict[str, Any]) -> None:
+    """Run as ``-m sagepipe.tasks.local.jobs`` the module was loaded twice (runpy's
+    RuntimeWarning in every runner log); the runner has a module of its own."""
+    env["sm"].create_training_job(**training_request(env, "once-1"))
+    assert wait(env["sm"], "once-1")["TrainingJobStatus"] == "Completed"
+    log = (env["root"] / "jobs" / "once-1" / "runner.log").read_text()
+    assert "RuntimeWarning" not in log, log
+
+
 def test_training_job_runs_to_completion_and_uploads_the_model(env: dict[str, Any]) -> None:
     sm = env["sm"]
     sm.create_training_job(**training_request(env, "ok-1", C="0.5"))
