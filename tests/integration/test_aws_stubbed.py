@@ -654,6 +654,15 @@ def test_a_good_update_serves_the_new_config_and_passes_the_smoke_test(aws: Stub
     aws.assert_done()
 
 
+def smoke_test_fails(aws: Stubbed, message: str = "boom") -> None:
+    """The endpoint's container answers 500: SageMaker's ModelError with its message."""
+    aws.stubbers["sagemaker_runtime"].add_client_error(
+        "invoke_endpoint", service_error_code="ModelError", http_status_code=424,
+        service_message="Received server error (500) from primary with message ...",
+        modeled_fields={"OriginalStatusCode": 500, "OriginalMessage": message,
+                        "LogStreamArn": f"arn:aws:logs:us-east-1:{ACCOUNT}:log-group:x"})
+
+
 def test_a_failed_smoke_test_puts_the_endpoint_back_on_its_previous_config(
         aws: Stubbed) -> None:
     config = deployment_config(EndpointSettings(wait_seconds=0, alarms=["sagepipe-prod-5xx"]))
@@ -662,12 +671,7 @@ def test_a_failed_smoke_test_puts_the_endpoint_back_on_its_previous_config(
     update(aws, CONFIG, config)
     describe(aws, "Updating", OLD_CONFIG)
     describe(aws, "InService", CONFIG)
-    aws.stubbers["sagemaker_runtime"].add_client_error(
-        "invoke_endpoint", service_error_code="ModelError", http_status_code=424,
-        service_message="Received server error (500) from primary with message ...",
-        modeled_fields={"OriginalStatusCode": 500,
-                        "OriginalMessage": "ValueError: X has 3 features, expecting 30",
-                        "LogStreamArn": f"arn:aws:logs:us-east-1:{ACCOUNT}:log-group:x"})
+    smoke_test_fails(aws, "ValueError: X has 3 features, expecting 30")
     update(aws, OLD_CONFIG, ROLLBACK_CONFIG)  # back at once, without the alarms
     describe(aws, "Updating", CONFIG)
     describe(aws, "InService", OLD_CONFIG)
@@ -682,12 +686,6 @@ def test_a_failed_smoke_test_puts_the_endpoint_back_on_its_previous_config(
     aws.assert_done()
 
 
-def smoke_test_fails(aws: Stubbed) -> None:
-    aws.stubbers["sagemaker_runtime"].add_client_error(
-        "invoke_endpoint", service_error_code="ModelError", http_status_code=424,
-        service_message="Received server error (500) from primary with message ...",
-        modeled_fields={"OriginalStatusCode": 500, "OriginalMessage": "boom",
-                        "LogStreamArn": f"arn:aws:logs:us-east-1:{ACCOUNT}:log-group:x"})
 
 
 def test_a_rollback_that_does_not_take_is_reported_not_claimed(aws: Stubbed) -> None:
