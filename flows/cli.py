@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -83,43 +84,41 @@ def _table(rows: list[dict[str, Any]], empty: str) -> None:
         typer.echo("  " + "  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns))
 
 
+VerboseOption = typer.Option(False, "--verbose", "-v",
+                             help="Prefect's full log stream instead of the steps' view")
+NoServerOption = typer.Option(
+    False, "--no-server", help="run on a temporary Prefect server that ends with the command "
+    "(no UI afterwards; also SAGEPIPE_PREFECT_SERVER=temporary). Default: PREFECT_API_URL if "
+    "set, else a local server sagepipe starts once and keeps (`sagepipe down` stops it)")
+
+
 @app.command()
 def run(env: str | None = EnvOption, set_: list[str] = SetOption,
         commit: str = typer.Option(None, help="the git commit this run is for"),
-        force: bool = typer.Option(False, help="ignore cached steps and run every job")) -> None:
-    """Run the whole pipeline once and print what it decided."""
+        force: bool = typer.Option(False, help="run every job again, reusing nothing cached "
+                                   "(images are reused: they are keyed on their content)"),
+        verbose: bool = VerboseOption, no_server: bool = NoServerOption) -> None:
+    """Run the whole pipeline once and print what it decided.
+
+    Exit codes: 0 deployed or unchanged, 1 failed, 2 bad input, 4 no Prefect API,
+    5 rejected, 6 deploy rolled back, 7 AWS refused, 130 interrupted (see README).
+    """
     try:
         config = _config(env, set_)
         _preflight(config)
     except PipelineError as exc:
         _fail(str(exc), 2)
-    from sagepipe.flows.pipeline import ml_pipeline  # importing Prefect flows is slow: only here
+    from sagepipe.flows.runner import run_pipeline  # Prefect is slow to import: only here
 
-    try:
-        record = ml_pipeline(config=config, commit=commit, force=force)
-    except PipelineError as exc:
-        _fail(f"Run failed: {exc}")
-    typer.secho(f"\nRun {record['run_name'] or record['run_id']}: {record['summary']}",
-                fg=typer.colors.GREEN if record["outcome"] != "failed" else typer.colors.RED)
-    problem = record.get("problem")
-    if problem:
-        typer.echo(f"Problem: {problem['type']} ({problem['source']}); to override, "
-                   f"{problem['override']}")
-    for warning in (record.get("data_schema") or {}).get("warnings") or []:
-        typer.secho(f"Data: {warning}", fg=typer.colors.YELLOW)
-    typer.echo(f"Record: {record['record_uri']}")
-    endpoint = config.endpoint.name
-    if record["outcome"] in ("deployed", "unchanged", "rejected"):
-        sample = (record.get("endpoint") or {}).get("smoke_test")
-        try:
-            rows = _sample_rows(config)
-            answer = invoke_endpoint(get_clients(config.runtime), endpoint, rows)
-        except (PipelineError, LookupError) as exc:
-            typer.echo(f"Endpoint {endpoint}: not answering ({exc})")
-            return
-        typer.echo(f"Endpoint {endpoint} answers: {answer.strip()}" if not sample else
-                   f"Endpoint {endpoint} is live; sample prediction: {answer.strip()}")
-        typer.echo(f"Try: {_me()} invoke {endpoint} - <<< '{rows.splitlines()[0]}'")
+    code = run_pipeline(config, commit=commit, force=force, verbose=verbose,
+                        no_server=no_server or _env_says_temporary(), debug=DEBUG.on,
+                        me=_me())
+    if code:
+        raise typer.Exit(code)
+
+
+def _env_says_temporary() -> bool:
+    return os.environ.get("SAGEPIPE_PREFECT_SERVER", "").lower() in ("temporary", "none", "off")
 
 
 def _preflight(config: PipelineConfig) -> None:
@@ -141,17 +140,6 @@ def _me() -> str:
     if found and Path(found).resolve() == Path(sys.argv[0]).resolve():
         return "sagepipe"
     return os.path.relpath(sys.argv[0])
-
-
-def _sample_rows(config: PipelineConfig) -> str:
-    from sagepipe.tasks.storage import list_run_records, sample_rows
-
-    clients = get_clients(config.runtime)
-    for record in list_run_records(clients, config.artifacts_uri):
-        test = ((record.get("steps") or {}).get("preprocess") or {}).get("outputs", {}).get("test")
-        if test:
-            return sample_rows(clients, test, config.label_column, rows=1)
-    raise LookupError("no run has produced a test split yet")
 
 
 @app.command()
@@ -228,20 +216,33 @@ def logs(job: str, env: str | None = EnvOption, set_: list[str] = SetOption) -> 
 
 @app.command()
 def down(env: str | None = EnvOption, set_: list[str] = SetOption) -> None:
-    """Stop every local endpoint and job (data, models and records are kept)."""
-    config = _config(env, set_)
-    if config.runtime.kind != "local":
-        _fail("`sagepipe down` stops the local runtime's processes; on AWS delete endpoints in "
-              "the console or with `aws sagemaker delete-endpoint`.", 2)
-    from sagepipe.tasks.local import teardown
+    """Stop every process sagepipe started here: local endpoints and jobs, and the local
+    Prefect server (and worker). Data, models, records and the server's history are kept."""
+    from sagepipe.flows.runner import stop_temporary, temporary_servers
+    from sagepipe.flows.server import down as server_down
 
+    config = _config(env, set_)
     root = Path(config.runtime.state_dir).resolve()
-    if not (root / "state.db").exists():
-        typer.echo("Nothing is running (no local state yet).")
-        return
-    stopped = teardown(root)
-    typer.echo(f"Deleted endpoints: {', '.join(stopped['endpoints']) or 'none'}; "
-               f"stopped jobs: {', '.join(stopped['jobs']) or 'none'}.")
+    said = []
+    if config.runtime.kind == "local" and (root / "state.db").exists():
+        from sagepipe.tasks.local import teardown
+
+        stopped = teardown(root)
+        said.append(f"Deleted endpoints: {', '.join(stopped['endpoints']) or 'none'}; "
+                    f"stopped jobs: {', '.join(stopped['jobs']) or 'none'}.")
+    elif config.runtime.kind != "local":
+        said.append("Endpoints and jobs on AWS are left alone (`aws sagemaker "
+                    "delete-endpoint` deletes an endpoint).")
+    server = server_down(root / "prefect")
+    if server is not None:
+        worker = f" and its worker (pid {server.worker_pid})" if server.worker_pid else ""
+        said.append(f"Stopped the local Prefect server at {server.ui_url} (pid "
+                    f"{server.server_pid}){worker}; its runs are kept for the next one.")
+    left = [d for d in temporary_servers(root) if stop_temporary(d)]
+    if left:
+        said.append(f"Stopped {len(left)} temporary Prefect server(s) of interrupted "
+                    "`--no-server` runs.")
+    typer.echo("\n".join(said) if said else "Nothing is running.")
 
 
 @data_app.command("push")
@@ -446,24 +447,69 @@ def server_down() -> None:
                f"(pid {stopped.server_pid}) at {stopped.api_url}.")
 
 
+class _Debug:
+    on = False
+
+
+DEBUG = _Debug()
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(
+        False, "--debug", help="print the full traceback of a failure (anywhere on the "
+        "command line; also SAGEPIPE_DEBUG=1)")) -> None:
+    DEBUG.on = DEBUG.on or debug
+
+
 def main() -> None:
     from prefect.settings import (
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
         temporary_settings,
     )
 
+    if "--debug" in sys.argv[1:]:  # accepted after the command too: `sagepipe run --debug`
+        sys.argv = [sys.argv[0], *(a for a in sys.argv[1:] if a != "--debug")]
+        DEBUG.on = True
+    DEBUG.on = DEBUG.on or os.environ.get("SAGEPIPE_DEBUG", "") not in ("", "0", "false")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # the server's own env
     # Prefect read its settings when this module imported it: a default set in os.environ
     # now would come too late. A loaded 2-core machine, or a first run that creates
     # Prefect's database, can need more than Prefect's 20 s to start its temporary server.
     timeout = PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
     updates = {} if timeout.name in os.environ else {timeout: 90}
+    signal.signal(signal.SIGINT, _interrupted)  # `run` installs its own while it runs
     try:
         with temporary_settings(updates=updates):
             app()
-    except PipelineError as exc:  # config and data errors are the user's to fix: no traceback
+    except Exception as exc:
+        sys.exit(_unexpected(exc))
+
+
+def _interrupted(signum: int, frame: Any) -> None:
+    typer.secho("\nInterrupted.", fg=typer.colors.YELLOW, err=True)
+    sys.exit(128 + signum)
+
+
+def _unexpected(exc: BaseException) -> int:
+    """An error nobody planned for: one paragraph, or a line and a saved report."""
+    import traceback
+
+    from sagepipe.flows.console import explain, save_report
+
+    if DEBUG.on:
+        typer.echo("".join(traceback.format_exception(exc)), err=True)
+    explained = explain(exc)
+    if isinstance(exc, PipelineError):  # config and data errors are the user's to fix
         typer.secho(str(exc), fg=typer.colors.RED, err=True)
-        sys.exit(2)
+        return 2 if explained is None or explained.code == 1 else explained.code
+    if explained is not None:
+        typer.secho(explained.text, fg=typer.colors.RED, err=True)
+        return explained.code
+    report = save_report(exc, Path(".sagepipe") / "errors")
+    typer.secho(f"Unexpected error: {type(exc).__name__}: {exc}. The full report is in "
+                f"{report}; please include it when you report this.", fg=typer.colors.RED,
+                err=True)
+    return 70
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from sagepipe.tasks.storage import (
     save_run_record,
 )
 
-__all__ = ["ml_pipeline", "run_tags"]
+__all__ = ["interrupted_records", "ml_pipeline", "run_tags", "stop_run_jobs"]
 
 FLOW_RUN_TAG = "sagepipe:flow-run-id"
 
@@ -52,25 +52,44 @@ class Approval(RunInput):
     note: str = ""
 
 
+def stop_run_jobs(config: PipelineConfig, flow_run_id: str) -> list[str]:
+    """Stop the SageMaker jobs the flow run ``flow_run_id`` started that still run; returns
+    every job of the run that is stopped or stopping now (``training job NAME``), whoever
+    stopped it (this, the run's own interrupted wait, or an on_cancellation hook)."""
+    clients = get_clients(config.runtime)
+    stopped: list[str] = []
+    for kind, lister in ((TRAINING, clients.sagemaker.list_training_jobs),
+                         (PROCESSING, clients.sagemaker.list_processing_jobs)):
+        for status in ("InProgress", "Stopping", "Stopped"):
+            # only this project's jobs: ListTags on other projects' jobs is not granted
+            params: dict[str, Any] = {"StatusEquals": status, "MaxResults": 100,
+                                      "NameContains": config.project}
+            while True:
+                page = lister(**params)
+                for summary in page[f"{kind.noun}JobSummaries"]:
+                    arn = summary[f"{kind.noun}JobArn"]
+                    tags = clients.sagemaker.list_tags(ResourceArn=arn)["Tags"]
+                    if {"Key": FLOW_RUN_TAG, "Value": flow_run_id} not in tags:
+                        continue
+                    name = summary[f"{kind.noun}JobName"]
+                    if status != "InProgress" or stop_job(clients, kind, name):
+                        stopped.append(f"{kind.noun.lower()} job {name}")
+                if not page.get("NextToken"):
+                    break
+                params["NextToken"] = page["NextToken"]
+    return list(dict.fromkeys(stopped))
+
+
 def _stop_jobs_of_run(flow: Any, flow_run: Any, state: Any) -> None:
     """on_cancellation / on_crashed hook: stop the SageMaker jobs this run started."""
     config = PipelineConfig.model_validate(flow_run.parameters.get("config") or {})
-    clients = get_clients(config.runtime)
-    for kind, lister in ((TRAINING, clients.sagemaker.list_training_jobs),
-                         (PROCESSING, clients.sagemaker.list_processing_jobs)):
-        # only this project's jobs: ListTags on other projects' jobs is not granted
-        params: dict[str, Any] = {"StatusEquals": "InProgress", "MaxResults": 100,
-                                  "NameContains": config.project}
-        while True:
-            page = lister(**params)
-            for summary in page[f"{kind.noun}JobSummaries"]:
-                arn = summary[f"{kind.noun}JobArn"]
-                tags = clients.sagemaker.list_tags(ResourceArn=arn)["Tags"]
-                if {"Key": FLOW_RUN_TAG, "Value": str(flow_run.id)} in tags:
-                    stop_job(clients, kind, summary[f"{kind.noun}JobName"])
-            if not page.get("NextToken"):
-                break
-            params["NextToken"] = page["NextToken"]
+    for what in stop_run_jobs(config, str(flow_run.id)):
+        get_run_logger().info("Stopped %s", what)
+
+
+# by flow run id, in this process: the record of a run stopped by an interrupt (Ctrl-C,
+# SIGTERM), which the CLI that ran it saves with what was stopped
+interrupted_records: dict[str, dict[str, Any]] = {}
 
 
 def run_tags(run_id: str, project: str, commit: str | None) -> dict[str, str]:
@@ -99,7 +118,7 @@ def ml_pipeline(config: PipelineConfig = PipelineConfig(),
     record: dict[str, Any] = {"run_id": run_id, "run_name": run_name, "commit": commit,
                               "project": config.project, "runtime": runtime.kind,
                               "flow_run_url": run_url, "started": time.time(), "steps": {},
-                              "outcome": "running"}
+                              "outcome": "running", "forced": force}
     topic = config.notifications.topic_arn
     try:
         if runtime.kind == "local":
@@ -121,8 +140,11 @@ def ml_pipeline(config: PipelineConfig = PipelineConfig(),
                                 **({"code": i.framework.source_uri} if i.framework else {})}
                             for n, i in images.items()}
 
+        # forced: every job is keyed on this run too, so each one runs again (new names)
         common: dict[str, Any] = {"project": config.project, "runtime": runtime,
-                  "artifacts_uri": config.artifacts_uri, "settings": config.jobs}
+                                  "artifacts_uri": config.artifacts_uri,
+                                  "settings": config.jobs,
+                                  "force_token": run_id if force else None}
         pre_plan = plan_preprocess(**common, pin=pin, image=images["preprocess"],
                                    label_column=config.label_column,
                                    validation_fraction=config.split.validation_fraction,
@@ -204,13 +226,16 @@ def ml_pipeline(config: PipelineConfig = PipelineConfig(),
         record["outcome"] = "deployed"
         return _finish(config, record, topic, "deployed")
     except BaseException as exc:
+        if not isinstance(exc, Exception):  # interrupted: whoever interrupted records it
+            record.update(outcome="cancelled")
+            interrupted_records[run_id] = record
+            raise
         outcome = "rolled_back" if isinstance(exc, DeployRolledBack) else "failed"
         record.update(outcome=outcome, error={"type": type(exc).__name__, "message": str(exc)})
-        if isinstance(exc, Exception):
-            try:
-                _finish(config, record, topic, outcome)
-            except Exception:  # the original error matters more than the bookkeeping
-                log.exception("Could not record or notify the failure")
+        try:
+            _finish(config, record, topic, outcome)
+        except Exception:  # the original error matters more than the bookkeeping
+            log.exception("Could not record or notify the failure")
         raise
 
 

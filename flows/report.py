@@ -89,6 +89,8 @@ def record_markdown(record: dict[str, Any], images: dict[str, str] | None = None
     lines = [f"# Run {record.get('run_name') or record['run_id']}: **{record['outcome']}**", ""]
     if record.get("summary"):
         lines += [record["summary"], ""]
+    if record.get("forced"):
+        lines += ["Forced (`--force`): every job ran again; nothing cached was reused.", ""]
     if record.get("error"):
         lines += ["## Error", "", f"`{record['error']['type']}`: {record['error']['message']}",
                   ""]

@@ -1,15 +1,21 @@
-"""A local Prefect server and a process worker: what ``prefect deployment run`` needs.
+"""The local Prefect server sagepipe manages, and a process worker for deployments.
 
-``up`` starts ``prefect server start`` on 127.0.0.1 and ``prefect worker start``
-for the local work pool, each in its own process group, with logs, pids and the
-server's database under ``.sagepipe/prefect/``. It returns once the API answers
-and the worker is polling, so ``prefect deploy`` can follow at once. ``down``
-stops both: SIGTERM to each group, SIGKILL after a grace period.
+``ensure_server`` starts ``prefect server start`` on 127.0.0.1 in a session of its
+own (the terminal's Ctrl-C does not reach it), with its database, log and pid under
+``<state_dir>/prefect/``, and returns once the API answers. ``sagepipe run`` uses it
+when no ``PREFECT_API_URL`` is set: it stays up between runs, like the local
+endpoints, so its UI keeps every run and the second run pays no start-up. ``up``
+adds a worker for the ``sagepipe-local`` pool (what ``prefect deployment run``
+needs). ``down`` stops both: SIGTERM to each process group, SIGKILL after a grace
+period. The state file names the processes by pid; a stale one (dead pid, or a pid
+recycled by another program) is noticed and replaced, and a port in use by anything
+else moves the server to the next free port.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -17,7 +23,8 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +33,15 @@ import httpx
 from sagepipe.tasks.errors import PipelineError
 from sagepipe.tasks.local.common import pid_alive
 
-__all__ = ["LOCAL_POOL", "LocalServer", "ServerError", "down", "running", "up"]
+__all__ = ["LOCAL_POOL", "LocalServer", "ServerError", "down", "ensure_server", "running",
+           "up"]
 
 # under the folder sagepipe runs in (the project), beside the local runtime's state
 DEFAULT_DIR = Path(".sagepipe") / "prefect"
 LOCAL_POOL = "sagepipe-local"
 STATE_FILE = "server.json"
+DEFAULT_PORT = 4200
+PORTS_TRIED = 50  # DEFAULT_PORT .. DEFAULT_PORT + 49
 
 
 class ServerError(PipelineError):
@@ -43,7 +53,7 @@ class LocalServer:
     api_url: str
     pool: str
     server_pid: int
-    worker_pid: int
+    worker_pid: int  # 0: no worker (a server for `sagepipe run` only)
     directory: str
 
     @property
@@ -51,73 +61,159 @@ class LocalServer:
         return self.api_url.removesuffix("/api")
 
 
-def running(directory: Path = DEFAULT_DIR) -> LocalServer | None:
-    """The server started from ``directory``, if both of its processes are still there."""
+def _read(directory: Path) -> LocalServer | None:
     path = Path(directory) / STATE_FILE
-    if not path.exists():
-        return None
-    server = LocalServer(**json.loads(path.read_text()))
-    return server if pid_alive(server.server_pid) and pid_alive(server.worker_pid) else None
-
-
-def up(directory: Path = DEFAULT_DIR, *, port: int = 4200, pool: str = LOCAL_POOL,
-       poll_seconds: float = 5.0, ui: bool = True, timeout: float = 120.0) -> LocalServer:
-    """Start the server and a worker for ``pool``; wait until both are ready."""
-    directory = Path(directory).resolve()
-    if (current := running(directory)) is not None:
-        return current
-    down(directory, grace=5)  # what is left of an earlier server whose worker died, say
-    directory.mkdir(parents=True, exist_ok=True)
-    _check_port_free(port)
-    api_url = f"http://127.0.0.1:{port}/api"
-    base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}
-    base["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    server_env = {**base, "PREFECT_HOME": str(directory / "home"),
-                  "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(port),
-                  "PREFECT_SERVER_UI_ENABLED": str(ui).lower(), "PREFECT_API_URL": api_url}
-    server = _start([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                     "--port", str(port)], directory / "server.log", server_env)
-    worker_pid = 0
     try:
-        _wait(lambda: _get(f"{api_url}/health") is not None, timeout, server,
-              directory / "server.log", "the Prefect server to answer")
-        worker_env = {**base, "PREFECT_API_URL": api_url,
-                      "PREFECT_WORKER_QUERY_SECONDS": str(poll_seconds)}
-        worker = _start([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool,
-                         "--type", "process", "--install-policy", "never",
-                         "--name", f"sagepipe-local-{port}"],
-                        directory / "worker.log", worker_env)
-        worker_pid = worker.pid
-        _wait(lambda: _worker_online(api_url, pool), timeout, worker, directory / "worker.log",
-              f"a worker polling the {pool!r} work pool")
+        return LocalServer(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def running(directory: Path = DEFAULT_DIR) -> LocalServer | None:
+    """The server started from ``directory``, if its process is still there (a worker is
+    reported only while it runs too)."""
+    server = _read(directory)
+    if server is None or not (pid_alive(server.server_pid) and _is_prefect(server.server_pid)):
+        return None
+    if server.worker_pid and not (pid_alive(server.worker_pid)
+                                  and _is_prefect(server.worker_pid)):
+        server = replace(server, worker_pid=0)
+    return server
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """One starter at a time: two `sagepipe run`s at once share one server."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def ensure_server(directory: Path = DEFAULT_DIR, *, port: int | None = None, ui: bool = True,
+                  timeout: float = 120.0) -> tuple[LocalServer, bool]:
+    """(the server, whether it was started now). Reuses the one running from
+    ``directory``; else starts one on ``port`` (default: 4200, or the next free port)."""
+    directory = Path(directory).resolve()
+    with _locked(directory):
+        current = running(directory)
+        if current is not None:
+            if _get(f"{current.api_url}/health", timeout=5.0) is not None:
+                return current, False
+            down(directory, grace=5)  # alive but not answering: start afresh
+        else:
+            _forget(directory)
+        chosen = _check_port_free(port) if port else _free_port(DEFAULT_PORT)
+        api_url = f"http://127.0.0.1:{chosen}/api"
+        server = _start(_server_command(chosen), directory / "server.log",
+                        _server_env(directory, chosen, ui))
+        try:
+            _wait(lambda: _get(f"{api_url}/health") is not None, timeout, server,
+                  directory / "server.log", "the Prefect server to answer")
+        except BaseException:
+            _stop_group(server.pid, grace=5)
+            raise
+        result = LocalServer(api_url, LOCAL_POOL, server.pid, 0, str(directory))
+        _write(directory, result)
+        return result, True
+
+
+def up(directory: Path = DEFAULT_DIR, *, port: int | None = None, pool: str = LOCAL_POOL,
+       poll_seconds: float = 5.0, ui: bool = True, timeout: float = 120.0) -> LocalServer:
+    """The server (reused, or started) and a worker for ``pool``; waits until both are
+    ready."""
+    directory = Path(directory).resolve()
+    server, _ = ensure_server(directory, port=port, ui=ui, timeout=timeout)
+    if server.worker_pid:
+        return server
+    base = _base_env()
+    worker_env = {**base, "PREFECT_API_URL": server.api_url,
+                  "PREFECT_WORKER_QUERY_SECONDS": str(poll_seconds)}
+    port_of = server.api_url.rsplit(":", 1)[1].split("/")[0]
+    worker = _start([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool,
+                     "--type", "process", "--install-policy", "never",
+                     "--name", f"sagepipe-local-{port_of}"],
+                    directory / "worker.log", worker_env)
+    try:
+        _wait(lambda: _worker_online(server.api_url, pool), timeout, worker,
+              directory / "worker.log", f"a worker polling the {pool!r} work pool")
     except BaseException:
-        _stop_group(worker_pid, grace=5)
-        _stop_group(server.pid, grace=5)
+        _stop_group(worker.pid, grace=5)
         raise
-    result = LocalServer(api_url, pool, server.pid, worker_pid, str(directory))
-    (directory / STATE_FILE).write_text(json.dumps(asdict(result), indent=2))
+    result = replace(server, pool=pool, worker_pid=worker.pid)
+    with _locked(directory):
+        _write(directory, result)
     return result
 
 
 def down(directory: Path = DEFAULT_DIR, *, grace: float = 15.0) -> LocalServer | None:
     """Stop the worker, then the server; returns what was stopped (None: nothing was up)."""
-    path = Path(directory) / STATE_FILE
-    if not path.exists():
+    server = _read(directory)
+    if server is None:
+        _forget(Path(directory))
         return None
-    server = LocalServer(**json.loads(path.read_text()))
     _stop_group(server.worker_pid, grace=grace)
     _stop_group(server.server_pid, grace=grace)
-    path.unlink()
+    _forget(Path(directory))
     return server
 
 
-def _check_port_free(port: int) -> None:
+def _write(directory: Path, server: LocalServer) -> None:
+    path = directory / STATE_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(server), indent=2))
+    tmp.replace(path)
+
+
+def _forget(directory: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        (directory / STATE_FILE).unlink()
+
+
+def _base_env() -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}
+    base["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    return base
+
+
+def _server_env(directory: Path, port: int, ui: bool) -> dict[str, str]:
+    return {**_base_env(), "PREFECT_HOME": str(directory / "home"),
+            "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(port),
+            "PREFECT_SERVER_UI_ENABLED": str(ui).lower(),
+            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+
+
+def _server_command(port: int) -> list[str]:
+    return [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+            "--port", str(port)]
+
+
+def _free_port(preferred: int) -> int:
+    for port in range(preferred, preferred + PORTS_TRIED):
+        if _port_free(port):
+            return port
+    raise ServerError(f"Ports {preferred}-{preferred + PORTS_TRIED - 1} on 127.0.0.1 are all "
+                      "in use; set PREFECT_API_URL to a Prefect server you run, or run with "
+                      "--no-server.")
+
+
+def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
-            raise ServerError(f"Port {port} on 127.0.0.1 is in use (another Prefect server?). "
-                              "Stop it, or pick another port with --port.") from None
+            return False
+    return True
+
+
+def _check_port_free(port: int) -> int:
+    if not _port_free(port):
+        raise ServerError(f"Port {port} on 127.0.0.1 is in use (another Prefect server?). "
+                          "Stop it, or pick another port with --port.")
+    return port
 
 
 def _start(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -128,9 +224,9 @@ def _start(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Pop
                                 start_new_session=True)
 
 
-def _get(url: str) -> Any:
+def _get(url: str, timeout: float = 2.0) -> Any:
     try:
-        response = httpx.get(url, timeout=2.0)
+        response = httpx.get(url, timeout=timeout)
     except httpx.HTTPError:
         return None
     return response.json() if response.status_code == 200 else None

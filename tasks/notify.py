@@ -15,7 +15,7 @@ from .runtime import Clients, RuntimeSettings, get_clients
 
 __all__ = ["console_links", "notify", "publish_outcome"]
 
-OUTCOMES = ("deployed", "rejected", "unchanged", "failed", "rolled_back")
+OUTCOMES = ("deployed", "rejected", "unchanged", "failed", "rolled_back", "cancelled")
 
 
 def console_links(region: str, *, endpoint: str | None, group: str | None,

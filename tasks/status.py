@@ -30,7 +30,7 @@ def run_rows(clients: Clients, artifacts_uri: str, limit: int) -> list[dict[str,
         rows.append({
             "started": _when(record.get("started")),
             "run": record.get("run_name") or record["run_id"],
-            "outcome": record["outcome"],
+            "outcome": record["outcome"] + (" (forced)" if record.get("forced") else ""),
             "problem": (record.get("problem") or {}).get("type", ""),
             "metric": f"{metric}={value:.4f}" if metric and value is not None else "",
             "jobs": " ".join(f"{n}:{s.get('how', s.get('status'))}"

@@ -138,11 +138,17 @@ def _processing(name: str, image: ImageRef, args: list[str], inputs: dict[str, s
 
 
 def _finish(step: str, kind: Literal["processing", "training"], project: str,
-            runtime: RuntimeSettings, artifacts_uri: str, build: Any) -> JobPlan:
-    """Key the request on its content, then name the job and its outputs by that key."""
+            runtime: RuntimeSettings, artifacts_uri: str, build: Any,
+            force_token: str | None) -> JobPlan:
+    """Key the request on its content, then name the job and its outputs by that key.
+
+    ``force_token`` (a forced run's id) goes into the key: new job names and new output
+    locations, so nothing completed earlier is reused; outputs of earlier runs are kept.
+    """
     draft_outputs_root = "{out}"
     draft = build("{name}", draft_outputs_root)
-    key = content_key(runtime_identity(runtime), step, draft)
+    key = content_key(runtime_identity(runtime), step, draft,
+                      *([{"forced": force_token}] if force_token else []))
     name = job_name(project, step, key)
     out = f"{artifacts_uri.rstrip('/')}/jobs/{step}-{key}"
     request = build(name, out)
@@ -154,7 +160,8 @@ def plan_preprocess(*, project: str, runtime: RuntimeSettings, artifacts_uri: st
                     pin: DataPin, image: ImageRef, label_column: str,
                     validation_fraction: float, test_fraction: float, seed: int,
                     settings: JobSettings, problem: str = "auto", delimiter: str | None = None,
-                    missing_values: list[str] | None = None) -> JobPlan:
+                    missing_values: list[str] | None = None,
+                    force_token: str | None = None) -> JobPlan:
     """``problem``: binary, multiclass, regression, classification (binary or multiclass by
     the classes found) or auto; ``delimiter`` None: detected by the job."""
     def build(name: str, out: str) -> dict[str, Any]:
@@ -169,12 +176,14 @@ def plan_preprocess(*, project: str, runtime: RuntimeSettings, artifacts_uri: st
             args.append(f"--missing-value={value}")  # one token: a value may start with -
         request = _processing(name, image, args, {"data": pin.snapshot_uri}, outputs, settings)
         return {**request, "_outputs": outputs}
-    return _finish("preprocess", "processing", project, runtime, artifacts_uri, build)
+    return _finish("preprocess", "processing", project, runtime, artifacts_uri, build,
+                   force_token)
 
 
 def plan_train(*, project: str, runtime: RuntimeSettings, artifacts_uri: str,
                splits: dict[str, str], image: ImageRef, label_column: str,
-               hyperparameters: dict[str, Any], settings: JobSettings) -> JobPlan:
+               hyperparameters: dict[str, Any], settings: JobSettings,
+               force_token: str | None = None) -> JobPlan:
     """``splits``: train and validation (CSV), and schema (the preprocess step's
     schema.json: problem type, classes, column kinds) when the step wrote one."""
     # JSON-encoded, as the SageMaker SDK sends them: the training toolkit json-decodes
@@ -230,12 +239,14 @@ def plan_train(*, project: str, runtime: RuntimeSettings, artifacts_uri: str,
             request["ResourceConfig"]["VolumeKmsKeyId"] = settings.kms_key_id
         outputs = {"model": f"{out}/{name}/output/model.tar.gz"}
         return {**request, "_outputs": outputs}
-    return _finish("train", "training", project, runtime, artifacts_uri, build)
+    return _finish("train", "training", project, runtime, artifacts_uri, build,
+                   force_token)
 
 
 def plan_evaluate(*, project: str, runtime: RuntimeSettings, artifacts_uri: str,
                   model_uri: str, champion_model_uri: str | None, test_uri: str,
-                  image: ImageRef, settings: JobSettings) -> JobPlan:
+                  image: ImageRef, settings: JobSettings,
+                  force_token: str | None = None) -> JobPlan:
     def build(name: str, out: str) -> dict[str, Any]:
         inputs = {"model": model_uri, "test": test_uri + "/"}
         args = ["--model-dir", f"{_PROC}/input/model", "--test-dir", f"{_PROC}/input/test",
@@ -246,7 +257,8 @@ def plan_evaluate(*, project: str, runtime: RuntimeSettings, artifacts_uri: str,
         outputs = {"evaluation": f"{out}/evaluation"}
         request = _processing(name, image, args, inputs, outputs, settings)
         return {**request, "_outputs": {"evaluation": f"{out}/evaluation/evaluation.json"}}
-    return _finish("evaluate", "processing", project, runtime, artifacts_uri, build)
+    return _finish("evaluate", "processing", project, runtime, artifacts_uri, build,
+                   force_token)
 
 
 def job_request(plan: JobPlan, tags: dict[str, str]) -> dict[str, Any]:

@@ -77,6 +77,17 @@ def list_run_records(clients: Clients, artifacts_uri: str, limit: int = 20) -> l
     return [read_json(clients, f"s3://{bucket}/{key}") for _, key in records[:limit]]
 
 
+def latest_test_sample(clients: Clients, artifacts_uri: str, label_column: str,
+                       rows: int = 1) -> str:
+    """Feature rows from the test split of the newest run that made one."""
+    for record in list_run_records(clients, artifacts_uri):
+        test = ((record.get("steps") or {}).get("preprocess") or {}).get("outputs", {}).get(
+            "test")
+        if test:
+            return sample_rows(clients, test, label_column, rows=rows)
+    raise LookupError("no run has produced a test split yet")
+
+
 def outputs_exist(clients: Clients, uris: list[str]) -> bool:
     """True if every output (an object, or a prefix with at least one object) is there."""
     for uri in uris:

@@ -330,7 +330,7 @@ def test_down_on_a_fresh_state_says_nothing_is_running(env: Env) -> None:
     result = env.cli("down")
 
     assert result.exit_code == 0, result.output
-    assert result.stdout == "Nothing is running (no local state yet).\n"
+    assert result.stdout == "Nothing is running.\n"
     assert not env.state.exists()
 
 
