@@ -11,6 +11,7 @@ notification; nothing is deployed).
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -83,8 +84,9 @@ def stop_run_jobs(config: PipelineConfig, flow_run_id: str) -> list[str]:
 def _stop_jobs_of_run(flow: Any, flow_run: Any, state: Any) -> None:
     """on_cancellation / on_crashed hook: stop the SageMaker jobs this run started."""
     config = PipelineConfig.model_validate(flow_run.parameters.get("config") or {})
-    for what in stop_run_jobs(config, str(flow_run.id)):
-        get_run_logger().info("Stopped %s", what)
+    stopped = stop_run_jobs(config, str(flow_run.id))
+    if stopped:
+        logging.getLogger("sagepipe.pipeline").warning("Stopped %s", ", ".join(stopped))
 
 
 # by flow run id, in this process: the record of a run stopped by an interrupt (Ctrl-C,
