@@ -170,3 +170,12 @@ def test_a_missing_named_dataset_says_how_to_make_it(local: Clients) -> None:
     assert str(err.value) == (
         "No dataset nope (s3://bkt/datasets/nope/data.csv); push it with `sagepipe data push "
         "FILE --dataset nope`, or see the data sets there are with `sagepipe data list`.")
+
+
+def test_plan_with_a_dataset_names_its_key() -> None:
+    from sagepipe.flows.plan import build_plan
+
+    calls = build_plan(load_config("local", {"dataset": "churn-2024"}))
+    head = next(c for c in calls if c.operation == "HeadObject")
+    assert head.params == {"Bucket": "sagepipe-local", "Key": "datasets/churn-2024/data.csv"}
+    assert not head.problems
