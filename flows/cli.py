@@ -1,10 +1,11 @@
 """``sagepipe``: run the pipeline, look at what it made, talk to its endpoints.
 
     sagepipe init [DIR] [--steps train,serve]
-    sagepipe run [--env local] [--set gate.margin=0.01] [--commit SHA] [--force]
+    sagepipe run [--env local] [--dataset NAME] [--set gate.margin=0.01] [--commit SHA] [--force]
     sagepipe invoke <endpoint> <file|-> [--content-type text/csv]
     sagepipe status
-    sagepipe data push <file> | --example      sagepipe data versions
+    sagepipe data push <file> | --example [--dataset NAME]
+    sagepipe data list                         sagepipe data versions [--dataset NAME]
     sagepipe data example <name> [-o file]
     sagepipe logs <job>
     sagepipe down
@@ -48,6 +49,9 @@ EnvOption = typer.Option(
     "the example <name> shipped with sagepipe (local, aws, iris, ...). Default: ./sagepipe.yaml "
     "in a project made by `sagepipe init`, else the example local")
 SetOption = typer.Option(None, "--set", "-s", help="override a setting: key.sub=value (YAML)")
+DatasetOption = typer.Option(
+    None, "--dataset", "-d", help="a data set by name (`sagepipe data list`): dataset_uri with "
+    "NAME as its folder, e.g. s3://<bucket>/datasets/NAME/data.csv; same as --set dataset=NAME")
 
 
 def _overrides(pairs: list[str] | None) -> dict[str, Any]:
@@ -64,8 +68,12 @@ def _overrides(pairs: list[str] | None) -> dict[str, Any]:
     return result
 
 
-def _config(env: str | None, pairs: list[str] | None = None) -> PipelineConfig:
-    return load_config(env, _overrides(pairs))
+def _config(env: str | None, pairs: list[str] | None = None,
+            dataset: str | None = None) -> PipelineConfig:
+    overrides = _overrides(pairs)
+    if dataset is not None:
+        overrides["dataset"] = dataset
+    return load_config(env, overrides)
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -94,6 +102,7 @@ NoServerOption = typer.Option(
 
 @app.command()
 def run(env: str | None = EnvOption, set_: list[str] = SetOption,
+        dataset: str | None = DatasetOption,
         commit: str = typer.Option(None, help="the git commit this run is for"),
         force: bool = typer.Option(False, help="run every job again, reusing nothing cached "
                                    "(images are reused: they are keyed on their content)"),
@@ -104,7 +113,7 @@ def run(env: str | None = EnvOption, set_: list[str] = SetOption,
     5 rejected, 6 deploy rolled back, 7 AWS refused, 130 interrupted (see README).
     """
     try:
-        config = _config(env, set_)
+        config = _config(env, set_, dataset)
         _preflight(config)
     except PipelineError as exc:
         _fail(str(exc), 2)
@@ -250,9 +259,13 @@ def data_push(file: Path = typer.Argument(None, help="a CSV (, ; tab |, optional
                                                       "Parquet file with a header row"),
               example: bool = typer.Option(False, help="push the example breast-cancer data"),
               if_missing: bool = typer.Option(False, help="do nothing if the dataset exists"),
+              dataset: str | None = DatasetOption,
               env: str | None = EnvOption, set_: list[str] = SetOption) -> None:
-    """Store a new version of the dataset (checked first; bad data is refused)."""
-    config = _config(env, set_)
+    """Store a new version of the dataset (checked first; bad data is refused).
+
+    With --dataset NAME, a version of the data set NAME (made by its first push).
+    """
+    config = _config(env, set_, dataset)
     clients = get_clients(config.runtime)
     if config.runtime.kind == "local":
         ensure_local_resources(config.runtime, parse_s3_uri(config.dataset_uri)[0],
@@ -275,6 +288,8 @@ def data_push(file: Path = typer.Argument(None, help="a CSV (, ; tab |, optional
     typer.echo(f"Stored {config.dataset_uri} version {pushed.version_id}")
     if pushed.report is not None:
         typer.echo(f"Data: {pushed.report.describe()}")
+        typer.echo(f"Rows: {pushed.rows if pushed.rows is not None else '-'}; schema digest: "
+                   f"{pushed.schema_digest or '-'} (stored with the version)")
         if config.problem == "auto":
             typer.echo("To override the problem type: problem: binary, multiclass or regression "
                        "in the settings, or --set problem=... on `sagepipe run`.")
@@ -312,16 +327,33 @@ def _dataset_exists(clients: Any, uri: str) -> bool:
 
 
 @data_app.command("versions")
-def data_versions(env: str | None = EnvOption, set_: list[str] = SetOption) -> None:
-    """The stored versions of the dataset, newest first."""
-    from sagepipe.tasks.status import dataset_rows
+def data_versions(env: str | None = EnvOption, set_: list[str] = SetOption,
+                  dataset: str | None = DatasetOption,
+                  limit: int = typer.Option(50, min=1, help="how many versions to show")
+                  ) -> None:
+    """The stored versions of the dataset, newest first: rows and schema digest as pushed,
+    and the runs (of the last 50) that used each."""
+    from sagepipe.tasks.datasets import dataset_rows
+
+    config = _config(env, set_, dataset)
+    _table(dataset_rows(get_clients(config.runtime), config.dataset_uri, config.artifacts_uri,
+                        limit), "no versions")
+
+
+@data_app.command("list")
+def data_list(env: str | None = EnvOption, set_: list[str] = SetOption) -> None:
+    """The data sets beside the configured one (names for --dataset), latest versions."""
+    from sagepipe.tasks.datasets import dataset_list_rows
 
     config = _config(env, set_)
-    _table(dataset_rows(get_clients(config.runtime), config.dataset_uri), "no versions")
+    _table(dataset_list_rows(get_clients(config.runtime), config.dataset_uri,
+                             config.artifacts_uri),
+           "no data sets: sagepipe data push FILE --dataset NAME")
 
 
 @app.command()
 def plan(env: str | None = EnvOption, set_: list[str] = SetOption,
+         dataset: str | None = DatasetOption,
          commit: str = typer.Option(None, help="the git commit the run would be for")) -> None:
     """Print the AWS requests a run would send, each checked against botocore's model.
 
@@ -330,7 +362,7 @@ def plan(env: str | None = EnvOption, set_: list[str] = SetOption,
     from sagepipe.flows.plan import build_plan
 
     try:
-        calls = build_plan(_config(env, set_), commit=commit)
+        calls = build_plan(_config(env, set_, dataset), commit=commit)
     except PipelineError as exc:
         _fail(str(exc), 2)
     bad = 0

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sagepipe.tasks.data import DataRules, DataSettings, Problem
+from sagepipe.tasks.datasets import DATASET_NAME, check_dataset_name, dataset_uri_for
 from sagepipe.tasks.endpoints import EndpointSettings
 from sagepipe.tasks.errors import ConfigError
 from sagepipe.tasks.gate import (
@@ -111,6 +112,10 @@ class PipelineConfig(BaseModel):
     runtime: RuntimeSettings = RuntimeSettings()
     dataset_uri: str = Field("s3://sagepipe-local/datasets/breast-cancer/data.csv",
                              pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")
+    dataset: str | None = Field(
+        None, pattern=f"^{DATASET_NAME.pattern}$",
+        description="a data set by name (`sagepipe data list`): dataset_uri with NAME as its "
+        "folder, e.g. s3://<bucket>/datasets/NAME/data.csv; unset: dataset_uri as given")
     artifacts_uri: str = Field("s3://sagepipe-local/pipeline",
                                pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")
     label_column: str = Field("target", min_length=1)
@@ -134,6 +139,22 @@ class PipelineConfig(BaseModel):
     gate: GateSettings = GateSettings()
     endpoint: EndpointSettings = EndpointSettings()
     notifications: NotificationSettings = NotificationSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named_dataset(cls, data: Any) -> Any:
+        """``dataset: NAME`` becomes ``dataset_uri``: the flow, tasks and records see the one
+        URI, and a config that went through this once resolves to the same again."""
+        if not isinstance(data, dict) or data.get("dataset") is None:
+            return data
+        try:
+            name = check_dataset_name(data["dataset"])
+        except ConfigError as exc:
+            raise ValueError(f"dataset: {exc}") from None
+        uri = data.get("dataset_uri", cls.model_fields["dataset_uri"].default)
+        if not isinstance(uri, str) or not uri.startswith("s3://"):
+            return data  # the dataset_uri field reports it
+        return {**data, "dataset_uri": dataset_uri_for(uri, name)}
 
     @model_validator(mode="after")
     def _checks(self) -> PipelineConfig:
@@ -184,7 +205,7 @@ class PipelineConfig(BaseModel):
         return DataRules(label_column=self.label_column, problem=self.problem, data=self.data,
                          validation_fraction=self.split.validation_fraction,
                          test_fraction=self.split.test_fraction,
-                         step_dir=str(self.step_dir("preprocess")))
+                         step_dir=str(self.step_dir("preprocess")), dataset=self.dataset)
 
     @property
     def model_package_group(self) -> str:

@@ -13,6 +13,10 @@ separator, gzip, Parquet; anything else is refused with what it looks like), the
 column, the problem type (``auto`` is inferred from the label), the features. ``sagepipe
 data push`` reads the whole label column of the local file, so it also refuses classes too
 small to reach every split; a run's pin step reads the first bytes of each stored object.
+
+A push stores what it found with the version, as S3 user metadata: the row count and a
+schema digest (a short hash of the ordered column names and their inferred kinds), so
+``sagepipe data versions`` can show them without reading the data again.
 """
 
 from __future__ import annotations
@@ -32,14 +36,16 @@ from .errors import DataError
 from .runtime import Clients, RuntimeSettings, get_clients, retry_transient
 from .stepcode import DEFAULT_CONTAINERS, step_module
 
-__all__ = ["DataPin", "DataRules", "DataSettings", "DatasetReport", "PinnedObject",
-           "PushedDataset", "inspect_dataset", "inspect_file", "inspect_object", "parse_s3_uri",
-           "pin_data",
-           "pin_dataset", "push_dataset"]
+__all__ = ["META_ROWS", "META_SCHEMA", "DataPin", "DataRules", "DataSettings", "DatasetReport",
+           "PinnedObject", "PushedDataset", "inspect_dataset", "inspect_file", "inspect_object",
+           "parse_s3_uri", "pin_data", "pin_dataset", "push_dataset", "schema_digest"]
 
 SAMPLE_BYTES = 256 * 1024
 PARQUET_SAMPLE_BYTES = 64 << 20  # a first row group larger than this is not sampled
 Problem = Literal["auto", "binary", "multiclass", "regression"]
+# S3 user metadata a push stores on the version (sent as x-amz-meta-sagepipe-rows, ...)
+META_ROWS = "sagepipe-rows"
+META_SCHEMA = "sagepipe-schema"
 
 
 class DataSettings(BaseModel):
@@ -65,6 +71,7 @@ class DataRules(BaseModel):
     validation_fraction: float = 0.15
     test_fraction: float = 0.15
     step_dir: str = str(DEFAULT_CONTAINERS / "preprocess")
+    dataset: str | None = None  # the data set's name (--dataset), for messages
 
     @property
     def delimiter(self) -> str | None:
@@ -111,6 +118,8 @@ _SEPARATORS = {",": "commas", ";": "semicolons", "\t": "tabs", "|": "pipes"}
 class PushedDataset(BaseModel):
     version_id: str
     report: DatasetReport | None
+    rows: int | None = None
+    schema_digest: str | None = None
 
 
 class PinnedObject(BaseModel):
@@ -147,13 +156,25 @@ def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-def resolve_versions(clients: Clients, uri: str) -> tuple[str, list[PinnedObject]]:
-    """The exact latest versions behind ``uri``; refuses unversioned buckets."""
+def _no_dataset(name: str, uri: str) -> DataError:
+    return DataError(f"No dataset {name} ({uri}); push it with `sagepipe data push FILE "
+                     f"--dataset {name}`, or see the data sets there are with "
+                     "`sagepipe data list`.")
+
+
+def resolve_versions(clients: Clients, uri: str, dataset: str | None = None
+                     ) -> tuple[str, list[PinnedObject]]:
+    """The exact latest versions behind ``uri``; refuses unversioned buckets.
+
+    ``dataset``: the name the user gave (--dataset), so a missing one is named as such.
+    """
     bucket, key = parse_s3_uri(uri)
     try:
         versioning = clients.s3.get_bucket_versioning(Bucket=bucket)
     except ClientError as exc:
         if _code(exc) in ("NoSuchBucket", "404"):
+            if dataset:
+                raise _no_dataset(dataset, uri) from exc
             raise DataError(f"Bucket {bucket} does not exist (dataset {uri}). Create it, or "
                             "push data with `sagepipe data push <file>`.") from exc
         raise
@@ -185,6 +206,8 @@ def resolve_versions(clients: Clients, uri: str) -> tuple[str, list[PinnedObject
                 break
             paginator_args["KeyMarker"] = page["NextKeyMarker"]
             paginator_args["VersionIdMarker"] = page["NextVersionIdMarker"]
+    if not objects and dataset:
+        raise _no_dataset(dataset, uri)
     if not objects:
         raise DataError(f"No dataset at {uri}: no object with that key and none under that "
                         "prefix. Push one with `sagepipe data push <file>` or fix dataset_uri.")
@@ -372,7 +395,8 @@ def _inspect_parquet(checks: ModuleType, clients: Clients, bucket: str, obj: Pin
 
 def inspect_dataset(clients: Clients, uri: str, rules: DataRules | str) -> DatasetReport | None:
     """Check the first object of the stored dataset (what a run's pin step checks first)."""
-    bucket, objects = resolve_versions(clients, uri)
+    rules = _rules(rules)
+    bucket, objects = resolve_versions(clients, uri, rules.dataset)
     return inspect_object(clients, bucket, objects[0], rules)
 
 
@@ -386,15 +410,79 @@ def push_dataset(clients: Clients, path: Path, uri: str,
     if not key or key.endswith("/"):
         raise DataError(f"{uri} names a prefix; give the object key to write, e.g. "
                         f"{uri.rstrip('/')}/data.csv")
+    rules = _rules(rules)
     report = inspect_file(path, rules)
-    clients.s3.upload_file(str(path), bucket, key)
+    metadata: dict[str, str] = {}
+    digest = schema_digest(report.columns, _column_kinds(path, report, rules)) if report else None
+    if report is not None:
+        metadata[META_ROWS] = str(report.rows_checked)
+    if digest:
+        metadata[META_SCHEMA] = digest
+    clients.s3.upload_file(str(path), bucket, key, ExtraArgs={"Metadata": metadata})
     version = str(clients.s3.head_object(Bucket=bucket, Key=key).get("VersionId"))
-    return PushedDataset(version_id=version, report=report)
+    return PushedDataset(version_id=version, report=report,
+                         rows=report.rows_checked if report else None, schema_digest=digest)
+
+
+def schema_digest(columns: list[str], kinds: list[str] | None) -> str | None:
+    """12 hex digits of the ordered (column, kind) pairs: equal when the table's shape is.
+
+    A fixed size whatever the number of columns: S3 allows 2 KB of user metadata in all
+    (https://docs.aws.amazon.com/AmazonS3/latest/userguide/UsingMetadata.html).
+    """
+    if kinds is None or len(kinds) != len(columns):
+        return None
+    text = "\n".join(f"{column}\t{kind}" for column, kind in zip(columns, kinds, strict=True))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _kind(arrow_type: Any) -> str:
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    if pa.types.is_boolean(arrow_type):
+        return "boolean"
+    if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type) or \
+            pa.types.is_decimal(arrow_type):
+        return "numeric"
+    if pa.types.is_temporal(arrow_type):
+        return "datetime"
+    if pa.types.is_null(arrow_type):
+        return "empty"
+    return "text"
+
+
+def _column_kinds(path: Path, report: DatasetReport, rules: DataRules) -> list[str] | None:
+    """Each column's kind (numeric, text, boolean, datetime, empty) as pyarrow infers it
+    from the file's first block; None if the file cannot be read that way."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    try:
+        if report.format == "parquet":
+            schema = pq.read_schema(path)
+        else:
+            checks = _checks(rules)
+            missing = sorted(checks.missing_set(rules.data.missing_values)) if checks else []
+            stream = pa.input_stream(str(path),
+                                     compression="gzip" if report.compression else None)
+            with pacsv.open_csv(
+                    stream, read_options=pacsv.ReadOptions(block_size=1 << 20),
+                    parse_options=pacsv.ParseOptions(delimiter=report.delimiter or ","),
+                    convert_options=pacsv.ConvertOptions(strings_can_be_null=True,
+                                                         null_values=missing)) as reader:
+                schema = reader.schema
+    except (OSError, ValueError):  # pyarrow's ArrowInvalid is a ValueError
+        return None
+    return [_kind(field.type) for field in schema]
 
 
 def pin_dataset(clients: Clients, dataset_uri: str, artifacts_uri: str,
                 rules: DataRules | str) -> DataPin:
-    bucket, objects = resolve_versions(clients, dataset_uri)
+    rules = _rules(rules)
+    bucket, objects = resolve_versions(clients, dataset_uri, rules.dataset)
     first: DatasetReport | None = None
     for obj in objects:
         report = inspect_object(clients, bucket, obj, rules)

@@ -7,7 +7,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from .data import parse_s3_uri
+from .datasets import dataset_rows
 from .runtime import Clients, is_not_found
 from .storage import list_run_records
 
@@ -86,11 +86,3 @@ def job_log_lines(clients: Clients, job: str) -> list[str]:
                     break
                 token = page["nextForwardToken"]
     return lines
-
-
-def dataset_rows(clients: Clients, uri: str) -> list[dict[str, Any]]:
-    bucket, key = parse_s3_uri(uri)
-    versions = clients.s3.list_object_versions(Bucket=bucket, Prefix=key).get("Versions", [])
-    return [{"key": v["Key"], "version": v["VersionId"], "latest": v["IsLatest"],
-             "bytes": v["Size"], "modified": _when(v["LastModified"])}
-            for v in versions if v["Key"] == key or key.endswith("/")]

@@ -30,6 +30,7 @@ from typing import IO, Any, NamedTuple
 from urllib.parse import unquote
 
 from boto3.exceptions import S3UploadFailedError
+from boto3.s3.transfer import S3Transfer
 from botocore.errorfactory import ClientExceptionsFactory
 from botocore.exceptions import ClientError
 from botocore.handlers import handle_copy_source_param, validate_bucket_name
@@ -64,12 +65,16 @@ _ERRORS = {  # code -> (HTTP status, S3's message)
                      "or the upload may have been aborted or completed."),
     "InvalidPart": (400, "One or more of the specified parts could not be found."),
     "EntityTooSmall": (400, "Your proposed upload is smaller than the minimum allowed size"),
+    "MetadataTooLarge": (400, "Your metadata headers exceed the maximum allowed metadata size."),
 }
 # CopyObject copies at most 5 GB in one request; larger objects need a multipart upload
 # with UploadPartCopy (S3 API reference, CopyObject and UploadPartCopy). Parts other than
 # the last are at least 5 MiB.
 COPY_LIMIT = 5 * 1024 ** 3
 MIN_PART = 5 * 1024 ** 2
+# "the user-defined metadata is limited to 2 KB in size ... the sum of the number of bytes in
+# the UTF-8 encoding of each key and value" (S3 user guide, Working with object metadata)
+METADATA_LIMIT = 2 * 1024
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS s3_buckets (name TEXT PRIMARY KEY, created TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS s3_versions (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
@@ -368,6 +373,11 @@ class LocalS3:
 
     def upload_file(self, Filename: str | os.PathLike[str], Bucket: str, Key: str,
                     ExtraArgs: dict[str, Any] | None = None) -> None:
+        # boto3's transfer manager takes only these ExtraArgs, and says so with a ValueError
+        unknown = sorted(set(ExtraArgs or {}) - set(S3Transfer.ALLOWED_UPLOAD_ARGS))
+        if unknown:
+            raise ValueError(f"Invalid extra_args key '{unknown[0]}', must be one of: "
+                             f"{', '.join(S3Transfer.ALLOWED_UPLOAD_ARGS)}")
         with open(Filename, "rb") as body:
             try:
                 self.put_object(Bucket=Bucket, Key=Key, Body=body, **(ExtraArgs or {}))
@@ -429,6 +439,9 @@ class LocalS3:
         if operation in ("CopyObject", "UploadPartCopy"):
             handle_copy_source_param(params)
         validate_request("s3", operation, params)
+        metadata = params.get("Metadata") or {}
+        if sum(len(k.encode()) + len(v.encode()) for k, v in metadata.items()) > METADATA_LIMIT:
+            raise self._error(operation, "MetadataTooLarge", MaxSizeAllowed=str(METADATA_LIMIT))
         return params
 
     def _error(self, operation: str, code: str, message: str = "", **fields: str) -> ClientError:

@@ -267,6 +267,40 @@ def test_upload_and_download_file_round_trip(s3: LocalS3, tmp_path: Path) -> Non
         s3.upload_file(str(source), "nope", "k")
 
 
+def test_user_metadata_is_per_version_headed_not_listed_and_at_most_2_kb(
+        s3: LocalS3, tmp_path: Path) -> None:
+    # S3: user metadata at most 2 KB, the UTF-8 bytes of keys and values summed (AWS_RULES.md);
+    # HeadObject returns it, ListObjectVersions does not
+    source = tmp_path / "d.csv"
+    source.write_text("a,target\n1,0\n")
+    s3.upload_file(str(source), "data", "d.csv", ExtraArgs={"Metadata": {"Rows": "1"}})
+    first = s3.head_object(Bucket="data", Key="d.csv")
+    s3.put_object(Bucket="data", Key="d.csv", Body=b"a,target\n")  # no metadata
+    assert first["Metadata"] == {"rows": "1"}
+    assert s3.head_object(Bucket="data", Key="d.csv")["Metadata"] == {}
+    assert s3.head_object(Bucket="data", Key="d.csv",
+                          VersionId=first["VersionId"])["Metadata"] == {"rows": "1"}
+    listed = s3.list_object_versions(Bucket="data", Prefix="d.csv")["Versions"]
+    assert len(listed) == 2 and all("Metadata" not in v for v in listed)
+
+    at_limit = {"k": "v" * 2047}
+    s3.put_object(Bucket="data", Key="ok", Body=b"x", Metadata=at_limit)
+    for call in (lambda: s3.put_object(Bucket="data", Key="big", Body=b"x",
+                                       Metadata={"k": "v" * 2048}),
+                 lambda: s3.put_object(Bucket="data", Key="big", Body=b"x",
+                                       Metadata={"k": "é" * 1024}),  # 2 bytes each in UTF-8
+                 lambda: s3.copy_object(Bucket="data", Key="big", CopySource="data/ok",
+                                        MetadataDirective="REPLACE",
+                                        Metadata={"kk": "v" * 2047})):
+        with pytest.raises(ClientError) as error:
+            call()
+        assert code(error) == "MetadataTooLarge"
+    with pytest.raises(ClientError):
+        s3.head_object(Bucket="data", Key="big")
+    with pytest.raises(ValueError, match="Invalid extra_args key 'Metadta'"):  # as boto3 says
+        s3.upload_file(str(source), "data", "d.csv", ExtraArgs={"Metadta": {"rows": "1"}})
+
+
 def test_move_file_stores_the_file_itself_as_an_ordinary_version(s3: LocalS3,
                                                                    tmp_path: Path) -> None:
     source = tmp_path / "part.csv"
