@@ -311,11 +311,18 @@ def promote(env: str | None = EnvOption, set_: list[str] = SetOption) -> None:
     _deployed(deployed)
 
 
+class _Echo(logging.Handler):
+    """Log lines to the stderr of the moment (a StreamHandler keeps the one it was made with)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        typer.echo(self.format(record), err=True)
+
+
 def _progress() -> logging.Logger:
     """The deploy's progress lines on stderr."""
     log = logging.getLogger("sagepipe.cli.deploy")
     if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _Echo()
         handler.setFormatter(logging.Formatter("  %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)

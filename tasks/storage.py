@@ -24,11 +24,11 @@ def read_json(clients: Clients, uri: str) -> Any:
 
 
 def read_json_if_any(clients: Clients, uri: str) -> Any:
-    """The JSON object at ``uri``, or None if there is none."""
+    """The JSON object at ``uri``, or None if there is none (nor its bucket)."""
     try:
         return read_json(clients, uri)
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NoSuchBucket"):
             return None
         raise
 

@@ -1,5 +1,6 @@
 """flows.lifecycle on the local runtime's registry, without a pipeline run or an endpoint:
-which version a VERSION names, who answers an approval, what a deploy refuses first."""
+which version a VERSION names, who answers an approval, what a deploy refuses first, and
+what a deploy the endpoint did not take leaves behind (deploy_package faked)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,23 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
+from typer.testing import CliRunner
 
 from sagepipe.flows import lifecycle
+from sagepipe.flows.cli import app
 from sagepipe.flows.config import PipelineConfig, build_config
-from sagepipe.tasks.errors import ConfigError, DataError, EndpointError, RegistryError
+from sagepipe.tasks.errors import (
+    ConfigError,
+    DataError,
+    DeployRolledBack,
+    EndpointError,
+    RegistryError,
+)
 from sagepipe.tasks.local import teardown
 from sagepipe.tasks.registry import ensure_group, find_package, register_package
 from sagepipe.tasks.runtime import get_clients
+from sagepipe.tasks.storage import ensure_local_resources, list_run_records, write_run_record
 
 RUN_ID = "5f0e7c2a-9d7e-4a43-9a55-0d6f3f1b2c3d"
 
@@ -112,7 +123,7 @@ def test_a_version_not_pending_is_set_without_asking_prefect(
 
 def test_a_deploy_refuses_before_touching_any_endpoint(config: PipelineConfig) -> None:
     register(config, "pending", "a")
-    register(config, "approved", "b")
+    register(config, "approved", "b", flow_run_id=RUN_ID)  # no bucket, no record of its run
     with pytest.raises(RegistryError, match=r"PendingManualApproval .* sagepipe approve 1"):
         lifecycle.deploy_version(config, "1")
     with pytest.raises(EndpointError, match="No endpoint named 'typo-prod'"):
@@ -130,3 +141,37 @@ def test_promote_needs_a_staging_endpoint_with_a_model(config: PipelineConfig) -
         update={"staging_name": "unit-staging"})})
     with pytest.raises(EndpointError, match="No registered model is live on the staging"):
         lifecycle.promote(staged)
+
+
+def test_a_deploy_the_endpoint_did_not_take_exits_1_recorded_and_notified(
+        config: PipelineConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clients = get_clients(config.runtime)
+    topic = ensure_local_resources(config.runtime, "unit-life", "unit-life-events")
+    clients.s3.put_object(Bucket="unit-life", Key="pipeline/split/test/test.csv",
+                          Body=b"a,b,target\n1.5,2.5,1\n3.5,4.5,0\n")
+    write_run_record(clients, config.artifacts_uri, RUN_ID, {
+        "run_id": RUN_ID, "outcome": "deployed", "steps": {"preprocess": {"outputs": {
+            "test": "s3://unit-life/pipeline/split/test"}}}})
+    register(config, "approved", "a", flow_run_id=RUN_ID)
+    sent: list[str] = []
+
+    def rolled_back(clients: Any, **request: Any) -> None:
+        sent.append(request["smoke_payload"])
+        raise DeployRolledBack(request["endpoint"], "Smoke test of unit-prod failed (model "
+                               "error); rolled back to unit-prod-v0-cfg.")
+
+    monkeypatch.setattr(lifecycle, "deploy_package", rolled_back)
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(yaml.safe_dump(config.model_dump()))
+    result = CliRunner().invoke(app, ["deploy", "1", "--env", str(settings)])
+    assert result.exit_code == 1, result.output
+    progress, message = result.stderr.splitlines()
+    assert progress == ("  Deploying version 1 (arn:aws:sagemaker:us-east-1:000000000000:"
+                        "model-package/unit-life/1) to unit-prod")
+    assert message.startswith("Smoke test of unit-prod failed (model error); rolled back")
+    assert sent == ["1.5,2.5\n3.5,4.5\n"]  # the version's own test split, label dropped
+    record = list_run_records(clients, config.artifacts_uri, limit=1)[0]
+    assert (record["outcome"], record["action"]) == ("rolled_back", "deploy")
+    assert record["run_id"].startswith("cli-") and record["model_package"]["version"] == 1
+    message = clients.sns.messages(topic)[-1]
+    assert '"outcome": "rolled_back"' in message["Message"]
