@@ -22,6 +22,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.exceptions import PrefectException
+from prefect.flow_runs import resume_flow_run
 
 from sagepipe.flows.config import PipelineConfig
 from sagepipe.flows.pipeline import run_tags
@@ -129,7 +140,9 @@ def decide(config: PipelineConfig, version: str, *, approve: bool, note: str = "
             if flow_run is not None:  # the flow records "<Approved> by a person: <note>"
                 _resume(flow_run.id, {"approve": approve, "note": how})
                 return Answered(number, arn, approval, text, flow_run=flow_run)
-        except (httpx.HTTPError, OSError, RuntimeError) as exc:
+        # no API (an unreachable PREFECT_API_URL, a temporary server that did not start), or
+        # the run stopped waiting between the lookup and the answer: the registry decides
+        except (httpx.HTTPError, OSError, RuntimeError, PrefectException) as exc:
             problem = f"{type(exc).__name__}: {exc}"
     set_approval(clients, arn, approval, text)
     return Answered(number, arn, approval, text, api_problem=problem)
@@ -137,16 +150,6 @@ def decide(config: PipelineConfig, version: str, *, approve: bool, note: str = "
 
 def _paused_run(project: str, flow_run_id: str) -> Any | None:
     """The run of ml-pipeline for ``project`` paused for input with this id, if any."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        FlowFilter,
-        FlowFilterName,
-        FlowRunFilter,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
-    from prefect.client.schemas.objects import StateType
-
     try:
         wanted = uuid.UUID(flow_run_id)
     except ValueError:  # "adhoc-...": the run had no Prefect flow run to pause
@@ -166,8 +169,6 @@ def _paused_run(project: str, flow_run_id: str) -> Any | None:
 
 
 def _resume(flow_run_id: Any, answer: dict[str, Any]) -> None:
-    from prefect.flow_runs import resume_flow_run
-
     resume_flow_run(flow_run_id, run_input=answer)
 
 
