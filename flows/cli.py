@@ -4,6 +4,11 @@
     sagepipe run [--env local] [--dataset NAME] [--set gate.margin=0.01] [--commit SHA] [--force]
     sagepipe invoke <endpoint> <file|-> [--content-type text/csv]
     sagepipe status
+    sagepipe run [--no-server] [--verbose] [--debug]   (exit codes: README)
+    sagepipe models                             the registered versions, and which is live
+    sagepipe approve|reject VERSION [--note T]  (a flow run paused for it gets the answer)
+    sagepipe deploy VERSION [--endpoint NAME]   an older version: the rollback
+    sagepipe promote                            staging's live version to production
     sagepipe data push <file> | --example [--dataset NAME]
     sagepipe data list                         sagepipe data versions [--dataset NAME]
     sagepipe data example <name> [-o file]
@@ -16,6 +21,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -31,7 +37,7 @@ import yaml
 from sagepipe.flows.config import PipelineConfig, load_config
 from sagepipe.tasks.data import inspect_dataset, parse_s3_uri, push_dataset
 from sagepipe.tasks.endpoints import invoke as invoke_endpoint
-from sagepipe.tasks.errors import PipelineError
+from sagepipe.tasks.errors import DeployFailed, PipelineError
 from sagepipe.tasks.runtime import get_clients
 from sagepipe.tasks.status import endpoint_rows, job_log_lines, model_rows, run_rows
 from sagepipe.tasks.storage import ensure_local_resources
@@ -210,6 +216,129 @@ def status(env: str | None = EnvOption, set_: list[str] = SetOption,
     _table(model_rows(clients, config.model_package_group), "no model registered yet")
     typer.secho("\nEndpoints", bold=True)
     _table(endpoint_rows(clients), "no endpoints")
+
+
+VersionArgument = typer.Argument(..., help="the version number (see `sagepipe models`) or a "
+                                "model package ARN")
+NoteOption = typer.Option("", "--note", "-n", help="why: kept in the registry's "
+                          "ApprovalDescription with your user name")
+
+
+@app.command()
+def models(env: str | None = EnvOption, set_: list[str] = SetOption,
+           limit: int = typer.Option(20, help="how many versions to show")) -> None:
+    """The registered versions of the project's model, newest first, and where each is live."""
+    from sagepipe.flows.lifecycle import model_versions
+
+    config = _config(env, set_)
+    staging = config.endpoint.staging_name
+    typer.secho(f"Model versions of {config.model_package_group} (newest first); production "
+                f"endpoint {config.endpoint.name}" + (f", staging {staging}" if staging else ""),
+                bold=True)
+    _table(model_versions(config, limit), "no model registered yet: sagepipe run")
+
+
+@app.command()
+def approve(version: str = VersionArgument, note: str = NoteOption,
+            env: str | None = EnvOption, set_: list[str] = SetOption) -> None:
+    """Approve a registered version; a flow run paused for it gets the answer and deploys it."""
+    _decide(version, True, note, env, set_)
+
+
+@app.command()
+def reject(version: str = VersionArgument, note: str = NoteOption,
+           env: str | None = EnvOption, set_: list[str] = SetOption) -> None:
+    """Reject a registered version (it can no longer be deployed until approved again)."""
+    _decide(version, False, note, env, set_)
+
+
+def _decide(version: str, yes: bool, note: str, env: str | None, pairs: list[str]) -> None:
+    from sagepipe.flows.lifecycle import decide
+
+    try:
+        answered = decide(_config(env, pairs), version, approve=yes, note=note)
+    except PipelineError as exc:
+        _fail(str(exc), 2)
+    if answered.flow_run is not None:
+        typer.echo(f"Answered flow run {answered.flow_run.name} ({answered.flow_run.id}), "
+                   f"paused for version {answered.version}: it records the decision and "
+                   + ("deploys the version." if yes else "ends rejected."))
+        return
+    typer.echo(f"Version {answered.version} is {answered.approval}: {answered.description}")
+    if answered.api_problem:
+        typer.secho("No Prefect API to look for a flow run paused for it "
+                    f"({answered.api_problem}); the registry alone was updated.",
+                    fg=typer.colors.YELLOW)
+    if yes:
+        typer.echo(f"To deploy it: {_me()} deploy {answered.version}")
+
+
+@app.command()
+def deploy(version: str = VersionArgument,
+           endpoint: str = typer.Option(None, help="default: the settings' endpoint.name "
+                                                   "(production); or endpoint.staging_name"),
+           env: str | None = EnvOption, set_: list[str] = SetOption) -> None:
+    """Deploy a registered, Approved version the way a run deploys: blue/green, verified,
+    smoke-tested, put back if it does not serve. Deploying an older version is the rollback.
+
+    Exit code: 0 deployed; 1 the endpoint did not take it (the previous model serves on);
+    2 bad input (unknown version or endpoint, a version that is not Approved).
+    """
+    from sagepipe.flows.lifecycle import deploy_version
+
+    try:
+        deployed = deploy_version(_config(env, set_), version, endpoint=endpoint,
+                                  log=_progress())
+    except PipelineError as exc:
+        _fail(str(exc), 1 if isinstance(exc, DeployFailed) else 2)
+    _deployed(deployed)
+
+
+@app.command()
+def promote(env: str | None = EnvOption, set_: list[str] = SetOption) -> None:
+    """Deploy the version live on staging (endpoint.staging_name) to production.
+
+    Exit code: 0 promoted; 1 production did not take it; 2 no staging endpoint configured
+    or nothing live there.
+    """
+    from sagepipe.flows.lifecycle import promote as promote_staging
+
+    try:
+        deployed = promote_staging(_config(env, set_), log=_progress())
+    except PipelineError as exc:
+        _fail(str(exc), 1 if isinstance(exc, DeployFailed) else 2)
+    _deployed(deployed)
+
+
+class _Echo(logging.Handler):
+    """Log lines to the stderr of the moment (a StreamHandler keeps the one it was made with)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        typer.echo(self.format(record), err=True)
+
+
+def _progress() -> logging.Logger:
+    """The deploy's progress lines on stderr."""
+    log = logging.getLogger("sagepipe.cli.deploy")
+    if not log.handlers:
+        handler = _Echo()
+        handler.setFormatter(logging.Formatter("  %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    return log
+
+
+def _deployed(deployed: Any) -> None:
+    result = deployed.result
+    was = deployed.previous_version
+    how = ("already served it" if result.action == "unchanged" else
+           f"{result.action}; rolled back from version {was}" if deployed.rollback else
+           f"{result.action}" + (f"; was version {was}" if was is not None else ""))
+    typer.secho(f"Version {deployed.version} is live on {deployed.endpoint} ({how}).",
+                fg=typer.colors.GREEN)
+    typer.echo(f"Smoke test answered: {result.smoke_test.strip()}")
+    typer.echo(f"Record: {deployed.record_uri}")
 
 
 @app.command()

@@ -277,7 +277,7 @@ def _set_cancelled(run_id: str, reason: str) -> list[str]:
 def _report(config: PipelineConfig, record: dict[str, Any], view: RunView, me: str) -> int:
     from sagepipe.tasks.endpoints import invoke as invoke_endpoint
     from sagepipe.tasks.runtime import get_clients
-    from sagepipe.tasks.storage import latest_test_sample
+    from sagepipe.tasks.storage import latest_sample_rows
 
     outcome = record["outcome"]
     _echo(f"\nRun {record['run_name'] or record['run_id']}: {record['summary']}",
@@ -296,7 +296,10 @@ def _report(config: PipelineConfig, record: dict[str, Any], view: RunView, me: s
         sample = (record.get("endpoint") or {}).get("smoke_test")
         clients = get_clients(config.runtime)
         try:
-            rows = latest_test_sample(clients, config.artifacts_uri, config.label_column)
+            rows = latest_sample_rows(clients, config.artifacts_uri, config.label_column,
+                                      rows=1)
+            if rows is None:
+                raise LookupError("no run has produced a test split yet")
             answer = invoke_endpoint(clients, endpoint, rows)
         except (PipelineError, LookupError) as exc:
             _echo(f"Endpoint {endpoint}: not answering ({exc})")

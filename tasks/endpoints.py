@@ -34,7 +34,7 @@ from .runtime import (
 )
 
 __all__ = ["DeployResult", "EndpointSettings", "deploy_model", "deploy_package",
-           "deployment_config", "invoke"]
+           "deployment_config", "endpoint_status", "invoke"]
 
 _TRANSITIONAL = ("Creating", "Updating", "SystemUpdating", "RollingBack")
 _LOG = logging.getLogger(__name__)
@@ -188,6 +188,17 @@ def _wait_deleted(clients: Clients, name: str, *, timeout: float,
                                "run again once it is gone.")
         sleep(interval)
         interval = min(interval * 1.5, 30.0)
+
+
+def endpoint_status(clients: Clients, name: str) -> str | None:
+    """The endpoint's EndpointStatus, or None if there is no such endpoint."""
+    try:
+        described = clients.sagemaker.describe_endpoint(EndpointName=name)
+    except ClientError as exc:
+        if is_not_found(exc):
+            return None
+        raise
+    return str(described["EndpointStatus"])
 
 
 def wait_endpoint(clients: Clients, name: str, *, timeout: float,

@@ -7,6 +7,7 @@
     ├── JobFailed            a SageMaker job ended Failed or Stopped (reason: AWS's FailureReason)
     │   └── JobTimeout       the wait gave up; the job was stopped
     ├── GateRejected         the new model did not clear the gate (raised only when asked to)
+    ├── RegistryError        a model version is unknown, or not in the state an action needs
     ├── DeployFailed         the endpoint did not reach InService with the new config
     │   └── DeployRolledBack the update was rolled back: the old config still serves
     └── EndpointError        invoking an endpoint failed (unknown endpoint, model error)
@@ -28,6 +29,7 @@ __all__ = [
     "JobFailed",
     "JobTimeout",
     "PipelineError",
+    "RegistryError",
 ]
 
 
@@ -63,6 +65,14 @@ class JobTimeout(JobFailed):
 
 class GateRejected(PipelineError):
     pass
+
+
+class RegistryError(PipelineError):
+    """A model version is unknown, or not in the state asked of it (e.g. not Approved)."""
+
+    def __init__(self, package: str, message: str) -> None:
+        self.package = package
+        super().__init__(message)
 
 
 class DeployFailed(PipelineError):

@@ -17,10 +17,12 @@ from botocore.exceptions import ClientError
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
+from .errors import RegistryError
 from .runtime import Clients, RuntimeSettings, get_clients, is_not_found, retry_transient
 
-__all__ = ["Champion", "ensure_group", "find_champion", "get_champion", "register_model",
-           "register_package", "set_approval", "update_approval"]
+__all__ = ["Champion", "ensure_group", "find_champion", "find_package", "get_champion",
+           "list_packages", "register_model", "register_package", "set_approval",
+           "update_approval"]
 
 APPROVAL = {"approved": "Approved", "rejected": "Rejected", "pending": "PendingManualApproval"}
 TASKS = {"binary": "CLASSIFICATION", "multiclass": "CLASSIFICATION", "regression": "REGRESSION"}
@@ -154,6 +156,58 @@ def package_summary(clients: Clients, package_arn: str) -> dict[str, Any]:
     described: dict[str, Any] = clients.sagemaker.describe_model_package(
         ModelPackageName=package_arn)
     return described
+
+
+def list_packages(clients: Clients, group: str, limit: int | None = None
+                  ) -> list[dict[str, Any]]:
+    """The group's package summaries, newest first ([] if the group does not exist)."""
+    params: dict[str, Any] = {"ModelPackageGroupName": group, "SortBy": "CreationTime",
+                              "SortOrder": "Descending", "MaxResults": 100}
+    found: list[dict[str, Any]] = []
+    while limit is None or len(found) < limit:
+        try:
+            page = clients.sagemaker.list_model_packages(**params)
+        except ClientError as exc:
+            if is_not_found(exc):
+                return []
+            raise
+        found += page["ModelPackageSummaryList"]
+        if not page.get("NextToken"):
+            break
+        params["NextToken"] = page["NextToken"]
+    return found[:limit]
+
+
+def find_package(clients: Clients, group: str, version: str) -> dict[str, Any]:
+    """DescribeModelPackage of ``version`` (a version number or a package ARN) in ``group``.
+
+    RegistryError names the versions there are when it is not one of them.
+    """
+    version = version.strip()
+    if version.startswith("arn:"):
+        try:
+            described = package_summary(clients, version)
+        except ClientError as exc:
+            if not is_not_found(exc):
+                raise
+            raise RegistryError(version, f"No model package {version} in the model registry "
+                                f"({exc.response['Error'].get('Message', '')}). `sagepipe "
+                                "models` lists this project's versions.") from exc
+        if described.get("ModelPackageGroupName") != group:
+            raise RegistryError(version, f"{version} belongs to the model package group "
+                                f"{described.get('ModelPackageGroupName')!r}, not this "
+                                f"project's {group!r}; use the settings of its project "
+                                "(--env).")
+        return described
+    packages = list_packages(clients, group)
+    wanted = version.lstrip("vV")
+    for package in packages:
+        if str(package["ModelPackageVersion"]) == wanted:
+            return package_summary(clients, package["ModelPackageArn"])
+    known = ", ".join(str(p["ModelPackageVersion"]) for p in packages[:20]) or "none yet"
+    raise RegistryError(version, f"No version {version!r} in the model package group {group!r} "
+                        f"(versions, newest first: {known}). Give a version number or a "
+                        "package ARN; `sagepipe models` lists them.")
 
 
 @task(name="find-champion", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient)

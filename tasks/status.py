@@ -8,7 +8,9 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from .datasets import dataset_rows
-from .runtime import Clients, is_not_found
+from .gate import ALL_METRICS
+from .registry import list_packages, package_summary
+from .runtime import Clients
 from .storage import list_run_records
 
 __all__ = ["dataset_rows", "endpoint_rows", "job_log_lines", "model_rows", "run_rows"]
@@ -40,18 +42,32 @@ def run_rows(clients: Clients, artifacts_uri: str, limit: int) -> list[dict[str,
     return rows
 
 
-def model_rows(clients: Clients, group: str) -> list[dict[str, Any]]:
-    try:
-        packages = clients.sagemaker.list_model_packages(
-            ModelPackageGroupName=group, SortBy="CreationTime", SortOrder="Descending",
-            MaxResults=20)["ModelPackageSummaryList"]
-    except ClientError as exc:
-        if is_not_found(exc):
-            return []
-        raise
-    return [{"version": p["ModelPackageVersion"], "approval": p["ModelApprovalStatus"],
-             "created": _when(p["CreationTime"]),
-             "description": (p.get("ModelPackageDescription") or "")[:70]} for p in packages]
+def model_rows(clients: Clients, group: str, *, limit: int = 20,
+               live: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+    """The group's versions, newest first.
+
+    With ``live`` ({package ARN: endpoints serving it}), each version is described too:
+    its gate metric, data digest and commit (the run's CustomerMetadataProperties) and
+    where it is live, instead of its description.
+    """
+    rows = []
+    for p in list_packages(clients, group, limit):
+        row: dict[str, Any] = {"version": p["ModelPackageVersion"],
+                               "approval": p["ModelApprovalStatus"]}
+        if live is None:
+            row.update(created=_when(p["CreationTime"]),
+                       description=(p.get("ModelPackageDescription") or "")[:70])
+        else:
+            metadata = package_summary(clients, p["ModelPackageArn"]).get(
+                "CustomerMetadataProperties") or {}
+            metric = next((k for k in ALL_METRICS if k in metadata), None)
+            row.update(metric=f"{metric}={float(metadata[metric]):.4f}" if metric else "",
+                       data=(metadata.get("data_digest") or "")[:12],
+                       commit=(metadata.get("commit") or "")[:12],
+                       created=_when(p["CreationTime"]),
+                       live=", ".join(live.get(p["ModelPackageArn"], [])))
+        rows.append(row)
+    return rows
 
 
 def endpoint_rows(clients: Clients) -> list[dict[str, Any]]:

@@ -13,10 +13,9 @@ from prefect import task
 from .data import parse_s3_uri
 from .runtime import Clients, RuntimeSettings, get_clients
 
-__all__ = ["ensure_local_resources", "list_run_records", "outputs_exist", "read_json",
-           "read_json_if_any",
-           "sample_rows",
-           "save_run_record", "write_json"]
+__all__ = ["ensure_local_resources", "latest_sample_rows", "list_run_records",
+           "outputs_exist", "read_json", "read_json_if_any", "record_uri", "sample_rows",
+           "save_run_record", "write_json", "write_run_record"]
 
 
 def read_json(clients: Clients, uri: str) -> Any:
@@ -25,11 +24,11 @@ def read_json(clients: Clients, uri: str) -> Any:
 
 
 def read_json_if_any(clients: Clients, uri: str) -> Any:
-    """The JSON object at ``uri``, or None if there is none."""
+    """The JSON object at ``uri``, or None if there is none (nor its bucket)."""
     try:
         return read_json(clients, uri)
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NoSuchBucket"):
             return None
         raise
 
@@ -77,15 +76,15 @@ def list_run_records(clients: Clients, artifacts_uri: str, limit: int = 20) -> l
     return [read_json(clients, f"s3://{bucket}/{key}") for _, key in records[:limit]]
 
 
-def latest_test_sample(clients: Clients, artifacts_uri: str, label_column: str,
-                       rows: int = 1) -> str:
-    """Feature rows from the test split of the newest run that made one."""
+def latest_sample_rows(clients: Clients, artifacts_uri: str, label_column: str,
+                       rows: int = 2) -> str | None:
+    """Sample rows of the test split of the newest run that recorded one (None if none has)."""
     for record in list_run_records(clients, artifacts_uri):
-        test = ((record.get("steps") or {}).get("preprocess") or {}).get("outputs", {}).get(
-            "test")
+        steps = record.get("steps") or {}
+        test = ((steps.get("preprocess") or {}).get("outputs") or {}).get("test")
         if test:
             return sample_rows(clients, test, label_column, rows=rows)
-    raise LookupError("no run has produced a test split yet")
+    return None
 
 
 def outputs_exist(clients: Clients, uris: list[str]) -> bool:
@@ -98,12 +97,22 @@ def outputs_exist(clients: Clients, uris: list[str]) -> bool:
     return True
 
 
+def record_uri(artifacts_uri: str, run_id: str) -> str:
+    return f"{artifacts_uri.rstrip('/')}/runs/{run_id}/record.json"
+
+
+def write_run_record(clients: Clients, artifacts_uri: str, run_id: str,
+                     record: dict[str, Any]) -> str:
+    """Store a run record where `sagepipe status` and list_run_records find it."""
+    uri = record_uri(artifacts_uri, run_id)
+    write_json(clients, uri, record)
+    return uri
+
+
 @task(name="save-run-record", retries=2, retry_delay_seconds=5)
 def save_run_record(runtime: RuntimeSettings, artifacts_uri: str, run_id: str,
                     record: dict[str, Any]) -> str:
-    uri = f"{artifacts_uri.rstrip('/')}/runs/{run_id}/record.json"
-    write_json(get_clients(runtime), uri, record)
-    return uri
+    return write_run_record(get_clients(runtime), artifacts_uri, run_id, record)
 
 
 def ensure_local_resources(runtime: RuntimeSettings, bucket: str, topic_name: str) -> str:

@@ -161,7 +161,7 @@ def test_the_first_run_starts_a_server_that_the_second_reuses(project: Project) 
     assert first.returncode == 0, first.stderr
     assert re.search(r"Prefect API: http://127\.0\.0\.1:\d+/api \(local server \(started in "
                      r"[\d.]+ s\)\)", first.stderr), first.stderr
-    name, ui, run_id = LINK.search(first.stderr).groups()  # type: ignore[union-attr]
+    _, ui, run_id = LINK.search(first.stderr).groups()  # type: ignore[union-attr]
     assert f"Flow run: {ui}/runs/flow-run/{run_id}" in first.stdout  # at the end too
     assert "deployed" in first.stdout
     server = project.server
