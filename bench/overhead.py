@@ -7,8 +7,11 @@ run of the benchmark.
 
 * ``server``: ``sagepipe run`` with ``PREFECT_API_URL`` at a running ``prefect
   server start`` (started and stopped by the benchmark).
-* ``ephemeral``: ``sagepipe run`` without an API URL: Prefect starts a temporary
-  server for the run, as it does for a user who never started one.
+* ``ephemeral``: ``sagepipe run --no-server``: a temporary Prefect server is started
+  for the run and stopped at its end (without ``--no-server`` sagepipe keeps a local
+  server between runs, which is the ``server`` case after the first run).
+
+Runs use ``--verbose``: the phases are read from Prefect's log stream.
 * ``bare``: ``bench/chain.py``, the four scripts one after another.
 * ``metaflow``: ``bench/peers/metaflow_chain.py`` in its own venv.
 
@@ -116,6 +119,7 @@ def run_pipeline(bench: Bench, variant: str, data_csv: Path, tag: str, *,
     env = bench.prefect_env(variant, home)
     logs = bench.work / "logs"
     where = [f"--set=runtime.state_dir={state}"]
+    extra = ("--verbose", *(["--no-server"] if variant == "ephemeral" else []), *extra)
     sagepipe = str(bench.python_bin / "sagepipe")
     run_timed([sagepipe, "data", "push", str(data_csv), *where], env=env,
               log=logs / f"{tag}-push.log", cwd=ROOT)

@@ -63,6 +63,8 @@ _JOB = re.compile(r"(?:Started|Re-attached to|Reusing completed) (?:training|pro
                   r"job (\S+)")
 _FINISHED = re.compile(r"^Finished in state (\w+)")
 _SUFFIX = re.compile(r"-[0-9a-z]{3}$")
+_ENGINE_LINES = ("Beginning flow run", "Finished in state", "View at ", "Created task run",
+                 "Executing ", "Crash detected", "Received ", "Flow run ")
 
 
 @dataclass(frozen=True)
@@ -287,9 +289,11 @@ class RunView(logging.Handler):
             self.say(f"Flow run {self.flow_run_name}: {link}")
         message = record.getMessage()
         task_run = getattr(record, "task_run_name", None)
-        if not task_run:
-            if logging.WARNING <= record.levelno < logging.ERROR and self.mode != "stream":
-                self.say(f"Warning: {message}")
+        if not task_run:  # the flow's own lines (the gate, approval, ...), not the engine's
+            if self.mode != "stream" and record.levelno < logging.ERROR and \
+                    not message.startswith(_ENGINE_LINES):
+                warn = "Warning: " if record.levelno >= logging.WARNING else ""
+                self.say(f"{warn}{message}")
             return
         label = _label(task_run, getattr(record, "task_name", ""))
         step = self.steps.get(label)

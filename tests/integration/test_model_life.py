@@ -137,7 +137,9 @@ def life(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
     project = make_project(root, "life-demo", name=PROD, staging_name=STAGING)
     try:
         assert "deployed" in ok(project("run", "--commit", "aaa111"))
-        assert "rejected" in ok(project("run", "--commit", "bbb222", *WEAK))
+        rejected = project("run", "--commit", "bbb222", *WEAK)
+        assert rejected.returncode == 5, rejected.stderr  # rejected by the gate
+        assert "rejected" in rejected.stdout
         yield project
     finally:
         teardown(project.state.resolve())
