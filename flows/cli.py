@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -411,7 +413,9 @@ def data_push(file: Path = typer.Argument(None, help="a CSV (, ; tab |, optional
         if not path.is_file():
             _fail(f"No file {path}.", 2)
         try:
-            pushed = push_dataset(clients, path, config.dataset_uri, config.data_rules())
+            with _upload_progress(path) as progress:
+                pushed = push_dataset(clients, path, config.dataset_uri, config.data_rules(),
+                                      progress=progress)
         except PipelineError as exc:
             _fail(f"Refused: {exc}", 2)
     typer.echo(f"Stored {config.dataset_uri} version {pushed.version_id}")
@@ -442,6 +446,25 @@ def data_example(name: str = typer.Argument(..., help="breast-cancer, iris, diab
     path = write_example(name, output)
     typer.echo(f"Wrote {path} ({EXAMPLES[name][1]}). Next:\n"
                f"  {_me()} data push {path} --env {name}\n  {_me()} run --env {name}")
+
+
+PROGRESS_FROM_BYTES = 16 * 1024 * 1024
+
+
+@contextlib.contextmanager
+def _upload_progress(path: Path) -> Iterator[Callable[[int], None] | None]:
+    """A progress bar on the terminal for an upload worth watching (16 MiB or more)."""
+    size = path.stat().st_size if path.is_file() else 0
+    if size < PROGRESS_FROM_BYTES or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+    with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(f"Uploading {path.name}", total=size)
+        yield lambda sent: bar.advance(task, sent)
 
 
 def _dataset_exists(clients: Any, uri: str) -> bool:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
@@ -400,8 +401,8 @@ def inspect_dataset(clients: Clients, uri: str, rules: DataRules | str) -> Datas
     return inspect_object(clients, bucket, objects[0], rules)
 
 
-def push_dataset(clients: Clients, path: Path, uri: str,
-                 rules: DataRules | str) -> PushedDataset:
+def push_dataset(clients: Clients, path: Path, uri: str, rules: DataRules | str,
+                 progress: Callable[[int], None] | None = None) -> PushedDataset:
     """Store ``path`` as a new version of ``uri`` after the same checks a run does.
 
     Bad data is refused before the upload, so the stored versions stay usable.
@@ -418,7 +419,9 @@ def push_dataset(clients: Clients, path: Path, uri: str,
         metadata[META_ROWS] = str(report.rows_checked)
     if digest:
         metadata[META_SCHEMA] = digest
-    clients.s3.upload_file(str(path), bucket, key, ExtraArgs={"Metadata": metadata})
+    # progress: boto3's transfer Callback, called with the bytes sent since its last call
+    clients.s3.upload_file(str(path), bucket, key, ExtraArgs={"Metadata": metadata},
+                           Callback=progress)
     version = str(clients.s3.head_object(Bucket=bucket, Key=key).get("VersionId"))
     return PushedDataset(version_id=version, report=report,
                          rows=report.rows_checked if report else None, schema_digest=digest)

@@ -372,7 +372,8 @@ class LocalS3:
     # -- boto3's injected transfer helpers, and local extras -------------------------------
 
     def upload_file(self, Filename: str | os.PathLike[str], Bucket: str, Key: str,
-                    ExtraArgs: dict[str, Any] | None = None) -> None:
+                    ExtraArgs: dict[str, Any] | None = None,
+                    Callback: Any = None) -> None:
         # boto3's transfer manager takes only these ExtraArgs, and says so with a ValueError
         unknown = sorted(set(ExtraArgs or {}) - set(S3Transfer.ALLOWED_UPLOAD_ARGS))
         if unknown:
@@ -384,6 +385,8 @@ class LocalS3:
             except ClientError as error:  # boto3's transfer manager wraps it the same way
                 raise S3UploadFailedError(
                     f"Failed to upload {Filename} to {Bucket}/{Key}: {error}") from error
+        if Callback is not None:  # boto3 calls it with the bytes sent since the last call
+            Callback(os.path.getsize(Filename))
 
     def download_file(self, Bucket: str, Key: str, Filename: str | os.PathLike[str],
                       ExtraArgs: dict[str, Any] | None = None) -> None:
