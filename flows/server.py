@@ -150,15 +150,18 @@ def up(directory: Path = DEFAULT_DIR, *, port: int | None = None, pool: str = LO
 
 
 def down(directory: Path = DEFAULT_DIR, *, grace: float = 15.0) -> LocalServer | None:
-    """Stop the worker, then the server; returns what was stopped (None: nothing was up)."""
+    """Stop the worker, then the server; returns what was stopped (None: nothing was up,
+    e.g. a stale pid file, which is removed)."""
     server = _read(directory)
     if server is None:
         _forget(Path(directory))
         return None
+    was_up = any(pid_alive(pid) and _is_prefect(pid)
+                 for pid in (server.worker_pid, server.server_pid) if pid)
     _stop_group(server.worker_pid, grace=grace)
     _stop_group(server.server_pid, grace=grace)
     _forget(Path(directory))
-    return server
+    return server if was_up else None
 
 
 def _write(directory: Path, server: LocalServer) -> None:
