@@ -601,10 +601,14 @@ def trigger(deployment: str = typer.Argument("ml-pipeline/local",
 
 
 @server_app.command("up")
-def server_up(port: int = typer.Option(4200, help="the API and UI port on 127.0.0.1"),
+def server_up(port: int = typer.Option(None, help="the API and UI port on 127.0.0.1 "
+                                        "(default: 4200, or the next free one)"),
               poll: float = typer.Option(5.0, help="seconds between the worker's polls"),
               ui: bool = typer.Option(True, help="serve the Prefect UI")) -> None:
-    """Start a local Prefect server and a process worker for the `sagepipe-local` pool."""
+    """Start a local Prefect server and a process worker for the `sagepipe-local` pool.
+
+    The server is the one `sagepipe run` keeps (reused if it runs); `sagepipe down` or
+    `sagepipe server down` stops both."""
     from sagepipe.flows.server import DEFAULT_DIR, up
 
     server = up(DEFAULT_DIR, port=port, poll_seconds=poll, ui=ui)

@@ -563,3 +563,21 @@ def test_down_deletes_the_endpoint_and_stops_its_server(
     assert env.clients.sagemaker.describe_model(ModelName=f"{env.endpoint}-model")
     again = env.cli("down")
     assert again.stdout == "Deleted endpoints: none; stopped jobs: none.\n"
+
+
+def test_run_with_a_prefect_api_that_does_not_answer_exits_4_before_any_job(
+        env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    good = tmp_path / "good.csv"
+    good.write_text(GOOD_CSV)
+    pushed_version(env, env.cli("data", "push", str(good)))
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # nothing listens there
+
+    result = env.cli("run")
+
+    assert result.exit_code == 4, result.output
+    assert result.stderr.startswith("No Prefect API answers at http://127.0.0.1:9/api "
+                                    "(PREFECT_API_URL): ConnectError")
+    assert "unset PREFECT_API_URL and sagepipe runs a local one" in result.stderr
+    assert "Traceback" not in result.output
+    assert env.clients.sagemaker.list_processing_jobs()["ProcessingJobSummaries"] == []
+    assert not (env.state / "prefect").exists()  # no server of ours was started instead
