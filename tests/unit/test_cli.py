@@ -581,3 +581,29 @@ def test_run_with_a_prefect_api_that_does_not_answer_exits_4_before_any_job(
     assert "Traceback" not in result.output
     assert env.clients.sagemaker.list_processing_jobs()["ProcessingJobSummaries"] == []
     assert not (env.state / "prefect").exists()  # no server of ours was started instead
+
+
+def test_every_command_that_reads_settings_takes_env_and_set_alike(env: Env) -> None:
+    from typer.main import get_command
+
+    def commands(group: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[str, Any]]:
+        for name, command in group.commands.items():
+            if hasattr(command, "commands"):
+                yield from commands(command, (*path, name))
+            else:
+                yield " ".join((*path, name)), command
+
+    readers = set()
+    for name, command in commands(get_command(app)):
+        options = {o for p in command.params for o in getattr(p, "opts", [])}
+        # trigger: --set changes the deployment's own config; its settings live there
+        if options & {"--env", "--set"} and name != "trigger":
+            assert {"--env", "--set"} <= options, name
+            readers.add(name)
+    assert readers >= {"run", "status", "logs", "invoke", "down", "plan", "config", "models",
+                       "approve", "reject", "deploy", "promote", "data push",
+                       "data versions", "data list"}
+    # and --set means the same everywhere: here, another project's registry
+    result = env.cli("status", "--set", "project=elsewhere")
+    assert result.exit_code == 0, result.output
+    assert "Model versions (elsewhere)" in result.stdout
