@@ -14,11 +14,14 @@ that run, so the flow goes on, records its decision and deploys by itself.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import logging
+import os
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -135,17 +138,60 @@ def decide(config: PipelineConfig, version: str, *, approve: bool, note: str = "
     problem = None
     if package["ModelApprovalStatus"] == "PendingManualApproval" and metadata.get(
             "flow_run_id"):
+        apis = _apis(config)
+        if not apis:
+            problem = ("PREFECT_API_URL is unset and no Prefect server sagepipe started is "
+                       "running here")
         try:
-            flow_run = _paused_run(config.project, metadata["flow_run_id"])
-            if flow_run is not None:  # the flow records "<Approved> by a person: <note>"
-                _resume(flow_run.id, {"approve": approve, "note": how})
-                return Answered(number, arn, approval, text, flow_run=flow_run)
+            for api in apis:
+                with _using(api):
+                    flow_run = _paused_run(config.project, metadata["flow_run_id"])
+                    if flow_run is not None:  # the flow records "<Approved> by a person"
+                        _resume(flow_run.id, {"approve": approve, "note": how})
+                        return Answered(number, arn, approval, text, flow_run=flow_run)
         # no API (an unreachable PREFECT_API_URL, a temporary server that did not start), or
         # the run stopped waiting between the lookup and the answer: the registry decides
         except (httpx.HTTPError, OSError, RuntimeError, PrefectException) as exc:
             problem = f"{type(exc).__name__}: {exc}"
     set_approval(clients, arn, approval, text)
+    _notify_decision(clients, config, number, arn, approval, text)
     return Answered(number, arn, approval, text, api_problem=problem)
+
+
+def _apis(config: PipelineConfig) -> list[str | None]:
+    """Where a paused run can wait: PREFECT_API_URL when set (None: the current settings);
+    else the local server `sagepipe run` keeps, and the servers of `--no-server` runs."""
+    from prefect.settings import get_current_settings
+
+    from sagepipe.flows.runner import temporary_servers
+    from sagepipe.flows.server import running
+
+    if os.environ.get("PREFECT_API_URL") or get_current_settings().api.url:
+        return [None]
+    state = Path(config.runtime.state_dir)
+    servers = [running(state / "prefect"), *(running(d) for d in temporary_servers(state))]
+    return [s.api_url for s in servers if s is not None]
+
+
+def _using(api: str | None) -> Any:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    return contextlib.nullcontext() if api is None else temporary_settings(
+        updates={PREFECT_API_URL: api})
+
+
+def _notify_decision(clients: Clients, config: PipelineConfig, number: int, arn: str,
+                     approval: str, text: str) -> None:
+    """A decision made from the CLI is announced like a run's outcome."""
+    topic = config.notifications.topic_arn
+    if topic is None and config.runtime.kind == "local":
+        topic = ensure_local_resources(config.runtime, parse_s3_uri(config.artifacts_uri)[0],
+                                       f"{config.project}-events")
+    if topic:
+        publish_outcome(clients, topic, approval, project=config.project,
+                        summary=f"version {number} {approval}: {text}",
+                        details={"model_package": {"arn": arn, "approval": approval},
+                                 "by": text})
 
 
 def _paused_run(project: str, flow_run_id: str) -> Any | None:

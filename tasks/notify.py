@@ -15,7 +15,8 @@ from .runtime import Clients, RuntimeSettings, get_clients
 
 __all__ = ["console_links", "notify", "publish_outcome"]
 
-OUTCOMES = ("deployed", "rejected", "unchanged", "failed", "rolled_back", "cancelled")
+OUTCOMES = ("deployed", "rejected", "unchanged", "failed", "rolled_back", "cancelled",
+            "approved")
 
 
 def console_links(region: str, *, endpoint: str | None, group: str | None,

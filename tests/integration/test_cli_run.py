@@ -264,6 +264,23 @@ def test_ctrl_c_during_training_stops_the_job_and_cancels_the_run(project: Proje
     assert alive({server}, timeout=0) == {server}
 
 
+def test_approve_answers_a_run_paused_on_the_server_sagepipe_keeps(project: Project) -> None:
+    """No PREFECT_API_URL: `sagepipe approve` finds the paused run on the local server."""
+    other = ["--set", "project=paused-demo", "--set", "endpoint.name=paused-demo"]
+    run = project.start("run", *other, "--set", "gate.approval=manual",
+                        "--set", "gate.approval_timeout_seconds=300")
+    package = run.wait_for(r"Waiting up to \d+ s for approval of (\S+)").group(1)
+    said = project.sagepipe("approve", package.rsplit("/", 1)[1], "--note", "plots look right",
+                            *other)
+    assert said.returncode == 0, said.stderr
+    assert "Answered flow run" in said.stdout
+    code = run.process.wait(timeout=300)
+    assert run.process.stdout is not None
+    out = run.process.stdout.read()
+    assert code == 0, "".join(run.err)
+    assert "deployed" in out and "paused-demo" in out
+
+
 def test_kill_9_then_down_leaves_no_process(project: Project) -> None:
     project.train_script(SLOW_TRAIN)
     try:

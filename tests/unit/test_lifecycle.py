@@ -82,11 +82,28 @@ def test_without_a_prefect_api_the_registry_alone_is_updated(
         raise httpx.ConnectError("connection refused")
 
     monkeypatch.setattr(lifecycle, "_paused_run", unreachable)
+    monkeypatch.setattr(lifecycle, "_apis", lambda config: [None])  # PREFECT_API_URL set
     answered = lifecycle.decide(config, "1", approve=True, note="ok", by="ana")
     assert answered.flow_run is None and "connection refused" in (answered.api_problem or "")
     described = package(config, arn)
     assert described["ModelApprovalStatus"] == "Approved"
     assert described["ApprovalDescription"] == "Approved from the CLI by ana: ok"
+
+
+def test_with_no_api_and_no_server_of_ours_the_registry_alone_is_updated(
+        config: PipelineConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    register(config, "pending", "a", flow_run_id=RUN_ID)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setattr(lifecycle, "_paused_run", lambda *_: pytest.fail("no API to ask"))
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        answered = lifecycle.decide(config, "1", approve=False, note="no", by="ana")
+    assert answered.approval == "rejected"
+    assert "no Prefect server sagepipe started is running here" in (answered.api_problem or "")
+    sns = get_clients(config.runtime).sns
+    topic = sns.create_topic(Name=f"{config.project}-events")["TopicArn"]
+    assert '"outcome": "rejected"' in sns.messages(topic)[-1]["Message"]  # announced
 
 
 def test_a_paused_run_gets_the_answer_and_records_it_itself(
@@ -102,6 +119,7 @@ def test_a_paused_run_gets_the_answer_and_records_it_itself(
 
     monkeypatch.setattr(lifecycle, "_paused_run", paused)
     monkeypatch.setattr(lifecycle, "_resume", lambda i, answer: resumed.append((i, answer)))
+    monkeypatch.setattr(lifecycle, "_apis", lambda config: [None])  # PREFECT_API_URL set
     answered = lifecycle.decide(config, "1", approve=False, note="too slow", by="ana")
     assert asked == [f"unit-life {RUN_ID}"]
     assert resumed == [(RUN_ID, {"approve": False, "note": "from the CLI by ana: too slow"})]
