@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError
 from .data import META_ROWS, META_SCHEMA, parse_s3_uri
 from .errors import ConfigError
 from .runtime import Clients
-from .storage import list_run_records
+from .storage import list_objects, list_run_records
 
 __all__ = ["DATASET_NAME", "check_dataset_name", "dataset_list_rows", "dataset_rows",
            "dataset_uri_for", "split_dataset_uri"]
@@ -126,21 +126,9 @@ def dataset_list_rows(clients: Clients, uri: str,
     if artifacts_uri:  # a data set layout at the bucket's root must not list the artifacts
         art_bucket, art_key = parse_s3_uri(artifacts_uri.rstrip("/") + "/")
         skip = art_key if art_bucket == bucket else None
-    objects: list[dict[str, Any]] = []
-    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
-    while True:
-        try:
-            page = clients.s3.list_objects_v2(**kwargs)
-        except ClientError as exc:
-            if _code(exc) == "NoSuchBucket":
-                return []
-            raise
-        objects += [o for o in page.get("Contents", [])
-                    if "/" in o["Key"][len(prefix):] and not o["Key"].endswith("/")
-                    and not (skip and o["Key"].startswith(skip))]
-        if not page.get("IsTruncated"):
-            break
-        kwargs["ContinuationToken"] = page["NextContinuationToken"]
+    objects = [o for o in list_objects(clients, bucket, prefix)
+               if "/" in o["Key"][len(prefix):] and not o["Key"].endswith("/")
+               and not (skip and o["Key"].startswith(skip))]
     rows = []
     for obj in objects:
         name, _, file = obj["Key"][len(prefix):].partition("/")

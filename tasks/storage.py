@@ -55,10 +55,9 @@ def sample_rows(clients: Clients, split_uri: str, label_column: str, rows: int =
     return out.getvalue()
 
 
-def list_run_records(clients: Clients, artifacts_uri: str, limit: int = 20) -> list[dict[str, Any]]:
-    """Newest first."""
-    bucket, prefix = parse_s3_uri(artifacts_uri.rstrip("/") + "/runs/")
-    records: list[tuple[Any, str]] = []
+def list_objects(clients: Clients, bucket: str, prefix: str) -> list[dict[str, Any]]:
+    """Every object under ``prefix`` (all pages); none if the bucket does not exist."""
+    objects: list[dict[str, Any]] = []
     kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
     while True:
         try:
@@ -67,11 +66,17 @@ def list_run_records(clients: Clients, artifacts_uri: str, limit: int = 20) -> l
             if exc.response["Error"]["Code"] == "NoSuchBucket":
                 return []
             raise
-        records += [(o["LastModified"], o["Key"]) for o in page.get("Contents", [])
-                    if o["Key"].endswith("/record.json")]
+        objects += page.get("Contents", [])
         if not page.get("IsTruncated"):
-            break
+            return objects
         kwargs["ContinuationToken"] = page["NextContinuationToken"]
+
+
+def list_run_records(clients: Clients, artifacts_uri: str, limit: int = 20) -> list[dict[str, Any]]:
+    """Newest first."""
+    bucket, prefix = parse_s3_uri(artifacts_uri.rstrip("/") + "/runs/")
+    records = [(o["LastModified"], o["Key"]) for o in list_objects(clients, bucket, prefix)
+               if o["Key"].endswith("/record.json")]
     records.sort(reverse=True)
     return [read_json(clients, f"s3://{bucket}/{key}") for _, key in records[:limit]]
 
