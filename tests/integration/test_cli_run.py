@@ -305,6 +305,26 @@ def test_kill_9_then_down_leaves_no_process(project: Project) -> None:
         "Deleted endpoints: none; stopped jobs: none.")
 
 
+def test_a_second_ctrl_c_exits_at_once_and_down_stops_what_is_left(project: Project) -> None:
+    project.train_script(SLOW_TRAIN)
+    try:
+        run = project.start("run", "--no-server")
+        job = run.wait_for(r"train +job (\S+)").group(1)
+        os.killpg(run.process.pid, signal.SIGINT)
+        time.sleep(0.05)  # the first one's clean-up has just begun
+        os.killpg(run.process.pid, signal.SIGINT)
+        code = run.process.wait(timeout=30)
+        down = project.sagepipe("down")
+    finally:
+        project.train_script(None)
+    err = "".join(run.err)
+    assert code == 130, err
+    assert "Interrupted again: exiting now; `sagepipe down` stops what is left." in err
+    assert down.returncode == 0, down.stderr
+    assert project.job_status(job) in ("Stopping", "Stopped")  # by the first, or by down
+    assert not list((project.root / ".sagepipe/prefect-runs").iterdir()), down.stdout
+
+
 def test_the_live_view_on_a_terminal(project: Project) -> None:
     """Under a pseudo-terminal: one table redrawn in place, not a stream of lines."""
     leader, follower = pty.openpty()
