@@ -60,12 +60,12 @@ def settings(state: Path, **extra: Any) -> dict[str, Any]:
             "gate": {"threshold": 0.9, "margin": 0.001}, **extra}
 
 
-def sagepipe(api_url: str, *args: str, timeout: float = 600) -> str:
+def sagepipe(api_url: str, *args: str, timeout: float = 600, code: int = 0) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env.update(PREFECT_API_URL=api_url, PREFECT_SERVER_ANALYTICS_ENABLED="false")
     done = subprocess.run([sys.executable, "-m", "sagepipe.flows.cli", *args], env=env,
                           capture_output=True, text=True, timeout=timeout, cwd=PROJECT_ROOT)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.returncode == code, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 
 
@@ -81,7 +81,8 @@ def run_id(prefect_ui: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     try:
         sagepipe(api, "data", "push", "--example", "--env", str(first))
         assert "deployed" in sagepipe(api, "run", "--env", str(first))
-        assert "rejected" in sagepipe(api, "run", "--env", str(second))
+        # exit 5: the gate rejected the model (README: exit codes)
+        assert "rejected" in sagepipe(api, "run", "--env", str(second), code=5)
         clients = get_clients(RuntimeSettings(kind="local", state_dir=str(state)))
         yield str(list_run_records(clients, "s3://ui-bucket/pipeline", limit=1)[0]["run_id"])
     finally:
