@@ -30,6 +30,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from .errors import JobFailed, JobTimeout
+from .events import EventsUnavailable, JobWaiter
 from .runtime import Clients, call_with_retry, is_not_found
 
 __all__ = ["JobKind", "WaitPolicy", "content_key", "job_name", "run_job", "stop_job"]
@@ -93,6 +94,7 @@ class WaitPolicy:
     max_poll: float = 30.0
     factor: float = 1.5
     timeout: float = 24 * 3600.0
+    safety_poll: float = 180.0  # with events: describe this often, in case one is lost
 
 
 def _describe(clients: Clients, kind: JobKind, name: str, *, log: Log = _LOG,
@@ -218,12 +220,17 @@ def failure_reason(described: dict[str, Any], recent: Iterable[str]) -> str | No
 def run_job(clients: Clients, kind: JobKind, request: dict[str, Any], *,
             policy: WaitPolicy, log: Log, clock: Callable[[], float] = time.monotonic,
             sleep: Sleep = time.sleep,
-            reusable: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+            reusable: Callable[[dict[str, Any]], bool] | None = None,
+            watch: Callable[[str], JobWaiter] | None = None) -> dict[str, Any]:
     """Start (or re-attach to) a job and wait for it; returns the final Describe.
 
     Raises JobFailed (with AWS's FailureReason) on Failed or Stopped, and
     JobTimeout after stopping a job that outlived ``policy.timeout``. ``sleep`` also
     paces the retries after throttling.
+
+    ``watch`` (``jobs.wait: events``) subscribes to the job's state-change events: the
+    wait then wakes on the job's event and otherwise describes it (and reads its log)
+    only every ``policy.safety_poll`` seconds; without events it polls with backoff.
     """
     name, how = start_or_attach(clients, kind, request, log, sleep=sleep, reusable=reusable)
     tail = LogTail(clients, kind.log_group, name, lambda line: log.info("[%s] %s", name, line),
@@ -231,6 +238,7 @@ def run_job(clients: Clients, kind: JobKind, request: dict[str, Any], *,
     started = clock()
     interval = policy.first_poll
     stop_sent = False
+    waiter = _subscribe(watch, name, log) if watch is not None and how != "reused" else None
     try:
         while True:
             described = _describe(clients, kind, name, log=log, sleep=sleep)
@@ -254,7 +262,17 @@ def run_job(clients: Clients, kind: JobKind, request: dict[str, Any], *,
                 # it ended (or is stopping) between the describe and the stop: report that
 
             remaining = policy.timeout - waited
-            sleep(min(interval, remaining) if remaining > 0 else policy.first_poll)
+            pause = min(interval, remaining) if remaining > 0 else policy.first_poll
+            if waiter is not None:
+                try:
+                    waiter.wait(min(policy.safety_poll, remaining) if remaining > 0
+                                else policy.first_poll)
+                    continue  # an event, or the safety poll's turn: describe now
+                except EventsUnavailable as exc:
+                    log.warning("No job events (%s): polling %s instead", exc, name)
+                    waiter.close()
+                    waiter = None
+            sleep(pause)
             interval = min(interval * policy.factor, policy.max_poll)
     except Exception:
         # the waiter failed (network, AWS error): the job may be fine, and a retried
@@ -269,3 +287,14 @@ def run_job(clients: Clients, kind: JobKind, request: dict[str, Any], *,
         except Exception:  # never mask the interruption itself
             log.exception("Could not stop %s job %s", kind.noun.lower(), name)
         raise
+    finally:
+        if waiter is not None:
+            waiter.close()
+
+
+def _subscribe(watch: Callable[[str], JobWaiter], name: str, log: Log) -> JobWaiter | None:
+    try:
+        return watch(name)
+    except EventsUnavailable as exc:
+        log.warning("No job events (%s): polling %s instead", exc, name)
+        return None

@@ -19,6 +19,7 @@ from prefect.context import TaskRunContext
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .data import DataPin
+from .events import JobEvents
 from .framework import PROCESSING_CODE, PROCESSING_ENTRYPOINT, training_hyperparameters
 from .gate import ALL_METRICS
 from .images import ImageRef
@@ -48,6 +49,12 @@ class JobSettings(BaseModel):
     timeout_seconds: float = Field(7200, gt=0, description="give up waiting (and stop the job)")
     poll_first_seconds: float = Field(2.0, gt=0, le=300)
     poll_max_seconds: float = Field(30.0, gt=0, le=600)
+    wait: Literal["poll", "events"] = Field(
+        "poll", description="how a run learns that a job ended: poll (Describe with backoff) "
+        "or events (the job's state-change event, relayed to Prefect; a Describe every "
+        "safety_poll_seconds in case one is lost)")
+    safety_poll_seconds: float = Field(180.0, ge=5, le=3600,
+                                       description="wait: events - Describe this often")
     environment: dict[str, str] = Field(default_factory=dict)
     network_isolation: bool = Field(True, description="jobs get no network access")
     spot: bool = Field(False, description="managed spot training, resumed from checkpoints")
@@ -76,7 +83,7 @@ class JobSettings(BaseModel):
 
     def wait_policy(self) -> WaitPolicy:
         return WaitPolicy(first_poll=self.poll_first_seconds, max_poll=self.poll_max_seconds,
-                          timeout=self.timeout_seconds)
+                          timeout=self.timeout_seconds, safety_poll=self.safety_poll_seconds)
 
 
 class JobPlan(BaseModel):
@@ -288,8 +295,12 @@ def run_step(runtime: RuntimeSettings, plan: JobPlan, settings: JobSettings,
             return outputs_exist(clients, [described["ModelArtifacts"]["S3ModelArtifacts"]])
         return outputs_exist(clients, list(plan.outputs.values()))
 
+    watch = None
+    if settings.wait == "events":
+        def watch(name: str) -> JobEvents:
+            return JobEvents(plan.kind, name)
     final = run_job(clients, kind, request, policy=settings.wait_policy(), log=log,
-                    reusable=outputs_still_there)
+                    reusable=outputs_still_there, watch=watch)
     prefix = "Training" if plan.kind == "training" else "Processing"
     start, end = final.get(f"{prefix}StartTime"), final.get(f"{prefix}EndTime")
     seconds = (end - start).total_seconds() if start and end else None
