@@ -94,13 +94,37 @@ class Waited:
     polls: list[float]
 
 
-def wait_with_run_job(policy: WaitPolicy, duration: float) -> Waited:
+class FakeEvents:
+    """The job's state-change event on the simulated clock: delivered the moment the job
+    ends (its real delivery latency is measured on the local runtime), or lost."""
+
+    def __init__(self, clock: FakeClock, sagemaker: FakeSageMaker, delivered: bool) -> None:
+        self.clock, self.sagemaker, self.delivered = clock, sagemaker, delivered
+
+    def wait(self, seconds: float) -> str | None:
+        assert self.sagemaker.created is not None
+        end = self.sagemaker.created + self.sagemaker.duration
+        if self.delivered and self.clock.now < end <= self.clock.now + seconds:
+            self.clock.now = end
+            return "Completed"
+        self.clock.now += max(0.0, seconds)
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def wait_with_run_job(policy: WaitPolicy, duration: float,
+                      events: str | None = None) -> Waited:
+    """``events``: None (poll), "delivered" or "lost" (``jobs.wait: events``)."""
     clock = FakeClock()
     sagemaker, logs = FakeSageMaker(clock, duration), FakeLogs()
     clients = Clients(s3=None, sagemaker=sagemaker, sagemaker_runtime=None, sns=None,
                       logs=logs, ecr=None, codebuild=None)
+    watch = None if events is None else (
+        lambda name: FakeEvents(clock, sagemaker, delivered=events == "delivered"))
     run_job(clients, TRAINING, {"TrainingJobName": "bench-job"}, policy=policy, log=_QUIET,
-            clock=lambda: clock.now, sleep=clock.sleep)
+            clock=lambda: clock.now, sleep=clock.sleep, watch=watch)
     assert sagemaker.created is not None
     return Waited(len(sagemaker.describes), logs.calls,
                   clock.now - (sagemaker.created + duration), sagemaker.describes)
@@ -146,6 +170,8 @@ def measure_waiting() -> dict[str, Any]:
         "fixed 5 s": {"policy": WaitPolicy(first_poll=5, max_poll=5, factor=1.0)},
         "backoff, 60 s cap": {"policy": WaitPolicy(first_poll=default.first_poll,
                                                    max_poll=60.0, factor=default.factor)},
+        "events": {"policy": default, "events": "delivered"},
+        "events, the event lost": {"policy": default, "events": "lost"},
     }
     out: dict[str, Any] = {"botocore_waiter": botocore_waiter_config(),
                            "project_policy": {"first_poll": default.first_poll,
@@ -155,10 +181,11 @@ def measure_waiting() -> dict[str, Any]:
     for name, spec in policies.items():
         policy = spec["policy"]
 
-        def waiter(duration: float, policy: WaitPolicy | None = policy) -> Waited:
+        def waiter(duration: float, policy: WaitPolicy | None = policy,
+                   events: str | None = spec.get("events")) -> Waited:
             if policy is None:
                 return wait_with_botocore(duration)
-            return wait_with_run_job(policy, duration)
+            return wait_with_run_job(policy, duration, events)
 
         per_duration = {}
         for duration in DURATIONS:

@@ -94,7 +94,7 @@ class WaitPolicy:
     max_poll: float = 30.0
     factor: float = 1.5
     timeout: float = 24 * 3600.0
-    safety_poll: float = 180.0  # with events: describe this often, in case one is lost
+    safety_poll: float = 360.0  # with events: describe this often, in case one is lost
 
 
 def _describe(clients: Clients, kind: JobKind, name: str, *, log: Log = _LOG,

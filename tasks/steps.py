@@ -53,7 +53,7 @@ class JobSettings(BaseModel):
         "poll", description="how a run learns that a job ended: poll (Describe with backoff) "
         "or events (the job's state-change event, relayed to Prefect; a Describe every "
         "safety_poll_seconds in case one is lost)")
-    safety_poll_seconds: float = Field(180.0, ge=5, le=3600,
+    safety_poll_seconds: float = Field(360.0, ge=5, le=3600,
                                        description="wait: events - Describe this often")
     environment: dict[str, str] = Field(default_factory=dict)
     network_isolation: bool = Field(True, description="jobs get no network access")

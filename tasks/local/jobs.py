@@ -30,6 +30,7 @@ from typing import Any
 
 from .common import now, pid_alive
 from .containers import container_command, job_environment, remap
+from .events import API_ENV, prefect_api_url, publish_quietly
 from .images import resolve_image
 from .pyenv import interpreter
 from .s3 import LocalS3, parse_s3_uri
@@ -53,13 +54,23 @@ def spawn_runner(root: Path, kind: str, name: str) -> int:
         proc = subprocess.Popen(
             [sys.executable, "-m", "sagepipe.tasks.local.runner", str(root), kind, name],
             stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True,
-            cwd=str(root), env={**os.environ, "PYTHONPATH": _project_path()},
+            cwd=str(root), env=_runner_env(),
         )
     _CHILDREN[proc.pid] = proc
     return proc.pid
 
 
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _runner_env() -> dict[str, str]:
+    """The runner's environment: this one, sagepipe importable, and the Prefect API the
+    creating run talks to (where the runner announces the job's end, as EventBridge does)."""
+    env = {**os.environ, "PYTHONPATH": _project_path()}
+    api = prefect_api_url()
+    if api:
+        env[API_ENV] = api
+    return env
 
 
 def _project_path() -> str:
@@ -291,6 +302,8 @@ class _Runner:
             self.log(reason)
             self.set_status(status="Failed", secondary="Failed", reason=reason, ended=now())
             raise
+        finally:
+            publish_quietly(self.root, self.kind, self.name)
 
     def execute(self, command: list[str], env: dict[str, str], max_runtime: int | None) -> int:
         self.log("Invoking: " + " ".join(command))

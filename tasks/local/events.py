@@ -1,0 +1,94 @@
+"""The local stand-in for EventBridge: a job that ends announces it as SageMaker does.
+
+On AWS, SageMaker sends "SageMaker Training Job State Change" / "SageMaker Processing
+Job State Change" events to EventBridge, whose rule invokes the relay Lambda. Locally
+the job's runner, as it ends, builds the same event (the job's Describe with epoch
+milliseconds for times, and, for a training job, its tags as a map) and hands it to
+the same relay code (``deployments/relay/relay.py``), which posts the Prefect event
+and resumes a flow run suspended for the job. The runner learns the Prefect API from
+``SAGEPIPE_PREFECT_API_URL``, set by whoever created the job from a Prefect run; without
+it (or with the API gone) nothing is published and the job is unaffected.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+__all__ = ["API_ENV", "prefect_api_url", "publish", "state_change_event"]
+
+API_ENV = "SAGEPIPE_PREFECT_API_URL"
+_DETAIL_TYPE = {"training": "SageMaker Training Job State Change",
+                "processing": "SageMaker Processing Job State Change"}
+
+
+def prefect_api_url() -> str | None:
+    """The Prefect API of the current settings (what the creating flow run talks to)."""
+    try:
+        from prefect.settings import get_current_settings
+    except ImportError:
+        return None
+    url = get_current_settings().api.url
+    return str(url) if url else None
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dt.datetime):  # EventBridge's SageMaker details: epoch millis
+        return int(value.timestamp() * 1000)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def state_change_event(kind: str, described: dict[str, Any], tags: list[dict[str, str]],
+                       *, region: str, account: str = "000000000000") -> dict[str, Any]:
+    """The EventBridge event SageMaker sends for this job's current state."""
+    noun = "Training" if kind == "training" else "Processing"
+    detail = _jsonable({k: v for k, v in described.items() if k != "ResponseMetadata"})
+    if kind == "training":  # the training event carries the job's tags as a map
+        detail["Tags"] = {t["Key"]: t.get("Value", "") for t in tags}
+    return {"version": "0", "id": str(uuid.uuid4()), "detail-type": _DETAIL_TYPE[kind],
+            "source": "aws.sagemaker", "account": account,
+            "time": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "region": region, "resources": [described[f"{noun}JobArn"]], "detail": detail}
+
+
+def publish(root: Path, kind: str, name: str, *, region: str = "us-east-1") -> dict[str, Any]:
+    """Announce the job's current state through the relay; what the relay did."""
+    api = os.environ.get(API_ENV)
+    if not api:
+        return {"relayed": False, "reason": f"no {API_ENV}"}
+    from sagepipe.deployments.relay.relay import handle
+
+    from . import local_clients
+
+    sagemaker = local_clients(root, region=region)["sagemaker"]
+    noun = "Training" if kind == "training" else "Processing"
+    described = getattr(sagemaker, f"describe_{kind}_job")(**{f"{noun}JobName": name})
+    tags = sagemaker.list_tags(ResourceArn=described[f"{noun}JobArn"])["Tags"]
+    event = state_change_event(kind, described, tags, region=region)
+
+    def list_tags(arn: str) -> list[dict[str, Any]]:
+        return list(sagemaker.list_tags(ResourceArn=arn)["Tags"])
+
+    result: dict[str, Any] = handle(event, api_url=api, list_tags=list_tags, timeout=5.0,
+                                    deadline=time.monotonic() + 20)
+    return result
+
+
+def publish_quietly(root: Path, kind: str, name: str) -> None:
+    """For the runner: a failed announcement is written to its log, never raised."""
+    try:
+        result = publish(root, kind, name)
+    except Exception as exc:  # the job's outcome stands; the wait's safety poll sees it
+        print(f"could not announce the job's state: {type(exc).__name__}: {exc}",
+              file=sys.stderr, flush=True)
+        return
+    print(f"announced: {result}", file=sys.stderr, flush=True)
