@@ -17,7 +17,8 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.context import get_run_context
-from prefect.flow_runs import pause_flow_run
+from prefect.exceptions import Pause
+from prefect.flow_runs import pause_flow_run, suspend_flow_run
 from prefect.input import RunInput
 from prefect.utilities.urls import url_for
 
@@ -33,7 +34,14 @@ from sagepipe.tasks.jobs import PROCESSING, TRAINING, stop_job
 from sagepipe.tasks.notify import console_links, notify
 from sagepipe.tasks.registry import get_champion, register_model, update_approval
 from sagepipe.tasks.runtime import get_clients
-from sagepipe.tasks.steps import plan_evaluate, plan_preprocess, plan_train, run_step
+from sagepipe.tasks.steps import (
+    FLOW_RUN_TAG,
+    plan_evaluate,
+    plan_preprocess,
+    plan_train,
+    run_step,
+    start_step,
+)
 from sagepipe.tasks.storage import (
     ensure_local_resources,
     outputs_exist,
@@ -45,7 +53,6 @@ from sagepipe.tasks.storage import (
 
 __all__ = ["interrupted_records", "ml_pipeline", "run_tags", "stop_run_jobs"]
 
-FLOW_RUN_TAG = "sagepipe:flow-run-id"
 
 
 class Approval(RunInput):
@@ -100,6 +107,11 @@ def run_tags(run_id: str, project: str, commit: str | None) -> dict[str, str]:
             **({"sagepipe:commit": commit} if commit else {})}
 
 
+def _in_deployment() -> bool:
+    flow_run = getattr(get_run_context(), "flow_run", None)
+    return flow_run is not None and flow_run.deployment_id is not None
+
+
 def _run_id() -> tuple[str, str | None, str | None]:
     """(id, name, UI link) of the current flow run."""
     context = get_run_context()
@@ -116,6 +128,11 @@ def ml_pipeline(config: PipelineConfig = PipelineConfig(),
     """Train, judge and (maybe) deploy a model; returns the run record."""
     log = get_run_logger()
     run_id, run_name, run_url = _run_id()
+    if config.jobs.wait == "suspend" and not _in_deployment():
+        log.info("jobs.wait: suspend needs a deployment run (a worker resumes it); this run "
+                 "waits on the jobs' events instead")
+        config = config.model_copy(update={"jobs": config.jobs.model_copy(
+            update={"wait": "events"})})
     runtime = config.runtime
     record: dict[str, Any] = {"run_id": run_id, "run_name": run_name, "commit": commit,
                               "project": config.project, "runtime": runtime.kind,
@@ -227,6 +244,8 @@ def ml_pipeline(config: PipelineConfig = PipelineConfig(),
         record["endpoint"] = deployed.model_dump()
         record["outcome"] = "deployed"
         return _finish(config, record, topic, "deployed")
+    except Pause:  # suspended while a job runs: the run goes on when it is resumed
+        raise
     except BaseException as exc:
         if not isinstance(exc, Exception):  # interrupted: whoever interrupted records it
             record.update(outcome="cancelled")
@@ -286,6 +305,8 @@ def _runner(step: str, force: bool) -> Any:
 def _step(record: dict[str, Any], step: str, runner: Any, runtime: Any, plan: Any,
           config: PipelineConfig, tags: dict[str, str]) -> Any:
     record["steps"][step] = {"job": plan.name, "key": plan.key, "status": "running"}
+    if config.jobs.wait == "suspend":
+        _suspend_while_running(step, runtime, plan, tags)
     state = runner(runtime, plan, config.jobs, tags, return_state=True)
     try:
         outcome = state.result()
@@ -305,6 +326,26 @@ def _step(record: dict[str, Any], step: str, runner: Any, runtime: Any, plan: An
     record["steps"][step].update(status="completed", job=outcome.job_name, how=how,
                                  seconds=outcome.seconds, outputs=outcome.outputs)
     return outcome
+
+
+_SUSPEND_MARGIN_SECONDS = 900  # past the job's own limit: time for its end to be relayed
+
+
+def _suspend_while_running(step: str, runtime: Any, plan: Any, tags: dict[str, str]) -> None:
+    """``jobs.wait: suspend``: start the step's job and, while it runs, suspend this flow
+    run (its process exits; the worker's infrastructure is released). The job's end,
+    relayed as an event, resumes the run: it re-enters from the top, every finished step
+    a cache hit, this one re-found by its deterministic name. A job that failed in the
+    meantime fails the step with its reason; nothing is created twice."""
+    log = get_run_logger()
+    started = start_step.with_options(task_run_name=f"start-{step}")(runtime, plan, tags)
+    if started.status not in ("InProgress", "Stopping"):
+        return  # ended (or reused): the step's wait returns at once
+    log.info("Suspending while %s job %s runs (%s); its end resumes this run", step,
+             started.name, started.how)
+    # a new key each time: a run resumed while the job still runs suspends again
+    suspend_flow_run(timeout=started.max_runtime_seconds + _SUSPEND_MARGIN_SECONDS,
+                     key=f"{started.name}@{time.time():.0f}")
 
 
 def _ask_for_approval(config: PipelineConfig, decision: GateDecision, package_arn: str) -> str:

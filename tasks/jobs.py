@@ -35,7 +35,7 @@ from .runtime import Clients, call_with_retry, is_not_found
 
 __all__ = ["JobKind", "WaitPolicy", "content_key", "job_name", "run_job", "stop_job"]
 
-_MAX_ATTEMPTS = 9
+MAX_ATTEMPTS = 9
 _NAME_LIMIT = 63
 _LOG = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def start_or_attach(clients: Clients, kind: JobKind, request: dict[str, Any], lo
     is treated like a failed attempt.
     """
     base = request[kind.name_key]
-    for attempt in range(1, _MAX_ATTEMPTS + 1):
+    for attempt in range(1, MAX_ATTEMPTS + 1):
         name = base if attempt == 1 else f"{base}-r{attempt}"
         found = _describe(clients, kind, name, log=log, sleep=sleep)
         if found is None:
@@ -139,7 +139,7 @@ def start_or_attach(clients: Clients, kind: JobKind, request: dict[str, Any], lo
             continue
         log.info("%s job %s ended %s earlier; starting attempt %d", kind.noun, name, status,
                  attempt + 1)
-    raise JobFailed(base, "Failed", f"{_MAX_ATTEMPTS} attempts already failed; fix the cause "
+    raise JobFailed(base, "Failed", f"{MAX_ATTEMPTS} attempts already failed; fix the cause "
                     "shown in the job logs, then run again", kind=kind.noun.lower())
 
 

@@ -14,17 +14,35 @@ import json
 from datetime import timedelta
 from typing import Any, Literal
 
+from botocore.exceptions import ClientError
 from prefect import get_run_logger, task
 from prefect.context import TaskRunContext
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .data import DataPin
+from .errors import JobFailed
 from .events import JobEvents
 from .framework import PROCESSING_CODE, PROCESSING_ENTRYPOINT, training_hyperparameters
 from .gate import ALL_METRICS
 from .images import ImageRef
-from .jobs import PROCESSING, TRAINING, WaitPolicy, content_key, job_name, run_job
-from .runtime import RuntimeSettings, get_clients, retry_transient, runtime_identity
+from .jobs import (
+    MAX_ATTEMPTS,
+    PROCESSING,
+    TRAINING,
+    WaitPolicy,
+    content_key,
+    failure_reason,
+    job_name,
+    run_job,
+    start_or_attach,
+)
+from .runtime import (
+    RuntimeSettings,
+    get_clients,
+    is_not_found,
+    retry_transient,
+    runtime_identity,
+)
 from .storage import outputs_exist
 
 __all__ = ["JobOutcome", "JobPlan", "JobSettings", "job_request", "plan_evaluate",
@@ -49,10 +67,12 @@ class JobSettings(BaseModel):
     timeout_seconds: float = Field(7200, gt=0, description="give up waiting (and stop the job)")
     poll_first_seconds: float = Field(2.0, gt=0, le=300)
     poll_max_seconds: float = Field(30.0, gt=0, le=600)
-    wait: Literal["poll", "events"] = Field(
-        "poll", description="how a run learns that a job ended: poll (Describe with backoff) "
-        "or events (the job's state-change event, relayed to Prefect; a Describe every "
-        "safety_poll_seconds in case one is lost)")
+    wait: Literal["poll", "events", "suspend"] = Field(
+        "poll", description="how a run learns that a job ended: poll (Describe with backoff); "
+        "events (the job's state-change event, relayed to Prefect; a Describe every "
+        "safety_poll_seconds in case one is lost); suspend (a deployment run suspends while "
+        "the job runs, releasing its worker, and the job's event resumes it; a run outside "
+        "a deployment waits on events)")
     safety_poll_seconds: float = Field(360.0, ge=5, le=3600,
                                        description="wait: events - Describe this often")
     environment: dict[str, str] = Field(default_factory=dict)
@@ -279,6 +299,64 @@ def _cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     return f"sagepipe-job-{plan.key}"
 
 
+FLOW_RUN_TAG = "sagepipe:flow-run-id"  # on every job a run creates (flows/pipeline.run_tags)
+
+
+class JobStart(BaseModel):
+    name: str
+    status: str  # InProgress, Stopping, Completed, Failed, Stopped
+    how: str  # created | attached | reused
+    max_runtime_seconds: int
+
+
+def _ended_in_this_run(clients: Any, kind: Any, base: str,
+                      run_id: str | None) -> dict[str, Any] | None:
+    """The newest attempt of ``base`` if this flow run started it and it ended Failed or
+    Stopped (a retry of the step would start another attempt; a resumed run must not)."""
+    if not run_id:
+        return None
+    newest = None
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        name = base if attempt == 1 else f"{base}-r{attempt}"
+        try:
+            described = kind.call(clients, "describe", **{kind.name_key: name})
+        except ClientError as exc:
+            if is_not_found(exc):
+                break
+            raise
+        newest = described
+    if newest is None or newest[kind.status_key] not in ("Failed", "Stopped"):
+        return None
+    tags = clients.sagemaker.list_tags(ResourceArn=newest[f"{kind.noun}JobArn"])["Tags"]
+    return newest if {"Key": FLOW_RUN_TAG, "Value": run_id} in tags else None
+
+
+@task(name="start-job", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient)
+def start_step(runtime: RuntimeSettings, plan: JobPlan, tags: dict[str, str]) -> JobStart:
+    """Create the planned job, or find it (by its deterministic name), without waiting:
+    what a run that suspends while the job runs needs to know."""
+    kind = PROCESSING if plan.kind == "processing" else TRAINING
+    request = job_request(plan, tags)
+    clients = get_clients(runtime)
+
+    def outputs_still_there(described: dict[str, Any]) -> bool:
+        if plan.kind == "training":
+            return outputs_exist(clients, [described["ModelArtifacts"]["S3ModelArtifacts"]])
+        return outputs_exist(clients, list(plan.outputs.values()))
+
+    run_id = tags.get(FLOW_RUN_TAG)
+    ended = _ended_in_this_run(clients, kind, request[kind.name_key], run_id)
+    if ended is not None:  # it failed while the run was suspended: that is the outcome
+        raise JobFailed(ended[kind.name_key], ended[kind.status_key],
+                        failure_reason(ended, []), kind=kind.noun.lower())
+    name, how = start_or_attach(clients, kind, request, get_run_logger(),
+                                reusable=outputs_still_there)
+    described = kind.call(clients, "describe", **{kind.name_key: name})
+    runtime_limit = int(request.get("StoppingCondition", {}).get("MaxRuntimeInSeconds", 86400))
+    return JobStart(name=name, status=described[kind.status_key], how=how,
+                    max_runtime_seconds=runtime_limit)
+
+
 @task(name="run-job", cache_key_fn=_cache_key, persist_result=True,
       cache_expiration=timedelta(days=365), retries=2, retry_delay_seconds=5,
       retry_condition_fn=retry_transient)
@@ -296,7 +374,7 @@ def run_step(runtime: RuntimeSettings, plan: JobPlan, settings: JobSettings,
         return outputs_exist(clients, list(plan.outputs.values()))
 
     watch = None
-    if settings.wait == "events":
+    if settings.wait in ("events", "suspend"):  # suspend: the job ended, or no deployment
         def watch(name: str) -> JobEvents:
             return JobEvents(plan.kind, name)
     final = run_job(clients, kind, request, policy=settings.wait_policy(), log=log,
