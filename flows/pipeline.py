@@ -51,7 +51,7 @@ from sagepipe.tasks.storage import (
     save_run_record,
 )
 
-__all__ = ["interrupted_records", "ml_pipeline", "run_tags", "stop_run_jobs"]
+__all__ = ["interrupted_records", "ml_pipeline", "run_jobs", "run_tags", "stop_run_jobs"]
 
 
 
@@ -60,15 +60,15 @@ class Approval(RunInput):
     note: str = ""
 
 
-def stop_run_jobs(config: PipelineConfig, flow_run_id: str) -> list[str]:
-    """Stop the SageMaker jobs the flow run ``flow_run_id`` started that still run; returns
-    every job of the run that is stopped or stopping now (``training job NAME``), whoever
-    stopped it (this, the run's own interrupted wait, or an on_cancellation hook)."""
+def run_jobs(config: PipelineConfig, flow_run_id: str,
+             statuses: tuple[str, ...]) -> list[tuple[Any, str, str]]:
+    """(kind, name, status) of the jobs the flow run ``flow_run_id`` started that are in
+    one of ``statuses`` now (found by the flow-run tag every job carries)."""
     clients = get_clients(config.runtime)
-    stopped: list[str] = []
+    found: list[tuple[Any, str, str]] = []
     for kind, lister in ((TRAINING, clients.sagemaker.list_training_jobs),
                          (PROCESSING, clients.sagemaker.list_processing_jobs)):
-        for status in ("InProgress", "Stopping", "Stopped"):
+        for status in statuses:
             # only this project's jobs: ListTags on other projects' jobs is not granted
             params: dict[str, Any] = {"StatusEquals": status, "MaxResults": 100,
                                       "NameContains": config.project}
@@ -77,14 +77,22 @@ def stop_run_jobs(config: PipelineConfig, flow_run_id: str) -> list[str]:
                 for summary in page[f"{kind.noun}JobSummaries"]:
                     arn = summary[f"{kind.noun}JobArn"]
                     tags = clients.sagemaker.list_tags(ResourceArn=arn)["Tags"]
-                    if {"Key": FLOW_RUN_TAG, "Value": flow_run_id} not in tags:
-                        continue
-                    name = summary[f"{kind.noun}JobName"]
-                    if status != "InProgress" or stop_job(clients, kind, name):
-                        stopped.append(f"{kind.noun.lower()} job {name}")
+                    if {"Key": FLOW_RUN_TAG, "Value": flow_run_id} in tags:
+                        found.append((kind, summary[f"{kind.noun}JobName"], status))
                 if not page.get("NextToken"):
                     break
                 params["NextToken"] = page["NextToken"]
+    return found
+
+
+def stop_run_jobs(config: PipelineConfig, flow_run_id: str) -> list[str]:
+    """Stop the SageMaker jobs the flow run ``flow_run_id`` started that still run; returns
+    every job of the run that is stopped or stopping now (``training job NAME``), whoever
+    stopped it (this, the run's own interrupted wait, or an on_cancellation hook)."""
+    clients = get_clients(config.runtime)
+    stopped = [f"{kind.noun.lower()} job {name}" for kind, name, status in run_jobs(
+        config, flow_run_id, ("InProgress", "Stopping", "Stopped"))
+        if status != "InProgress" or stop_job(clients, kind, name)]
     return list(dict.fromkeys(stopped))
 
 
