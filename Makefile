@@ -73,7 +73,7 @@ bench: $(STAMP) $(BENCH_STAMP)
 ## prefect-up: a local Prefect server (http://127.0.0.1:4200) and a process worker for the
 ## sagepipe-local pool; logs, pids and its database under .sagepipe/prefect/
 ## prefect-down: stop them
-.PHONY: prefect-up prefect-down lambda
+.PHONY: prefect-up prefect-down lambda relay
 prefect-up: $(STAMP)
 	$(BIN)/sagepipe server up
 
@@ -81,8 +81,12 @@ prefect-down: $(STAMP)
 	$(BIN)/sagepipe server down
 
 ## lambda: build/trigger-lambda.zip, the CodePipeline trigger (handler: handler.handler)
+## relay: build/relay-lambda.zip, the SageMaker -> Prefect event relay (handler: relay.handler)
 lambda:
 	$(PYTHON) deployments/trigger/build.py --output build/trigger-lambda.zip
+
+relay:
+	$(PYTHON) deployments/relay/build.py --output build/relay-lambda.zip
 
 ## screenshot: check that the run record's plots render in the Prefect UI: a local Prefect
 ## server, two pipeline runs, headless Chromium (Debian's chromium, installed here if
