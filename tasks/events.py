@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import datetime as dt
 import logging
 import queue
@@ -67,7 +68,11 @@ class JobEvents:
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
-        self._thread = threading.Thread(target=self._run, name=f"events-{name}", daemon=True)
+        # the caller's context: Prefect's settings (the API URL a run was given with
+        # temporary_settings) live in context variables a new thread would not see
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._run,),
+                                        name=f"events-{name}", daemon=True)
         self._thread.start()
         if not self._ready.wait(connect_timeout):
             self.close()
