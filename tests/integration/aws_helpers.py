@@ -306,6 +306,7 @@ MOTO_SKIPS = {
     "AWS::S3::BucketPolicy": "moto's CloudFormation skips bucket policies",
     "AWS::SNS::TopicPolicy": "moto's CloudFormation skips topic policies",
     "AWS::CloudWatch::Alarm": "moto's CloudFormation has no CloudWatch alarms",
+    "AWS::SQS::QueuePolicy": "moto's CloudFormation skips queue policies",
 }
 _NAME_PROPERTY = {"AWS::CodeBuild::Project": "Name", "AWS::CodePipeline::Pipeline": "Name",
                   "AWS::CloudWatch::Alarm": "AlarmName"}
@@ -393,6 +394,10 @@ def deploy_stack(**parameters: str) -> DeployedStack:
     with zipfile.ZipFile(zipped, "w") as archive:
         archive.write(PROJECT / "deployments" / "trigger" / "handler.py", "handler.py")
     s3.put_object(Bucket="sagepipe-deploy", Key="trigger/handler.zip", Body=zipped.getvalue())
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w") as archive:
+        archive.write(PROJECT / "deployments" / "relay" / "relay.py", "relay.py")
+    s3.put_object(Bucket="sagepipe-deploy", Key="relay/relay.zip", Body=zipped.getvalue())
     if "PrefectApiSecretArn" not in parameters:  # the secret exists before the stack
         parameters["PrefectApiSecretArn"] = boto3.client(
             "secretsmanager", region_name=REGION).create_secret(
@@ -400,7 +405,8 @@ def deploy_stack(**parameters: str) -> DeployedStack:
             SecretString=json.dumps({"api_url": "http://127.0.0.1:9/api", "api_key": ""}))["ARN"]
     values = {"GitHubConnectionArn": CONNECTION_ARN, "GitHubRepository": "example/sagepipe",
               "TriggerCodeBucket": "sagepipe-deploy",
-              "TriggerCodeKey": "trigger/handler.zip", **parameters}
+              "TriggerCodeKey": "trigger/handler.zip", "RelayCodeBucket": "sagepipe-deploy",
+              "RelayCodeKey": "relay/relay.zip", **parameters}
     template = load_template()
     cfn = boto3.client("cloudformation", region_name=REGION)
     cfn.create_stack(StackName=STACK, TemplateBody=json.dumps(moto_template(template)),

@@ -34,7 +34,8 @@ from typing import Any
 from aws_helpers import Request
 
 __all__ = ["Env", "Need", "Verdict", "compare", "execution_role_needs", "flow_needs",
-           "format_table", "lambda_log_needs", "trigger_needs"]
+           "format_table", "lambda_dead_letter_needs", "lambda_log_needs", "relay_needs",
+           "trigger_needs"]
 
 
 @dataclass(frozen=True)
@@ -309,6 +310,28 @@ def trigger_needs(request: Request) -> list[Need]:
                                                    "PutJobFailureResult"):
         return [Need(f"codepipeline:{op}", "*", because)]  # no resource-level permissions
     raise AssertionError(f"no IAM mapping for {request.service} {op}: add it to iam_model.py")
+
+
+# ---------------------------------------------------------------- the relay Lambda
+
+
+def relay_needs(request: Request) -> list[Need]:
+    op, p = request.operation, request.params
+    because = f"{request.service} {op}"
+    if request.service == "secretsmanager" and op == "GetSecretValue":
+        return [Need("secretsmanager:GetSecretValue", p["SecretId"], because)]
+    if request.service == "sagemaker" and op == "ListTags":
+        # the Service Authorization Reference: ListTags is authorized on the tagged
+        # resource's ARN (training-job, processing-job, endpoint, ...)
+        return [Need("sagemaker:ListTags", p["ResourceArn"], because)]
+    raise AssertionError(f"no IAM mapping for {request.service} {op}: add it to iam_model.py")
+
+
+def lambda_dead_letter_needs(queue_arn: str) -> list[Need]:
+    """Lambda sends the event of an invocation that failed after its retries to the
+    function's dead-letter queue, with the function's role (sqs:SendMessage)."""
+    return [Need("sqs:SendMessage", queue_arn, "Lambda sends a failed event to the DLQ",
+                 deduced=True)]
 
 
 def lambda_log_needs(env: Env, function: str) -> list[Need]:

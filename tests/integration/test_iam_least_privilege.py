@@ -7,7 +7,7 @@ a moto run cannot reach (a blue/green update, a manual approval, a cancelled run
 stopping its jobs and build) are driven through the same functions the flow calls.
 Each request is mapped to the IAM actions and resources it needs (iam_model.py) and
 compared with the policies as deployed: nothing missing, nothing unused. The same
-for the trigger Lambda and its three calls.
+for the trigger Lambda and its three calls, and for the relay Lambda.
 
 moto checks no IAM permission itself: the proof is the mapping plus the comparison,
 and the mapping says, operation by operation, what AWS checks.
@@ -48,7 +48,9 @@ from iam_model import (
     execution_role_needs,
     flow_needs,
     format_table,
+    lambda_dead_letter_needs,
     lambda_log_needs,
+    relay_needs,
     trigger_needs,
 )
 from moto import mock_aws
@@ -313,3 +315,91 @@ def test_trigger_role_grants_exactly_the_trigger_calls(
                       needs + lambda_log_needs(env, stack.outputs["TriggerFunctionName"]))
     with capsys.disabled():
         report("TriggerRole (CodePipeline trigger Lambda)", verdict)
+
+
+# ---------------------------------------------------------------- the relay Lambda
+
+
+class FakeRelayPrefect(BaseHTTPRequestHandler):
+    """The three Prefect routes the relay uses: events taken, runs Running."""
+
+    def _reply(self, code: int, body: Any = None) -> None:
+        data = json.dumps(body).encode() if body is not None else b""
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self._reply(200, {"id": self.path.rsplit("/", 1)[-1],
+                          "state": {"type": "RUNNING", "name": "Running"}})
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self._reply(204)
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+def state_change(kind: str, name: str) -> dict[str, Any]:
+    """A SageMaker state-change event without Tags (the relay then asks ListTags)."""
+    detail_type, prefix, noun = {
+        "training": ("Training Job", "TrainingJob", "training-job"),
+        "processing": ("Processing Job", "ProcessingJob", "processing-job"),
+        "endpoint": ("Endpoint", "Endpoint", "endpoint")}[kind]
+    arn = f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:{noun}/{name}"
+    status = "InService" if kind == "endpoint" else "Completed"
+    return {"source": "aws.sagemaker", "detail-type": f"SageMaker {detail_type} State Change",
+            "time": "2030-01-01T00:00:00Z", "resources": [arn],
+            "detail": {f"{prefix}Name": name, f"{prefix}Arn": arn, f"{prefix}Status": status}}
+
+
+def test_relay_role_grants_exactly_the_relay_calls(
+        stack: DeployedStack, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeRelayPrefect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    project = stack.parameters["ProjectName"]
+    try:
+        function = boto3.client("lambda", region_name=REGION).get_function_configuration(
+            FunctionName=stack.outputs["RelayFunctionName"])
+        environment = function["Environment"]["Variables"]
+        secret_arn = environment["PREFECT_API_SECRET_ARN"]
+        boto3.client("secretsmanager", region_name=REGION).put_secret_value(
+            SecretId=secret_arn, SecretString=json.dumps(
+                {"api_url": f"http://127.0.0.1:{server.server_port}/api", "api_key": "pnu_x"}))
+        for name, value in environment.items():
+            monkeypatch.setenv(name, value)
+
+        from sagepipe.deployments.relay import relay
+        monkeypatch.setattr(relay, "_AWS", {})
+        monkeypatch.setattr(relay, "_SECRETS", {})
+        recorder = RequestRecorder()
+        sagemaker = relay.aws("sagemaker")
+        recorder.watch(relay.aws("secretsmanager"), sagemaker)
+        run_id = str(uuid.uuid4())
+        # ListTags answered here, after validation: the proof is about what is asked
+        sagemaker.meta.events.register("before-call.sagemaker.ListTags", lambda **_: answer(
+            {"Tags": [{"Key": relay.FLOW_RUN_TAG, "Value": run_id}]}))
+        # what the rule lets through: the project's jobs, its endpoint and staging endpoint
+        for kind, name in (("training", f"{project}-train-0123abcd"),
+                           ("processing", f"{project}-evaluate-0123abcd"),
+                           ("endpoint", project), ("endpoint", f"{project}-staging")):
+            summary = relay.handler(state_change(kind, name), None)
+            assert summary["relayed"] and summary["flow_run_id"] == run_id, summary
+    finally:
+        server.shutdown()
+
+    assert recorder.operations() == {("secretsmanager", "GetSecretValue"),
+                                     ("sagemaker", "ListTags")}
+    env = Env(REGION, ACCOUNT, stack.outputs["KmsKeyArn"])
+    queue_arn = boto3.client("sqs", region_name=REGION).get_queue_attributes(
+        QueueUrl=stack.outputs["RelayDeadLetterQueueUrl"], AttributeNames=["QueueArn"])[
+        "Attributes"]["QueueArn"]
+    needs = [n for r in recorder.requests for n in relay_needs(r)]
+    verdict = compare(stack.role_statements("RelayRole"),
+                      needs + lambda_log_needs(env, stack.outputs["RelayFunctionName"])
+                      + lambda_dead_letter_needs(queue_arn))
+    with capsys.disabled():
+        report("RelayRole (SageMaker -> Prefect relay Lambda)", verdict)

@@ -38,7 +38,8 @@ SERVICE_OF_ROLE = {"FlowRole": "ecs-tasks.amazonaws.com",
                    "ImageBuildRole": "codebuild.amazonaws.com",
                    "TestsBuildRole": "codebuild.amazonaws.com",
                    "PipelineRole": "codepipeline.amazonaws.com",
-                   "TriggerRole": "lambda.amazonaws.com"}
+                   "TriggerRole": "lambda.amazonaws.com",
+                   "RelayRole": "lambda.amazonaws.com"}
 # Actions that support no resource-level permissions: the only ones allowed on "*".
 RESOURCELESS = {"sagemaker:ListTrainingJobs", "sagemaker:ListProcessingJobs",
                 "sagemaker:ListModelPackages", "ecr:GetAuthorizationToken",
@@ -154,7 +155,8 @@ def test_one_immutable_repository_per_step(stack: DeployedStack,
 
 def test_log_groups_are_encrypted_and_expire(stack: DeployedStack) -> None:
     groups = {g["logGroupName"]: g for g in client("logs").describe_log_groups()["logGroups"]}
-    for logical in ("ImageBuildLogGroup", "TestsBuildLogGroup", "TriggerLogGroup"):
+    for logical in ("ImageBuildLogGroup", "TestsBuildLogGroup", "TriggerLogGroup",
+                    "RelayLogGroup"):
         group = groups[stack.physical(logical)]
         assert group["retentionInDays"] == 365
         assert group.get("kmsKeyId", stack.outputs["KmsKeyArn"]) == stack.outputs["KmsKeyArn"]
@@ -264,3 +266,59 @@ def test_pipeline_runs_source_tests_and_the_trigger(template: dict[str, Any]) ->
     assert images["Source"]["Type"] == "S3"  # the flow sends an S3 zip (tasks/images.py)
     assert images["Environment"]["PrivilegedMode"] is True  # docker build needs the daemon
     assert images["LogsConfig"]["CloudWatchLogs"]["GroupName"] == {"Ref": "ImageBuildLogGroup"}
+
+
+def test_the_relay_gets_every_state_change_of_the_projects_jobs_and_endpoints(
+        stack: DeployedStack, template: dict[str, Any]) -> None:
+    events = client("events")
+    name = stack.physical("RelayRule")
+    rule = events.describe_rule(Name=name)
+    assert rule["State"] == "ENABLED"
+    pattern = json.loads(rule["EventPattern"])
+    assert pattern["source"] == ["aws.sagemaker"]
+    assert sorted(pattern["detail-type"]) == [
+        "SageMaker Endpoint State Change", "SageMaker Processing Job State Change",
+        "SageMaker Training Job State Change"]
+    # no status filter (InProgress shows in the run's feed); this project's names only
+    assert pattern["detail"] == {"$or": [
+        {"TrainingJobName": [{"prefix": "sagepipe-demo-"}]},
+        {"ProcessingJobName": [{"prefix": "sagepipe-demo-"}]},
+        {"EndpointName": ["sagepipe-demo", {"prefix": "sagepipe-demo-"}]}]}
+    [target] = events.list_targets_by_rule(Rule=name)["Targets"]
+    function = client("lambda").get_function_configuration(
+        FunctionName=stack.outputs["RelayFunctionName"])
+    assert target["Arn"] == function["FunctionArn"]
+    # EventBridge: bounded retries, then the dead-letter queue; Lambda: the same queue
+    # for an invocation that failed after its own retries
+    queue_arn = client("sqs").get_queue_attributes(
+        QueueUrl=stack.outputs["RelayDeadLetterQueueUrl"], AttributeNames=["QueueArn"])[
+        "Attributes"]["QueueArn"]
+    assert target["RetryPolicy"] == {"MaximumEventAgeInSeconds": 3600,
+                                     "MaximumRetryAttempts": 20}
+    assert target["DeadLetterConfig"] == {"Arn": queue_arn}
+    # moto's CloudFormation drops the function's DeadLetterConfig: the template
+    assert props(template, "RelayFunction")["DeadLetterConfig"] == {
+        "TargetArn": {"Fn::GetAtt": ["RelayDeadLetterQueue", "Arn"]}}
+    assert (function["Runtime"], function["Handler"], function["Timeout"]) == (
+        "python3.12", "relay.handler", 30)
+    assert function["Environment"]["Variables"]["PREFECT_API_SECRET_ARN"] == \
+        stack.parameters["PrefectApiSecretArn"]
+    assert props(template, "RelayFunction")["LoggingConfig"] == {
+        "LogGroup": {"Ref": "RelayLogGroup"}}
+    assert client("lambda").get_function_concurrency(
+        FunctionName=stack.outputs["RelayFunctionName"])["ReservedConcurrentExecutions"] == 2
+    # only this rule may invoke the function
+    permission = props(template, "RelayInvokePermission")
+    assert (permission["Principal"], permission["SourceArn"]) == (
+        "events.amazonaws.com", {"Fn::GetAtt": ["RelayRule", "Arn"]})
+    # AWS::SQS::QueuePolicy: skipped by moto. EventBridge may send only from this rule.
+    queue = props(template, "RelayDeadLetterQueue")
+    assert queue["SqsManagedSseEnabled"] is True
+    statements = {s["Sid"]: s for s in props(template, "RelayDeadLetterQueuePolicy")[
+        "PolicyDocument"]["Statement"]}
+    allow = statements["UndeliveredEventsFromTheRelayRule"]
+    assert (allow["Principal"], allow["Action"]) == ({"Service": "events.amazonaws.com"},
+                                                     "sqs:SendMessage")
+    assert allow["Condition"] == {"ArnEquals": {"aws:SourceArn": {
+        "Fn::GetAtt": ["RelayRule", "Arn"]}}}
+    assert statements["DenyPlainHttp"]["Effect"] == "Deny"
