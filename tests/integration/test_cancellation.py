@@ -129,3 +129,76 @@ def test_the_cancellation_hook_stops_only_this_runs_jobs(tmp_path: Path) -> None
         assert statuses["cancel-demo-theirs"] == "InProgress"
     finally:
         teardown(Path(config.runtime.state_dir))
+
+
+def pipeline_run(config: PipelineConfig, state: dict[str, Any]) -> str:
+    """A flow run of an ml-pipeline deployment with ``config``, put in ``state``."""
+    import httpx
+
+    with httpx.Client(base_url=str(get_current_settings().api.url).rstrip("/"),
+                      timeout=30) as api:
+        flow = api.post("/flows/", json={"name": "ml-pipeline"}).json()
+        deployment = api.post("/deployments/", json={
+            "name": f"reconcile-{time.monotonic_ns()}", "flow_id": flow["id"]}).json()
+        run = api.post(f"/deployments/{deployment['id']}/create_flow_run", json={
+            "parameters": {"config": config.model_dump(mode="json")}}).json()
+        for step in ({"type": "RUNNING", "name": "Running"}, state):
+            answer = api.post(f"/flow_runs/{run['id']}/set_state",
+                              json={"state": step, "force": True}).json()
+            assert answer["status"] == "ACCEPT", answer
+        return str(run["id"])
+
+
+def run_state(run_id: str) -> dict[str, Any]:
+    import httpx
+
+    url = f"{str(get_current_settings().api.url).rstrip('/')}/flow_runs/{run_id}"
+    return dict(httpx.get(url, timeout=30).json()["state"])
+
+
+def test_the_reconciler_resumes_a_run_whose_job_ended_and_stops_a_cancelled_runs_job(
+        tmp_path: Path) -> None:
+    """An event that never came: the scheduled reconciler does what the relay would."""
+    from datetime import UTC, datetime, timedelta
+
+    from sagepipe.flows.reconcile import reconcile
+
+    config = slow_setup(tmp_path)
+    clients = get_clients(config.runtime)
+    refs = ensure_images(clients, folders={"train": Path(config.containers_dir) / "train"},
+                         repository_prefix="sagepipe", build_project="p",
+                         artifacts_bucket="cancel-bucket", artifacts_prefix="pipeline",
+                         log=logging.getLogger("test"))
+    suspended = {"type": "PAUSED", "name": "Suspended", "state_details": {
+        "pause_reschedule": True,
+        "pause_timeout": (datetime.now(UTC) + timedelta(hours=1)).isoformat()}}
+    ended = pipeline_run(config, suspended)  # its job is gone: nothing runs for it
+    waiting = pipeline_run(config, suspended)  # its job still runs
+    cancelled = pipeline_run(config, {"type": "CANCELLED", "name": "Cancelled"})
+
+    def start(name: str, run_id: str) -> None:
+        clients.sagemaker.create_training_job(
+            TrainingJobName=name, RoleArn="arn:aws:iam::000000000000:role/x",
+            AlgorithmSpecification={"TrainingImage": refs["train"].uri,
+                                    "TrainingInputMode": "File"},
+            OutputDataConfig={"S3OutputPath": "s3://cancel-bucket/out"},
+            ResourceConfig={"InstanceType": "ml.m5.large", "InstanceCount": 1,
+                            "VolumeSizeInGB": 1},
+            StoppingCondition={"MaxRuntimeInSeconds": 600},
+            Tags=[{"Key": FLOW_RUN_TAG, "Value": run_id}])
+
+    try:
+        start("cancel-demo-waiting", waiting)
+        start("cancel-demo-orphan", cancelled)
+        done = reconcile()
+        statuses = {}
+        wait_for(lambda: statuses.update({j["TrainingJobName"]: j["TrainingJobStatus"]
+                                          for j in training_jobs(config)})
+                 or statuses.get("cancel-demo-orphan") == "Stopped", 30, "the orphan to stop")
+        assert statuses["cancel-demo-waiting"] == "InProgress"
+        assert ended in done["resumed"] and waiting not in done["resumed"]
+        assert run_state(ended)["type"] != "PAUSED"  # rescheduled: a worker picks it up
+        assert run_state(waiting)["name"] == "Suspended"
+        assert "training job cancel-demo-orphan" in done["stopped"]
+    finally:
+        teardown(Path(config.runtime.state_dir))  # its end's event resumes `waiting`
