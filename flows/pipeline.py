@@ -18,7 +18,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.context import get_run_context
 from prefect.exceptions import Pause
-from prefect.flow_runs import pause_flow_run, suspend_flow_run
+from prefect.flow_runs import pause_flow_run, resume_flow_run, suspend_flow_run
 from prefect.input import RunInput
 from prefect.utilities.urls import url_for
 
@@ -36,6 +36,7 @@ from sagepipe.tasks.registry import get_champion, register_model, update_approva
 from sagepipe.tasks.runtime import get_clients
 from sagepipe.tasks.steps import (
     FLOW_RUN_TAG,
+    job_status,
     plan_evaluate,
     plan_preprocess,
     plan_train,
@@ -352,8 +353,19 @@ def _suspend_while_running(step: str, runtime: Any, plan: Any, tags: dict[str, s
     log.info("Suspending while %s job %s runs (%s); its end resumes this run", step,
              started.name, started.how)
     # a new key each time: a run resumed while the job still runs suspends again
-    suspend_flow_run(timeout=started.max_runtime_seconds + _SUSPEND_MARGIN_SECONDS,
-                     key=f"{started.name}@{time.time():.0f}")
+    try:
+        suspend_flow_run(timeout=started.max_runtime_seconds + _SUSPEND_MARGIN_SECONDS,
+                         key=f"{started.name}@{time.time():.0f}")
+    except Pause:
+        # the job may have ended between the look and the suspension, its event relayed
+        # while this run still ran (and so not resumed): look once more, now suspended
+        if job_status(runtime, plan.kind, started.name) not in ("InProgress", "Stopping"):
+            flow_run = getattr(get_run_context(), "flow_run", None)
+            if flow_run is not None:
+                resume_flow_run(flow_run.id)
+                log.info("%s job %s ended while this run suspended: resumed at once", step,
+                         started.name)
+        raise
 
 
 def _ask_for_approval(config: PipelineConfig, decision: GateDecision, package_arn: str) -> str:

@@ -331,6 +331,13 @@ def _ended_in_this_run(clients: Any, kind: Any, base: str,
     return newest if {"Key": FLOW_RUN_TAG, "Value": run_id} in tags else None
 
 
+def job_status(runtime: RuntimeSettings, kind: str, name: str) -> str:
+    """The job's status now (``kind``: training or processing)."""
+    job_kind = PROCESSING if kind == "processing" else TRAINING
+    described = job_kind.call(get_clients(runtime), "describe", **{job_kind.name_key: name})
+    return str(described[job_kind.status_key])
+
+
 @task(name="start-job", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient)
 def start_step(runtime: RuntimeSettings, plan: JobPlan, tags: dict[str, str]) -> JobStart:
     """Create the planned job, or find it (by its deterministic name), without waiting:

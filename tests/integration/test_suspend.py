@@ -1,0 +1,160 @@
+"""``jobs.wait: suspend`` with a real local Prefect server and process worker: a
+deployment run suspends while each step's job runs (no flow process is held), the job's
+end — announced by the local runtime through the relay — resumes it, and the run
+re-enters from the top to finish without creating any job twice; a job that fails
+while the run is suspended fails the run with the job's own reason."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sklearn.datasets import load_breast_cancer
+
+from sagepipe.flows.config import build_config
+from sagepipe.flows.server import LocalServer, down, up
+from sagepipe.tasks.data import push_dataset
+from sagepipe.tasks.local import teardown
+from sagepipe.tasks.runtime import get_clients
+from sagepipe.tasks.storage import ensure_local_resources
+
+pytestmark = [pytest.mark.flow, pytest.mark.slow]
+PROJECT = Path(__file__).resolve().parents[2]
+PREFECT = Path(os.environ.get("VIRTUAL_ENV", PROJECT / ".venv")) / "bin" / "prefect"
+SLOW = ("import pathlib, runpy, time\ntime.sleep({seconds})\n"
+        "runpy.run_path(str(pathlib.Path(__file__).with_name('real_train.py')), "
+        "run_name='__main__')\n")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    server: LocalServer
+    tmp: Path
+
+    @property
+    def api(self) -> str:
+        return self.server.api_url
+
+    def config(self, name: str, train: str) -> dict[str, Any]:
+        containers = self.tmp / name / "containers"
+        shutil.copytree(PROJECT / "containers", containers)
+        script = containers / "train" / "train.py"
+        script.rename(script.with_name("real_train.py"))
+        script.write_text(train)
+        config = build_config({
+            "project": name,
+            "runtime": {"kind": "local", "state_dir": str(self.tmp / name / "state")},
+            "dataset_uri": f"s3://{name}/data/data.csv",
+            "artifacts_uri": f"s3://{name}/pipeline",
+            "containers_dir": str(containers),
+            "jobs": {"wait": "suspend"},
+            "endpoint": {"name": name, "timeout_seconds": 120},
+        })
+        ensure_local_resources(config.runtime, name, f"{name}-events")
+        frame = load_breast_cancer(as_frame=True).frame
+        frame.columns = [c.replace(" ", "_") for c in frame.columns]
+        frame.to_csv(self.tmp / name / "data.csv", index=False)
+        push_dataset(get_clients(config.runtime), self.tmp / name / "data.csv",
+                     config.dataset_uri, "target")
+        return config.model_dump(mode="json")
+
+    def start(self, config: dict[str, Any]) -> str:
+        deployment = httpx.get(f"{self.api}/deployments/name/ml-pipeline/local",
+                               timeout=30).json()
+        run = httpx.post(f"{self.api}/deployments/{deployment['id']}/create_flow_run",
+                         json={"parameters": {"config": config}}, timeout=30).json()
+        return str(run["id"])
+
+    def states(self, run_id: str) -> list[dict[str, Any]]:
+        found = httpx.get(f"{self.api}/flow_run_states/", params={"flow_run_id": run_id},
+                          timeout=30).json()
+        return sorted(found, key=lambda s: s["timestamp"])
+
+    def wait_final(self, run_id: str, timeout: float = 400) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = httpx.get(f"{self.api}/flow_runs/{run_id}", timeout=30).json()
+            if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                return dict(run)
+            time.sleep(0.5)
+        raise AssertionError(f"flow run {run_id} still {run['state']['name']}")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("suspend")
+    server = up(tmp / "prefect", port=free_port(), poll_seconds=0.5, ui=False)
+    try:
+        env = {**os.environ, "PREFECT_API_URL": server.api_url,
+               "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        deploy = subprocess.run(
+            [str(PREFECT), "deploy", "--prefect-file", "deployments/prefect.yaml",
+             "--name", "ml-pipeline/local", "--no-prompt"],
+            env=env, cwd=PROJECT, text=True, capture_output=True, timeout=300)
+        assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+        yield Stack(server, tmp)
+    finally:
+        for state in tmp.glob("*/state"):
+            teardown(state)
+        down(tmp / "prefect", grace=10)
+
+
+def when(state: dict[str, Any]) -> float:
+    return datetime.fromisoformat(state["timestamp"]).timestamp()
+
+
+def test_a_run_suspends_while_its_jobs_run_and_their_events_resume_it(stack: Stack) -> None:
+    config = stack.config("suspend-demo", SLOW.format(seconds=8))
+    run_id = stack.start(config)
+    final = stack.wait_final(run_id)
+    states = stack.states(run_id)
+    names = [s["name"] for s in states]
+    assert final["state"]["type"] == "COMPLETED", names
+    assert names.count("Suspended") >= 1, names  # at least the training step's
+    clients = get_clients(build_config(config).runtime)
+    jobs = clients.sagemaker.list_training_jobs()["TrainingJobSummaries"]
+    assert len(jobs) == 1, jobs  # re-entered from the top: re-found, not created again
+    job = clients.sagemaker.describe_training_job(TrainingJobName=jobs[0]["TrainingJobName"])
+    ended = job["TrainingEndTime"].timestamp()
+    # the suspension around the training job: from it to the next Running
+    suspended = [s for s in states if s["name"] == "Suspended" and when(s) < ended][-1]
+    running = next(s for s in states if s["type"] == "RUNNING" and when(s) > ended)
+    held = when(suspended) - when(next(s for s in states if s["type"] == "RUNNING"))
+    resumed_after = when(running) - ended
+    print(f"suspended {when(running) - when(suspended):.1f} s of a "
+          f"{ended - job['TrainingStartTime'].timestamp():.1f} s job; back to work "
+          f"{resumed_after:.1f} s after it ended; {names.count('Suspended')} suspensions")
+    assert resumed_after < 60, resumed_after  # the event, not the reconciler or a timeout
+    assert held >= 0
+    processing = clients.sagemaker.list_processing_jobs()["ProcessingJobSummaries"]
+    assert len(processing) == 2, processing  # preprocess and evaluate, once each
+
+
+def test_a_job_that_fails_while_the_run_is_suspended_fails_the_run(stack: Stack) -> None:
+    config = stack.config("suspend-fails", SLOW.format(seconds=6).replace(
+        "runpy.run_path", "raise SystemExit('the data has no rows left after cleaning')\n#"))
+    run_id = stack.start(config)
+    final = stack.wait_final(run_id)
+    names = [s["name"] for s in stack.states(run_id)]
+    assert final["state"]["type"] == "FAILED", names
+    assert "Suspended" in names
+    assert "the data has no rows left after cleaning" in final["state"]["message"]
+    clients = get_clients(build_config(config).runtime)
+    jobs = clients.sagemaker.list_training_jobs()["TrainingJobSummaries"]
+    assert len(jobs) == 1, jobs  # the failure is the outcome: no second attempt
