@@ -67,7 +67,7 @@ $(BENCH_STAMP): bench/peers/requirements.txt $(STAMP)
 		-r bench/peers/requirements.txt
 	touch $@
 
-bench: $(STAMP) $(BENCH_STAMP)
+bench: $(STAMP) $(if $(BENCH_ONLY),,$(BENCH_STAMP))
 	$(BIN)/python -m bench
 
 ## prefect-up: a local Prefect server (http://127.0.0.1:4200) and a process worker for the

@@ -36,7 +36,16 @@ def targets(results: dict[str, Any], big: str) -> list[dict[str, Any]]:
         out.append(_target(f"unchanged re-run <= 10% of the first run, {big}",
                            cached["ratio"] * 100, 10.0, unit="%"))
         out.append(_target("unchanged re-run starts 0 jobs", cached["jobs_started"], 0.0))
-    wait = results.get("waiting", {}).get("policies", {}).get("project default")
+    policies = results.get("waiting", {}).get("policies", {})
+    if "events" in policies:
+        out.append(_target("events: <= 12 Describe calls per job-hour",
+                           policies["events"]["describes_per_job_hour"], 12.0))
+    live = results.get("waiting_live", {})
+    if "events" in live:
+        out.append(_target("events: completion seen <= 5 s after the job ends (real local "
+                           "runtime and Prefect server)", live["events"]["lag_seconds"], 5.0,
+                           unit=" s"))
+    wait = policies.get("project default")
     if wait:
         out.append(_target("<= 60 Describe calls per job-hour (project wait)",
                            wait["describes_per_job_hour"], 60.0))
@@ -106,6 +115,12 @@ def table(results: dict[str, Any]) -> str:
         lines += _rows("4. Waiting for a 1-hour training job (simulated clock)",
                        ["policy", "Describe/job-hour", "worst lag s", "log calls/job-hour"],
                        rows)
+    live = results.get("waiting_live")
+    if live:
+        rows = [[mode, f"{live[mode]['lag_seconds']:.2f}", str(live[mode]["describes"])]
+                for mode in ("poll", "events") if mode in live]
+        lines += _rows(f"4b. A real {live['job_seconds']:g} s local job, real Prefect server",
+                       ["wait", "end -> seen s", "Describe calls"], rows)
     serving = results.get("serving", {}).get("batches", {})
     if serving:
         rows = [[f"batch {size}", way, f"{f['rows_per_second']:,.0f}", f"{f['p50_ms']:.2f}",

@@ -29,7 +29,7 @@ from .proc import prefect_server
 from .report import table, targets
 from .scale import measure_scale
 from .serving import measure_serving
-from .waiting import measure_waiting
+from .waiting import measure_live, measure_waiting
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -138,14 +138,31 @@ def _fresh(folder: Path) -> Path:
     return folder
 
 
+def waiting_only(work: Path) -> dict[str, Any]:
+    """``BENCH_ONLY=waiting``: measurement 4 alone (simulated clock, then a real job)."""
+    results: dict[str, Any] = {"meta": {
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "only": "waiting",
+        "cpus": os.cpu_count(), "versions": _versions(None)}}
+    _say("4. waiting economy (simulated clock)")
+    results["waiting"] = measure_waiting()
+    _say("4b. waiting for a real local job (events vs poll)")
+    results["waiting_live"] = measure_live(Path(sys.executable).parent, work, environment())
+    results["targets"] = [t for t in targets(results, "") if t["measured"] is not None]
+    return results
+
+
 def main() -> int:
+    only = os.environ.get("BENCH_ONLY", "")
+    if only and only != "waiting":
+        _say(f"BENCH_ONLY={only}: only 'waiting' can run alone")
+        return 2
     quick = os.environ.get("BENCH_QUICK", "") not in ("", "0")
     keep = os.environ.get("BENCH_KEEP", "") not in ("", "0")
     work = Path(tempfile.mkdtemp(prefix="sagepipe-bench-"))
     started = time.monotonic()
     _say(f"sagepipe bench ({'quick' if quick else 'full'}); scratch in {work}")
     try:
-        results = run(quick, work)
+        results = waiting_only(work) if only else run(quick, work)
     finally:
         if keep:
             _say(f"kept {work}")
@@ -153,7 +170,7 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
     results["meta"]["wall_seconds"] = round(time.monotonic() - started, 1)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / ("quick.json" if quick else "latest.json")
+    path = RESULTS / ("waiting.json" if only else "quick.json" if quick else "latest.json")
     path.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
     print(f"\nWall time {results['meta']['wall_seconds']:.0f} s; results in "

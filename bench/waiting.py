@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 from unittest import mock
 
 import botocore.session
@@ -202,3 +202,96 @@ def measure_waiting() -> dict[str, Any]:
             "worst_lag_seconds": round(_worst_lag(waiter, HOUR), 2),
         }
     return out
+
+
+LIVE_JOB_SECONDS = 20.0
+
+
+def measure_live(python_bin: Any, work: Any, env: dict[str, str],
+                 job_seconds: float = LIVE_JOB_SECONDS) -> dict[str, Any]:
+    """How late each wait sees a real local job's end, with a real Prefect server.
+
+    A training job that sleeps ``job_seconds`` runs on the local runtime; its runner
+    announces the end through the relay, as SageMaker's event does. The lag is from
+    the job's end (the runner's TrainingEndTime) to run_job returning, for the project's
+    poll policy and for ``events``; the Describe calls each made are counted too.
+    """
+    import shutil
+    import time
+    import uuid
+    from pathlib import Path
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from sagepipe.tasks.events import JobEvents
+    from sagepipe.tasks.images import ensure_images
+    from sagepipe.tasks.local import local_clients, teardown
+    from sagepipe.tasks.runtime import RuntimeSettings, get_clients
+
+    from .proc import prefect_server
+
+    root = Path(work) / "waiting-live"
+    folder = root / "containers" / "train"
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(Path(__file__).resolve().parents[1] / "containers" / "train" / "Dockerfile",
+                folder / "Dockerfile")
+    (folder / "train.py").write_text(f"import time\ntime.sleep({job_seconds})\n")
+    out: dict[str, Any] = {"job_seconds": job_seconds}
+    with prefect_server(Path(python_bin), root / "prefect", env) as url, \
+            temporary_settings(updates={PREFECT_API_URL: url}):
+        runtime = RuntimeSettings(kind="local", state_dir=str(root / "state"))
+        clients = get_clients(runtime)
+        local_clients(Path(runtime.state_dir))["s3"].create_bucket(Bucket="bench")
+        image = ensure_images(clients, folders={"train": folder}, repository_prefix="bench",
+                              build_project="p", artifacts_bucket="bench",
+                              artifacts_prefix="x", log=_QUIET)["train"]
+        try:
+            for mode in ("poll", "events"):
+                name = f"bench-wait-{mode}-{int(time.time())}"
+                counted = _Counting(clients)
+                watch = (lambda job: JobEvents("training", job, api_url=url)) \
+                    if mode == "events" else None
+                run_job(cast(Any, counted), TRAINING, {
+                    "TrainingJobName": name, "RoleArn": "arn:aws:iam::000000000000:role/x",
+                    "AlgorithmSpecification": {"TrainingImage": image.uri,
+                                               "TrainingInputMode": "File"},
+                    "OutputDataConfig": {"S3OutputPath": "s3://bench/out"},
+                    "ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1,
+                                       "VolumeSizeInGB": 1},
+                    "StoppingCondition": {"MaxRuntimeInSeconds": 600},
+                    # the relay announces only sagepipe's jobs: those of a flow run
+                    "Tags": [{"Key": "sagepipe:flow-run-id", "Value": str(uuid.uuid4())}]},
+                    policy=WaitPolicy(), log=_QUIET, watch=watch)
+                returned = time.time()
+                ended = clients.sagemaker.describe_training_job(
+                    TrainingJobName=name)["TrainingEndTime"].timestamp()
+                out[mode] = {"lag_seconds": round(returned - ended, 2),
+                             "describes": counted.describes}
+        finally:
+            teardown(Path(runtime.state_dir))
+    return out
+
+
+class _Counting:
+    """The clients, counting DescribeTrainingJob calls."""
+
+    def __init__(self, clients: Any) -> None:
+        self._clients = clients
+        self.describes = 0
+        outer = self
+
+        class SageMaker:
+            def __getattr__(self, name: str) -> Any:
+                method = getattr(clients.sagemaker, name)
+                if name != "describe_training_job":
+                    return method
+
+                def counted(**params: Any) -> Any:
+                    outer.describes += 1
+                    return method(**params)
+                return counted
+
+        self.sagemaker = SageMaker()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._clients, name)
