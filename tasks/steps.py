@@ -309,6 +309,15 @@ class JobStart(BaseModel):
     max_runtime_seconds: int
 
 
+def _outputs_still_there(clients: Any, plan: JobPlan) -> Any:
+    """A completed job is reused only while its outputs exist."""
+    def check(described: dict[str, Any]) -> bool:
+        if plan.kind == "training":
+            return outputs_exist(clients, [described["ModelArtifacts"]["S3ModelArtifacts"]])
+        return outputs_exist(clients, list(plan.outputs.values()))
+    return check
+
+
 def _ended_in_this_run(clients: Any, kind: Any, base: str,
                       run_id: str | None) -> dict[str, Any] | None:
     """The newest attempt of ``base`` if this flow run started it and it ended Failed or
@@ -346,18 +355,13 @@ def start_step(runtime: RuntimeSettings, plan: JobPlan, tags: dict[str, str]) ->
     request = job_request(plan, tags)
     clients = get_clients(runtime)
 
-    def outputs_still_there(described: dict[str, Any]) -> bool:
-        if plan.kind == "training":
-            return outputs_exist(clients, [described["ModelArtifacts"]["S3ModelArtifacts"]])
-        return outputs_exist(clients, list(plan.outputs.values()))
-
     run_id = tags.get(FLOW_RUN_TAG)
     ended = _ended_in_this_run(clients, kind, request[kind.name_key], run_id)
     if ended is not None:  # it failed while the run was suspended: that is the outcome
         raise JobFailed(ended[kind.name_key], ended[kind.status_key],
                         failure_reason(ended, []), kind=kind.noun.lower())
     name, how = start_or_attach(clients, kind, request, get_run_logger(),
-                                reusable=outputs_still_there)
+                                reusable=_outputs_still_there(clients, plan))
     described = kind.call(clients, "describe", **{kind.name_key: name})
     runtime_limit = int(request.get("StoppingCondition", {}).get("MaxRuntimeInSeconds", 86400))
     return JobStart(name=name, status=described[kind.status_key], how=how,
@@ -375,17 +379,12 @@ def run_step(runtime: RuntimeSettings, plan: JobPlan, settings: JobSettings,
     request = job_request(plan, tags)
     clients = get_clients(runtime)
 
-    def outputs_still_there(described: dict[str, Any]) -> bool:
-        if plan.kind == "training":
-            return outputs_exist(clients, [described["ModelArtifacts"]["S3ModelArtifacts"]])
-        return outputs_exist(clients, list(plan.outputs.values()))
-
     watch = None
     if settings.wait in ("events", "suspend"):  # suspend: the job ended, or no deployment
         def watch(name: str) -> JobEvents:
             return JobEvents(plan.kind, name)
     final = run_job(clients, kind, request, policy=settings.wait_policy(), log=log,
-                    reusable=outputs_still_there, watch=watch)
+                    reusable=_outputs_still_there(clients, plan), watch=watch)
     prefix = "Training" if plan.kind == "training" else "Processing"
     start, end = final.get(f"{prefix}StartTime"), final.get(f"{prefix}EndTime")
     seconds = (end - start).total_seconds() if start and end else None

@@ -98,8 +98,8 @@ def test_terminating_a_flow_run_stops_its_training_job(tmp_path: Path) -> None:
     assert len(training_jobs(config)) == 1
 
 
-def test_the_cancellation_hook_stops_only_this_runs_jobs(tmp_path: Path) -> None:
-    config = slow_setup(tmp_path)
+def job_starter(config: PipelineConfig) -> Any:
+    """start(name, run_id): a slow training job tagged as the flow run ``run_id``'s."""
     clients = get_clients(config.runtime)
     refs = ensure_images(clients, folders={"train": Path(config.containers_dir) / "train"},
                          repository_prefix="sagepipe", build_project="p",
@@ -116,6 +116,13 @@ def test_the_cancellation_hook_stops_only_this_runs_jobs(tmp_path: Path) -> None
                             "VolumeSizeInGB": 1},
             StoppingCondition={"MaxRuntimeInSeconds": 600},
             Tags=[{"Key": FLOW_RUN_TAG, "Value": run_id}])
+    return start
+
+
+def test_the_cancellation_hook_stops_only_this_runs_jobs(tmp_path: Path) -> None:
+    config = slow_setup(tmp_path)
+    start = job_starter(config)
+
 
     try:
         start("cancel-demo-mine", "run-1")
@@ -164,11 +171,7 @@ def test_the_reconciler_resumes_a_run_whose_job_ended_and_stops_a_cancelled_runs
     from sagepipe.flows.reconcile import reconcile
 
     config = slow_setup(tmp_path)
-    clients = get_clients(config.runtime)
-    refs = ensure_images(clients, folders={"train": Path(config.containers_dir) / "train"},
-                         repository_prefix="sagepipe", build_project="p",
-                         artifacts_bucket="cancel-bucket", artifacts_prefix="pipeline",
-                         log=logging.getLogger("test"))
+    start = job_starter(config)
     suspended = {"type": "PAUSED", "name": "Suspended", "state_details": {
         "pause_reschedule": True,
         "pause_timeout": (datetime.now(UTC) + timedelta(hours=1)).isoformat()}}
@@ -176,16 +179,6 @@ def test_the_reconciler_resumes_a_run_whose_job_ended_and_stops_a_cancelled_runs
     waiting = pipeline_run(config, suspended)  # its job still runs
     cancelled = pipeline_run(config, {"type": "CANCELLED", "name": "Cancelled"})
 
-    def start(name: str, run_id: str) -> None:
-        clients.sagemaker.create_training_job(
-            TrainingJobName=name, RoleArn="arn:aws:iam::000000000000:role/x",
-            AlgorithmSpecification={"TrainingImage": refs["train"].uri,
-                                    "TrainingInputMode": "File"},
-            OutputDataConfig={"S3OutputPath": "s3://cancel-bucket/out"},
-            ResourceConfig={"InstanceType": "ml.m5.large", "InstanceCount": 1,
-                            "VolumeSizeInGB": 1},
-            StoppingCondition={"MaxRuntimeInSeconds": 600},
-            Tags=[{"Key": FLOW_RUN_TAG, "Value": run_id}])
 
     try:
         start("cancel-demo-waiting", waiting)
