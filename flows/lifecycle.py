@@ -221,7 +221,8 @@ def _resume(flow_run_id: Any, answer: dict[str, Any]) -> None:
 def endpoint_settings(clients: Clients, config: PipelineConfig,
                       name: str | None) -> EndpointSettings:
     """The settings a deploy to ``name`` uses: production's, staging's, or production's
-    rollout for another endpoint that exists (a typo must not create a new endpoint)."""
+    rollout (not its autoscaling) for another endpoint that exists (a typo must not create
+    a new endpoint)."""
     if name is None or name == config.endpoint.name:
         return config.endpoint
     if name == config.endpoint.staging_name:
@@ -232,7 +233,7 @@ def endpoint_settings(clients: Clients, config: PipelineConfig,
                             f"settings' endpoints ({known}). Deploy to one of those (or "
                             "leave out --endpoint for production); `sagepipe status` lists "
                             "the endpoints there are.")
-    return config.endpoint.model_copy(update={"name": name})
+    return config.endpoint.model_copy(update={"name": name, "autoscaling": None})
 
 
 def smoke_rows(clients: Clients, config: PipelineConfig, flow_run_id: str | None) -> str:
@@ -295,7 +296,8 @@ def deploy_version(config: PipelineConfig, version: str, *, endpoint: str | None
             deploy_config=deployment_config(settings), smoke_payload=payload,
             timeout=settings.timeout_seconds, log=log, first_poll=settings.poll_first_seconds,
             max_poll=settings.poll_max_seconds,
-            tags=[{"Key": k, "Value": v[:256]} for k, v in tags.items()])
+            tags=[{"Key": k, "Value": v[:256]} for k, v in tags.items()],
+            autoscaling=settings.autoscaling)
     except DeployFailed as exc:
         outcome = "rolled_back" if isinstance(exc, DeployRolledBack) else "failed"
         record.update(outcome=outcome, error={"type": type(exc).__name__, "message": str(exc)},

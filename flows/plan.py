@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError, ParamValidationError
 from sagepipe.flows.config import PipelineConfig
 from sagepipe.flows.pipeline import run_tags
 from sagepipe.tasks.data import DataPin, parse_s3_uri
-from sagepipe.tasks.endpoints import deploy_requests, deployment_config
+from sagepipe.tasks.endpoints import EndpointSettings, deploy_requests, deployment_config
 from sagepipe.tasks.framework import (
     PROCESSING_STEPS,
     FrameworkCode,
@@ -32,6 +32,7 @@ from sagepipe.tasks.framework import (
 from sagepipe.tasks.images import BUILDSPEC, ImageRef, build_request, content_tag
 from sagepipe.tasks.local.validation import validate_request
 from sagepipe.tasks.registry import model_package_request
+from sagepipe.tasks.scaling import DIMENSION, NAMESPACE, resource_id, scaling_requests
 from sagepipe.tasks.steps import job_request, plan_evaluate, plan_preprocess, plan_train
 
 __all__ = ["PlannedCall", "build_plan"]
@@ -52,6 +53,37 @@ RUN_ID = "<flow-run-id>"
 def _account(config: PipelineConfig) -> str:
     parts = config.jobs.role_arn.split(":")
     return parts[4] if len(parts) > 4 and parts[4].isdigit() else "<account>"
+
+
+def _update_and_scaling(settings: EndpointSettings,
+                        endpoint_config: dict[str, Any]) -> list[PlannedCall]:
+    """A later deploy's blue/green update, and endpoint.autoscaling after every deploy."""
+    name = settings.name
+    variants = [v["VariantName"] for v in endpoint_config["ProductionVariants"]]
+    update: dict[str, Any] = {"EndpointName": name,
+                              "EndpointConfigName": endpoint_config["EndpointConfigName"],
+                              "DeploymentConfig": deployment_config(settings)}
+    when = "later deploys (blue/green)"
+    if settings.autoscaling:
+        update["RetainAllVariantProperties"] = True
+        when = ("later deploys (blue/green; RetainAllVariantProperties while the variant is a "
+                "scalable target: the new fleet keeps the instance count autoscaling reached)")
+    calls = [
+        PlannedCall("application-autoscaling", "DescribeScalableTargets", {
+            "ServiceNamespace": NAMESPACE, "ScalableDimension": DIMENSION,
+            "ResourceIds": [resource_id(name, v) for v in variants]},
+            "later deploys: is the variant a scalable target? (one that is sagepipe's is "
+            "deregistered first if the update changes its instance type)"),
+        PlannedCall("sagemaker", "UpdateEndpoint", update, when)]
+    scaling = settings.autoscaling
+    for variant in variants if scaling else []:
+        assert scaling is not None
+        register, policy = scaling_requests(name, variant, scaling)
+        calls += [PlannedCall("application-autoscaling", "RegisterScalableTarget", register,
+                              "after every deploy, once the smoke test passed"),
+                  PlannedCall("application-autoscaling", "PutScalingPolicy", policy,
+                              "after every deploy, once the smoke test passed")]
+    return calls
 
 
 def build_plan(config: PipelineConfig, commit: str | None = None) -> list[PlannedCall]:
@@ -170,12 +202,8 @@ def build_plan(config: PipelineConfig, commit: str | None = None) -> list[Planne
                 "EndpointName": name,
                 "EndpointConfigName": endpoint_config["EndpointConfigName"],
                 "Tags": tag_list}, "first deploy"),
-            PlannedCall("sagemaker", "UpdateEndpoint", {
-                "EndpointName": name,
-                "EndpointConfigName": endpoint_config["EndpointConfigName"],
-                "DeploymentConfig": deployment_config(settings)},
-                "later deploys (blue/green)"),
         ]
+        calls += _update_and_scaling(settings, endpoint_config)
     if config.notifications.topic_arn:
         calls.append(PlannedCall("sns", "Publish", {
             "TopicArn": config.notifications.topic_arn,

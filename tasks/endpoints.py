@@ -32,6 +32,7 @@ from .runtime import (
     is_not_found,
     retry_transient,
 )
+from .scaling import AutoscalingSettings, EndpointScaling
 
 __all__ = ["DeployResult", "EndpointSettings", "deploy_model", "deploy_package",
            "deployment_config", "endpoint_status", "invoke"]
@@ -67,6 +68,10 @@ class EndpointSettings(BaseModel):
         default_factory=list, max_length=10,
         description="alarms that roll the staging endpoint back (production's watch "
         "production); none: staging is updated all at once and its smoke test decides")
+    autoscaling: AutoscalingSettings | None = Field(
+        None, description="production only: instances follow the traffic between "
+        "min_instances and max_instances (Application Auto Scaling, target tracking on "
+        "invocations per instance); unset: always instance_count")
 
     @model_validator(mode="after")
     def _rollout(self) -> EndpointSettings:
@@ -89,12 +94,57 @@ class EndpointSettings(BaseModel):
                 "strategy: all_at_once.")
         return self
 
+    @model_validator(mode="after")
+    def _autoscaling_fits_the_endpoint(self) -> EndpointSettings:
+        """endpoint.autoscaling scales the instances of a real-time endpoint; a hook that
+        also refuses it on a serverless one (endpoint.serverless, when that setting exists)."""
+        scaling = self.autoscaling
+        if scaling is None:
+            return self
+        if getattr(self, "serverless", None) is not None:
+            raise ValueError(
+                "endpoint.autoscaling scales the instances of a real-time endpoint, and "
+                "endpoint.serverless has none: a serverless endpoint scales itself up to its "
+                "max_concurrency. Remove one of the two.")
+        if not scaling.min_instances <= self.instance_count <= scaling.max_instances:
+            raise ValueError(
+                f"endpoint.instance_count ({self.instance_count}) is the fleet a first deploy "
+                f"starts with, and endpoint.autoscaling keeps the fleet between min_instances "
+                f"({scaling.min_instances}) and max_instances ({scaling.max_instances}): set "
+                "instance_count within those bounds.")
+        # TrafficRoutingConfig (SageMaker API reference): a canary at most 50% of the
+        # variant's instances, a linear step 10-50%. While the variant is a scalable target a
+        # deploy keeps its current instance count (RetainAllVariantProperties), so the batch
+        # must fit every fleet size autoscaling may have reached.
+        if self.strategy == "canary":
+            batch = _batch(self.instance_count, self.canary_percent, 0)
+            if scaling.min_instances < 2 * batch:
+                raise ValueError(
+                    f"endpoint.strategy canary shifts traffic to {batch} instance(s) first, "
+                    "and a canary may be at most half the fleet (SageMaker's "
+                    "TrafficRoutingConfig); with endpoint.autoscaling a deploy may start from "
+                    f"a fleet of min_instances ({scaling.min_instances}). Set "
+                    f"endpoint.autoscaling.min_instances to {2 * batch} or more, lower "
+                    "canary_percent, or use strategy all_at_once.")
+        elif self.strategy == "linear":
+            batch = _batch(self.instance_count, self.linear_step_percent, 10)
+            if scaling.min_instances < 2 * batch or scaling.max_instances > 10 * batch:
+                raise ValueError(
+                    f"endpoint.strategy linear moves {batch} instance(s) per step, and a step "
+                    "must be 10-50% of the fleet (SageMaker's TrafficRoutingConfig); with "
+                    "endpoint.autoscaling a deploy may start from any fleet size between "
+                    f"min_instances ({scaling.min_instances}) and max_instances "
+                    f"({scaling.max_instances}). Keep min_instances >= {2 * batch} and "
+                    f"max_instances <= {10 * batch}, or use strategy canary or all_at_once.")
+        return self
+
     def for_staging(self) -> EndpointSettings:
         """The staging endpoint's settings: its own alarms (or all at once without any)."""
         if not self.staging_name:
             raise ValueError("no endpoint.staging_name")
         return self.model_copy(update={
             "name": self.staging_name, "alarms": list(self.staging_alarms),
+            "autoscaling": None,  # staging is smoke-tested, not scaled
             "strategy": self.strategy if self.staging_alarms else "all_at_once"})
 
 
@@ -105,6 +155,7 @@ class DeployResult(BaseModel):
     action: Literal["created", "updated", "unchanged"]
     previous_config: str | None
     smoke_test: str
+    autoscaling: dict[str, Any] | None = None  # in force after the deploy, or what was removed
 
 
 def _batch(count: int, percent: int, low: int) -> int:
@@ -240,13 +291,17 @@ def deploy_package(clients: Clients, *, endpoint: str, package_arn: str, role_ar
                    log: logging.Logger | logging.LoggerAdapter[Any],
                    tags: list[dict[str, str]] | None = None,
                    sleep: Callable[[float], None] = time.sleep,
-                   first_poll: float = 1.0, max_poll: float = 30.0) -> DeployResult:
+                   first_poll: float = 1.0, max_poll: float = 30.0,
+                   autoscaling: AutoscalingSettings | None = None) -> DeployResult:
+    """``autoscaling``: applied once the new model serves (None: sagepipe's own scaling
+    policy, if an earlier deploy left one, is removed); see :mod:`tasks.scaling`."""
     model_request, config_request = deploy_requests(
         endpoint=endpoint, package_arn=package_arn, role_arn=role_arn,
         instance_type=instance_type, instance_count=instance_count, tags=tags)
     model_name = model_request["ModelName"]
     config_name = config_request["EndpointConfigName"]
     sm = clients.sagemaker
+    scaling = EndpointScaling(clients.application_autoscaling, sm, endpoint, autoscaling, log)
     # only an Approved package is ever deployed, whatever the caller decided
     status = sm.describe_model_package(ModelPackageName=package_arn)["ModelApprovalStatus"]
     if status != "Approved":
@@ -284,11 +339,33 @@ def deploy_package(clients: Clients, *, endpoint: str, package_arn: str, role_ar
                                f"({current.get('FailureReason', 'no reason given')}); it cannot "
                                "be updated. Delete it (sagepipe down) and run again.")
         else:
+            scaling.before_update(current, config_request)
             log.info("Updating endpoint %s: %s -> %s (blue/green)", endpoint, previous,
                      config_name)
-            sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=config_name,
-                               DeploymentConfig=deploy_config)
             action = "updated"
+    try:
+        if action == "updated":
+            sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=config_name,
+                               DeploymentConfig=deploy_config, **scaling.update_options())
+        answer = _serves(clients, endpoint, config_name, previous, smoke_payload,
+                         timeout=timeout, sleep=sleep, log=log, first_poll=first_poll,
+                         max_poll=max_poll, update_options=scaling.update_options())
+    except Exception:
+        scaling.restore()  # the endpoint is (back) on its old config: so is its autoscaling
+        raise
+    in_force = scaling.after_deploy(config_request, created=action == "created")
+    return DeployResult(endpoint=endpoint, endpoint_config=config_name, model_name=model_name,
+                        action=action, previous_config=previous, smoke_test=answer[:200],
+                        autoscaling=in_force)
+
+
+def _serves(clients: Clients, endpoint: str, config_name: str, previous: str | None,
+            smoke_payload: str, *, timeout: float, sleep: Callable[[float], None],
+            log: logging.Logger | logging.LoggerAdapter[Any], first_poll: float,
+            max_poll: float, update_options: dict[str, Any]) -> str:
+    """Wait until ``endpoint`` serves ``config_name`` and answers the smoke test (its
+    answer); after an update whose smoke test fails, put it back on ``previous``."""
+    sm = clients.sagemaker
     final = wait_endpoint(clients, endpoint, timeout=timeout, sleep=sleep, log=log,
                           first_poll=first_poll, max_poll=max_poll)
     if final["EndpointStatus"] != "InService":
@@ -299,12 +376,12 @@ def deploy_package(clients: Clients, *, endpoint: str, package_arn: str, role_ar
             endpoint, f"Update of {endpoint} to {config_name} was rolled back; it still serves "
             f"{final['EndpointConfigName']}. Reason: {final.get('FailureReason', 'not given')}")
     try:
-        answer = invoke(clients, endpoint, smoke_payload, content_type="text/csv")
+        return invoke(clients, endpoint, smoke_payload, content_type="text/csv")
     except EndpointError as exc:
         if previous and previous != config_name:
             log.error("Smoke test failed (%s); rolling %s back to %s", exc, endpoint, previous)
             sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=previous,
-                               DeploymentConfig=ROLLBACK_CONFIG)
+                               DeploymentConfig=ROLLBACK_CONFIG, **update_options)
             back = wait_endpoint(clients, endpoint, timeout=timeout, sleep=sleep, log=log,
                                  first_poll=first_poll, max_poll=max_poll)
             if back["EndpointStatus"] != "InService" or back["EndpointConfigName"] != previous:
@@ -317,8 +394,6 @@ def deploy_package(clients: Clients, *, endpoint: str, package_arn: str, role_ar
             raise DeployRolledBack(endpoint, f"Smoke test of {endpoint} on {config_name} "
                                    f"failed ({exc}); rolled back to {previous}.") from exc
         raise DeployFailed(endpoint, f"Smoke test of {endpoint} failed: {exc}") from exc
-    return DeployResult(endpoint=endpoint, endpoint_config=config_name, model_name=model_name,
-                        action=action, previous_config=previous, smoke_test=answer[:200])
 
 
 def invoke(clients: Clients, endpoint: str, body: bytes | str, *,
@@ -352,7 +427,8 @@ def deploy_model(runtime: RuntimeSettings, settings: EndpointSettings, package_a
         instance_count=settings.instance_count, deploy_config=config,
         smoke_payload=smoke_payload, timeout=settings.timeout_seconds, log=get_run_logger(),
         first_poll=settings.poll_first_seconds, max_poll=settings.poll_max_seconds,
-        tags=[{"Key": k, "Value": v[:256]} for k, v in tags.items()])
+        tags=[{"Key": k, "Value": v[:256]} for k, v in tags.items()],
+        autoscaling=settings.autoscaling)
     get_run_logger().info("Endpoint %s %s: serves %s; smoke test answered %s", result.endpoint,
                           result.action, result.endpoint_config, result.smoke_test)
     return result

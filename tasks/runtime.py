@@ -60,6 +60,7 @@ class Clients:
     ecr: Any
     codebuild: Any
     local_root: Path | None = None
+    application_autoscaling: Any = None  # endpoint autoscaling (tasks.scaling)
 
 
 _CACHE: dict[RuntimeSettings, Clients] = {}
@@ -89,7 +90,8 @@ def _make(settings: RuntimeSettings) -> Clients:
         c = local_clients(root, region=settings.region)
         return Clients(s3=c["s3"], sagemaker=c["sagemaker"],
                        sagemaker_runtime=c["sagemaker-runtime"], sns=c["sns"], logs=c["logs"],
-                       ecr=c["ecr"], codebuild=c["codebuild"], local_root=root)
+                       ecr=c["ecr"], codebuild=c["codebuild"], local_root=root,
+                       application_autoscaling=c["application-autoscaling"])
     import boto3
     from botocore.config import Config
 
@@ -109,7 +111,8 @@ def _make(settings: RuntimeSettings) -> Clients:
 
     return Clients(s3=client("s3"), sagemaker=client("sagemaker"),
                    sagemaker_runtime=client("sagemaker-runtime"), sns=client("sns"),
-                   logs=client("logs"), ecr=client("ecr"), codebuild=client("codebuild"))
+                   logs=client("logs"), ecr=client("ecr"), codebuild=client("codebuild"),
+                   application_autoscaling=client("application-autoscaling"))
 
 
 def runtime_identity(settings: RuntimeSettings) -> str:

@@ -80,6 +80,15 @@ class JobSettings(BaseModel):
     spot: bool = Field(False, description="managed spot training, resumed from checkpoints")
     max_wait_seconds: int | None = Field(None, ge=60, le=28 * 24 * 3600,
                                          description="spot: total wait incl. interruptions")
+    # ResourceConfig.KeepAlivePeriodInSeconds: 0-21600 in botocore's model and the current
+    # API reference (the developer guide still says 3600)
+    keep_alive_seconds: int = Field(
+        0, ge=0, le=21600,
+        description="training only: keep the training instances warm this long after a job "
+        "(a SageMaker managed warm pool, billed while kept) so the next training job with "
+        "the same role, instance type and count, volume size and KMS key, VPC settings and "
+        "network isolation starts in seconds; 0: no warm pool. Not with spot. Needs a warm "
+        "pool quota for the instance type (Service Quotas; the default is 0)")
     subnets: list[str] = Field(default_factory=list, max_length=16)
     security_group_ids: list[str] = Field(default_factory=list, max_length=5)
     kms_key_id: str | None = Field(None, description="KMS key for volumes and outputs")
@@ -94,6 +103,14 @@ class JobSettings(BaseModel):
         if self.spot and (self.max_wait_seconds or self.max_runtime_seconds) \
                 < self.max_runtime_seconds:
             raise ValueError("jobs.max_wait_seconds must be at least jobs.max_runtime_seconds")
+        # "SageMaker AI managed warm pools cannot be used with spot instances" (SageMaker
+        # developer guide, SageMaker AI Managed Warm Pools: Considerations)
+        if self.spot and self.keep_alive_seconds:
+            raise ValueError(
+                "jobs.keep_alive_seconds keeps training instances in a SageMaker warm pool, "
+                "and warm pools cannot be used with spot instances (jobs.spot: true). Choose "
+                "one: spot (cheaper instances, interruptible) or keep_alive_seconds (faster "
+                "starts for consecutive training jobs); set the other to false / 0.")
         return self
 
     def vpc_config(self) -> dict[str, Any] | None:
@@ -121,6 +138,7 @@ class JobOutcome(BaseModel):
     how: str  # created | attached | reused
     outputs: dict[str, str]
     seconds: float | None
+    warm_pool: str | None = None  # training with jobs.keep_alive_seconds: WarmPoolStatus
 
 
 def _processing(name: str, image: ImageRef, args: list[str], inputs: dict[str, str],
@@ -174,6 +192,9 @@ def _finish(step: str, kind: Literal["processing", "training"], project: str,
     """
     draft_outputs_root = "{out}"
     draft = build("{name}", draft_outputs_root)
+    # how long instances stay warm afterwards changes nothing the job computes: turning a
+    # warm pool on must not retrain what is cached
+    draft.get("ResourceConfig", {}).pop("KeepAlivePeriodInSeconds", None)
     key = content_key(runtime_identity(runtime), step, draft,
                       *([{"forced": force_token}] if force_token else []))
     name = job_name(project, step, key)
@@ -264,6 +285,8 @@ def plan_train(*, project: str, runtime: RuntimeSettings, artifacts_uri: str,
         if settings.kms_key_id:
             request["OutputDataConfig"]["KmsKeyId"] = settings.kms_key_id
             request["ResourceConfig"]["VolumeKmsKeyId"] = settings.kms_key_id
+        if settings.keep_alive_seconds:  # a warm pool for the next matching training job
+            request["ResourceConfig"]["KeepAlivePeriodInSeconds"] = settings.keep_alive_seconds
         outputs = {"model": f"{out}/{name}/output/model.tar.gz"}
         return {**request, "_outputs": outputs}
     return _finish("train", "training", project, runtime, artifacts_uri, build,
@@ -391,5 +414,29 @@ def run_step(runtime: RuntimeSettings, plan: JobPlan, settings: JobSettings,
     outputs = dict(plan.outputs)
     if plan.kind == "training":
         outputs["model"] = final["ModelArtifacts"]["S3ModelArtifacts"]
+    warm_pool = _warm_pool(final, log)
     return JobOutcome(step=plan.step, job_name=final[f"{prefix}JobName"], how=final["_how"],
-                      outputs=outputs, seconds=seconds)
+                      outputs=outputs, seconds=seconds, warm_pool=warm_pool)
+
+
+def _warm_pool(final: dict[str, Any], log: Any) -> str | None:
+    """A training job's WarmPoolStatus (jobs.keep_alive_seconds), said in the log."""
+    keep = (final.get("ResourceConfig") or {}).get("KeepAlivePeriodInSeconds")
+    if not keep:
+        return None
+    status: str | None = (final.get("WarmPoolStatus") or {}).get("Status")
+    name, kind = final["TrainingJobName"], final["ResourceConfig"]["InstanceType"]
+    if final.get("_how") == "reused":
+        return status  # an earlier run's job: its pool is that run's story
+    if status == "Available":
+        log.info("Training job %s keeps its %s instances warm for %d s: the next training "
+                 "job with the same role, instance settings, VPC and network isolation "
+                 "starts on them", name, kind, keep)
+    elif status == "Terminated":
+        # "The default resource limit for warm pools is 0 ... a warm pool is not retained"
+        # (SageMaker developer guide, warm pool resource limits)
+        log.warning("Training job %s asked for a warm pool (jobs.keep_alive_seconds: %d) "
+                    "and none is kept (WarmPoolStatus Terminated). The account's warm pool "
+                    "quota for %s may be 0: request one in Service Quotas (search 'warm "
+                    "pool'), or set jobs.keep_alive_seconds: 0.", name, keep, kind)
+    return status

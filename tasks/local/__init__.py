@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .autoscaling import LocalApplicationAutoScaling
 from .images import LocalCodeBuild, LocalECR
 from .logs import LocalLogs
 from .runtime import LocalSageMakerRuntime
@@ -35,6 +36,7 @@ def local_clients(root: Path, *, region: str = "us-east-1") -> dict[str, Any]:
         "logs": LocalLogs(root, region=region),
         "ecr": ecr,
         "codebuild": LocalCodeBuild(root, state, s3, ecr, region=region),
+        "application-autoscaling": LocalApplicationAutoScaling(state, region=region),
     }
 
 

@@ -26,6 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from .autoscaling import deregister_endpoint, registered_variants
 from .common import arn, now, pid_alive, to_datetime
 from .containers import container_command, job_environment
 from .images import resolve_image
@@ -108,15 +109,41 @@ class EndpointManager:
     def update(self, params: dict[str, Any]) -> str:
         name, config_name = params["EndpointName"], params["EndpointConfigName"]
         doc = self.describe_doc(name, "UpdateEndpoint")
-        self._config(config_name, "UpdateEndpoint")
+        config = self._config(config_name, "UpdateEndpoint")
         if doc["status"] != "InService":
             raise client_error("UpdateEndpoint", "ValidationException",
                                f'Cannot update in-progress endpoint "{doc["EndpointArn"]}".')
+        self._scaled_variants_kept(doc, config)
+        current = doc.get("current") or {}
+        # RetainAllVariantProperties: a variant of the same name keeps its instance count
+        # (the one autoscaling set) instead of the new config's InitialInstanceCount
+        retain = ({current["variant"]: int(current.get("instances", 1))}
+                  if params.get("RetainAllVariantProperties") and current else {})
         self.state.update("endpoint", name, lambda d: d.update(
             status="Updating", modified=now(), DeploymentConfig=params.get("DeploymentConfig"),
             pending_config=config_name))
-        self._start_pending(name, config_name)
+        self._start_pending(name, config_name, retain)
         return str(doc["EndpointArn"])
+
+    def _scaled_variants_kept(self, doc: dict[str, Any], config: dict[str, Any]) -> None:
+        """SageMaker refuses an update that changes the instance type of, or removes, a
+        variant that is a scalable target ("Update endpoints that use auto scaling")."""
+        scaled = registered_variants(self.state, doc["EndpointName"])
+        if not scaled:
+            return
+        live = self.state.get("endpoint-config", doc["EndpointConfigName"]) or {}
+        before = {v["VariantName"]: v.get("InstanceType")
+                  for v in live.get("ProductionVariants", [])}
+        after = {v["VariantName"]: v.get("InstanceType") for v in config["ProductionVariants"]}
+        for variant in sorted(scaled):
+            if variant not in after or after[variant] != before.get(variant):
+                change = (f"changes its instance type to {after[variant]}" if variant in after
+                          else "removes it")
+                raise client_error(
+                    "UpdateEndpoint", "ValidationException",
+                    f"Variant {variant} of endpoint {doc['EndpointName']} is a target for auto "
+                    f"scaling and this update {change}: deregister it as a scalable target "
+                    "first (DeregisterScalableTarget), then update the endpoint.")
 
     def delete(self, name: str) -> None:
         doc = self.state.get("endpoint", name)
@@ -126,6 +153,7 @@ class EndpointManager:
             if deployment:
                 stop_process_group(deployment["pid"])
                 shutil.rmtree(deployment["dir"], ignore_errors=True)
+        deregister_endpoint(self.state, name)
         self.state.delete("endpoint", name)
 
     def describe(self, name: str) -> dict[str, Any]:
@@ -139,9 +167,11 @@ class EndpointManager:
             "LastModifiedTime": to_datetime(doc["modified"]),
         }
         if current:
+            # one server process serves the variant; the count is what SageMaker would run
+            count = int(current.get("instances", 1))
             out["ProductionVariants"] = [{
                 "VariantName": current["variant"], "CurrentWeight": 1.0, "DesiredWeight": 1.0,
-                "CurrentInstanceCount": 1, "DesiredInstanceCount": 1,
+                "CurrentInstanceCount": count, "DesiredInstanceCount": count,
                 "DeployedImages": [{"SpecifiedImage": current["image"],
                                     "ResolvedImage": current["image"]}]}]
         if doc.get("reason"):
@@ -223,9 +253,10 @@ class EndpointManager:
             stop_process_group(pending["pid"])
         return doc or {}
 
-    def _start_pending(self, name: str, config_name: str) -> None:
+    def _start_pending(self, name: str, config_name: str,
+                       retain: dict[str, int] | None = None) -> None:
         try:
-            deployment = self._launch(name, config_name)
+            deployment = self._launch(name, config_name, retain or {})
         except (LookupError, OSError, tarfile.TarError, ValueError) as exc:
             reason = f"Failed to start the model container: {exc}"
             self.state.update("endpoint", name, lambda d: d.update(
@@ -234,7 +265,7 @@ class EndpointManager:
             return
         self.state.update("endpoint", name, lambda d: d.update(pending=deployment))
 
-    def _launch(self, name: str, config_name: str) -> dict[str, Any]:
+    def _launch(self, name: str, config_name: str, retain: dict[str, int]) -> dict[str, Any]:
         config = self._config(config_name, "CreateEndpoint")
         variants = config["ProductionVariants"]
         if len(variants) != 1:
@@ -269,6 +300,8 @@ class EndpointManager:
         return {"id": deployment_id, "config": config_name, "pid": proc.pid, "port": port,
                 "dir": str(workdir), "started": now(), "variant": variant["VariantName"],
                 "image": container["Image"],
+                "instances": retain.get(variant["VariantName"],
+                                        variant.get("InitialInstanceCount", 1)),
                 "health_timeout": variant.get("ContainerStartupHealthCheckTimeoutInSeconds",
                                               _DEFAULT_HEALTH_TIMEOUT)}
 

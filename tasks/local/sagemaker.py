@@ -18,6 +18,7 @@ from .jobs import JOB_KINDS, runner_died, spawn_runner, stop_runner
 from .s3 import LocalS3
 from .state import StateStore
 from .validation import client_error
+from .warmpools import check_request, claim_pool, warm_pool_status
 
 __all__ = ["LocalSageMaker"]
 
@@ -35,7 +36,9 @@ class LocalSageMaker(LocalClient):
     # ------------------------------------------------------------------ jobs
     def create_training_job(self, **params: Any) -> dict[str, Any]:
         self._validate("CreateTrainingJob", params)
+        check_request(params)  # warm pool rules (tasks/local/warmpools.py)
         arn_ = self._create_job("training", params["TrainingJobName"], params)
+        claim_pool(self.state, params["TrainingJobName"], params, now())
         return {"TrainingJobArn": arn_, **metadata()}
 
     def create_processing_job(self, **params: Any) -> dict[str, Any]:
@@ -94,6 +97,9 @@ class LocalSageMaker(LocalClient):
             "CreationTime": to_datetime(doc["created"]),
             "LastModifiedTime": to_datetime(doc["modified"]),
         }
+        pool = warm_pool_status(doc, now())
+        if pool is not None:
+            out["WarmPoolStatus"] = pool
         return self._job_times(doc, out, "Training")
 
     def describe_processing_job(self, **params: Any) -> dict[str, Any]:
