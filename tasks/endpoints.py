@@ -301,7 +301,8 @@ def deploy_package(clients: Clients, *, endpoint: str, package_arn: str, role_ar
     model_name = model_request["ModelName"]
     config_name = config_request["EndpointConfigName"]
     sm = clients.sagemaker
-    scaling = EndpointScaling(clients.application_autoscaling, sm, endpoint, autoscaling, log)
+    scaling = EndpointScaling(clients.application_autoscaling, sm, endpoint, autoscaling, log,
+                              sleep)
     # only an Approved package is ever deployed, whatever the caller decided
     status = sm.describe_model_package(ModelPackageName=package_arn)["ModelApprovalStatus"]
     if status != "Approved":

@@ -23,6 +23,8 @@ cited where the code holds them):
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,12 +150,13 @@ class EndpointScaling:
     """
 
     def __init__(self, aas: Any, sagemaker: Any, endpoint: str,
-                 settings: AutoscalingSettings | None, log: Log) -> None:
+                 settings: AutoscalingSettings | None, log: Log,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         if settings is not None and aas is None:
             raise ValueError("endpoint.autoscaling needs an application-autoscaling client "
                              "(tasks.runtime.get_clients makes one)")
-        self.aas, self.sm, self.endpoint, self.settings, self.log = (
-            aas, sagemaker, endpoint, settings, log)
+        self.aas, self.sm, self.endpoint, self.settings, self.log, self.sleep = (
+            aas, sagemaker, endpoint, settings, log, sleep)
         self.targets: dict[str, ScalableTarget] | None = None  # described before an update
         self.released: list[ScalableTarget] = []
 
@@ -218,13 +221,13 @@ class EndpointScaling:
                                                   MaxCapacity=target.max_capacity)
                 for policy in target.policies:
                     kind = policy["PolicyType"]
-                    config = {key: policy[key] for key in (
+                    config: dict[str, Any] = {key: policy[key] for key in (
                         "StepScalingPolicyConfiguration",
                         "TargetTrackingScalingPolicyConfiguration",
                         "PredictiveScalingPolicyConfiguration") if key in policy}
-                    self.aas.put_scaling_policy(**self._target(target.variant),
-                                                PolicyName=policy["PolicyName"],
-                                                PolicyType=kind, **config)
+                    self._put_policy({**self._target(target.variant),
+                                      "PolicyName": policy["PolicyName"], "PolicyType": kind,
+                                      **config})
                 self.log.info("Autoscaling of %s is back as it was", target.variant)
             except ClientError as exc:
                 self.log.error(
@@ -245,7 +248,7 @@ class EndpointScaling:
             for variant in variants:
                 register, policy = scaling_requests(self.endpoint, variant, self.settings)
                 self.aas.register_scalable_target(**register)
-                answer = self.aas.put_scaling_policy(**policy)
+                answer = self._put_policy(policy)
                 applied[variant] = answer.get("PolicyARN")
             self.log.info("Autoscaling %s: %d-%d instances at %g invocations per instance "
                           "per minute", self.endpoint, self.settings.min_instances,
@@ -274,6 +277,21 @@ class EndpointScaling:
                           "endpoint.autoscaling", self.endpoint, ", ".join(removed))
             return {"removed": removed}
         return None
+
+    def _put_policy(self, policy: dict[str, Any], attempts: int = 5) -> dict[str, Any]:
+        """PutScalingPolicy right after RegisterScalableTarget: "there might be a brief delay
+        until the operation achieves eventual consistency ... The typical strategy is to
+        retry the request" (API reference, RegisterScalableTarget). A target not found yet
+        is asked again a few times; any other error surfaces."""
+        for attempt in range(attempts):
+            try:
+                return dict(self.aas.put_scaling_policy(**policy))
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code")
+                if code != "ObjectNotFoundException" or attempt == attempts - 1:
+                    raise
+                self.sleep(min(0.5 * 2 ** attempt, 4.0))
+        raise AssertionError("unreachable")
 
     def _target(self, variant: str) -> dict[str, str]:
         return {"ServiceNamespace": NAMESPACE,

@@ -33,7 +33,8 @@ from typing import Any
 
 from aws_helpers import Request
 
-__all__ = ["Env", "Need", "Verdict", "compare", "execution_role_needs", "flow_needs",
+__all__ = ["Env", "Need", "Verdict", "autoscaling_checks_needs", "compare",
+           "execution_role_needs", "flow_needs",
            "format_table", "lambda_dead_letter_needs", "lambda_log_needs", "relay_needs",
            "trigger_needs"]
 
@@ -181,12 +182,83 @@ def flow_needs(request: Request, env: Env) -> list[Need]:
     if request.service == "logs" and op == "GetLogEvents":
         return [Need("logs:GetLogEvents", env.arn(
             "logs", f"log-group:{p['logGroupName']}:log-stream:{p['logStreamName']}"), because)]
+    if request.service == "application-autoscaling":
+        return _autoscaling_needs(op, p, env, because)
     if request.service == "sns" and op == "Publish":
         via = env.via("sns")
         return [Need("sns:Publish", p["TopicArn"], because),
                 Need("kms:GenerateDataKey", env.key_arn, because + " (encrypted topic)", via),
                 Need("kms:Decrypt", env.key_arn, because + " (encrypted topic)", via)]
     raise AssertionError(f"no IAM mapping for {request.service} {op}: add it to iam_model.py")
+
+
+# The id Application Auto Scaling gives a scalable target (its ARN ends in it): unknown
+# before the target exists, so a policy can name only scalable-target/*
+_SCALABLE_TARGET = "scalable-target/0123456789abcdef0123456789abcdef0123"
+_SCALING_SERVICE = "sagemaker.application-autoscaling.amazonaws.com"
+
+
+def _autoscaling_needs(op: str, p: dict[str, Any], env: Env, because: str) -> list[Need]:
+    if op in ("DescribeScalableTargets", "DescribeScalingPolicies"):
+        # the Service Authorization Reference lists no resource type for Describe actions
+        return [Need(f"application-autoscaling:{op}", "*", because)]
+    if op in ("RegisterScalableTarget", "PutScalingPolicy", "DeleteScalingPolicy",
+              "DeregisterScalableTarget"):
+        # authorized on the scalable target, with the service's condition keys
+        # application-autoscaling:service-namespace and :scalable-dimension
+        return [Need(f"application-autoscaling:{op}", env.arn("application-autoscaling",
+                                                                _SCALABLE_TARGET), because,
+                     (("application-autoscaling:service-namespace", p["ServiceNamespace"]),
+                      ("application-autoscaling:scalable-dimension", p["ScalableDimension"])))]
+    raise AssertionError(f"no IAM mapping for application-autoscaling {op}: add it")
+
+
+def autoscaling_checks_needs(requests: list[Request], env: Env) -> list[Need]:
+    """What Application Auto Scaling does with the caller's permissions for the recorded
+    requests (deduced): "Application Auto Scaling validates permissions for requests
+    associated with both the target service and CloudWatch before proceeding" (Application
+    Auto Scaling user guide, Permissions validation); for SageMaker endpoints those are
+    sagemaker:DescribeEndpoint, DescribeEndpointConfig and UpdateEndpointWeightsAndCapacities
+    and cloudwatch:DescribeAlarms, PutMetricAlarm and DeleteAlarms (identity-based policy
+    examples, "Permissions required for API actions on target services and CloudWatch").
+    The first registration in an account creates the service-linked role with
+    iam:CreateServiceLinkedRole, for which the SageMaker developer guide (Auto scaling
+    prerequisites) gives the role's ARN and the iam:AWSServiceName condition."""
+    needs: list[Need] = []
+    configs: dict[str, str] = {}  # endpoint -> the config it serves (or is moving to)
+    for r in requests:
+        p = r.params
+        if r.service == "sagemaker" and r.operation in ("CreateEndpoint", "UpdateEndpoint"):
+            configs[p["EndpointName"]] = p["EndpointConfigName"]
+        if r.service != "application-autoscaling" or "ResourceId" not in p:
+            continue
+        endpoint = p["ResourceId"].split("/")[1]
+        because = f"Application Auto Scaling checks {r.operation} ({p['ResourceId']})"
+        alarms = [env.arn("cloudwatch", f"alarm:TargetTracking-{p['ResourceId']}-Alarm{side}-"
+                                        "01234567-89ab-cdef-0123-456789abcdef")
+                  for side in ("High", "Low")]
+        if r.operation == "RegisterScalableTarget":
+            endpoint_arn = env.arn("sagemaker", f"endpoint/{endpoint.lower()}")
+            needs += [
+                Need("sagemaker:DescribeEndpoint", endpoint_arn, because, deduced=True),
+                Need("sagemaker:DescribeEndpointConfig", env.arn(
+                    "sagemaker", f"endpoint-config/{configs[endpoint].lower()}"), because,
+                    deduced=True),
+                Need("sagemaker:UpdateEndpointWeightsAndCapacities", endpoint_arn, because,
+                     deduced=True),
+                Need("iam:CreateServiceLinkedRole",
+                     f"arn:aws:iam::{env.account}:role/aws-service-role/{_SCALING_SERVICE}/"
+                     "AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint",
+                     because + " (the first time in the account)",
+                     (("iam:AWSServiceName", _SCALING_SERVICE),), deduced=True)]
+        elif r.operation == "PutScalingPolicy":
+            needs += [Need(action, alarm, because + " (target-tracking alarms)", deduced=True)
+                      for alarm in alarms
+                      for action in ("cloudwatch:DescribeAlarms", "cloudwatch:PutMetricAlarm")]
+        elif r.operation in ("DeleteScalingPolicy", "DeregisterScalableTarget"):
+            needs += [Need("cloudwatch:DeleteAlarms", alarm, because + " (its alarms go)",
+                           deduced=True) for alarm in alarms]
+    return needs
 
 
 # ---------------------------------------------------------------- SageMaker's side

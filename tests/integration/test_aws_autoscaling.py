@@ -279,3 +279,28 @@ def test_without_autoscaling_anywhere_an_update_sends_what_it_always_did(
     assert [c for c in aws.calls if c.startswith("application-autoscaling")] == [
         "application-autoscaling.DescribeScalableTargets"]
     aws.assert_done()
+
+
+def test_a_policy_put_before_its_new_target_is_visible_is_asked_again(aws: Stubbed) -> None:
+    """RegisterScalableTarget is eventually consistent ("there might be a brief delay ...
+    The typical strategy is to retry the request", API reference): the PutScalingPolicy
+    that follows it may not find the target yet."""
+    new_model_and_config(aws)
+    not_found(aws.sm, "describe_endpoint", EndpointName=ENDPOINT)
+    aws.sm.add_response("create_endpoint", {"EndpointArn": f"{SM_ARN}:endpoint/{ENDPOINT}"},
+                        {"EndpointName": ENDPOINT, "EndpointConfigName": CONFIG, "Tags": TAGS})
+    aws.sm.add_response("describe_endpoint", endpoint("InService", CONFIG),
+                        {"EndpointName": ENDPOINT})
+    invoke_ok(aws, ANSWER)
+    aas(aws).add_response("register_scalable_target", {"ScalableTargetARN": "arn:x"},
+                          {**TARGET, "MinCapacity": 1, "MaxCapacity": 6})
+    aas(aws).add_client_error("put_scaling_policy", service_error_code="ObjectNotFoundException",
+                              service_message="No scalable target registered for service "
+                              "namespace: sagemaker", http_status_code=400)
+    aas(aws).add_response("put_scaling_policy", {"PolicyARN": "arn:policy", "Alarms": []}, {
+        **TARGET, **OURS, "TargetTrackingScalingPolicyConfiguration": {
+            **OURS["TargetTrackingScalingPolicyConfiguration"], "TargetValue": 120.0}})
+
+    assert run(aws).autoscaling["policy_arns"] == {"AllTraffic": "arn:policy"}
+    assert aws.calls.count("application-autoscaling.PutScalingPolicy") == 2
+    aws.assert_done()

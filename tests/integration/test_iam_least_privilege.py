@@ -44,6 +44,7 @@ from aws_helpers import (
 )
 from iam_model import (
     Env,
+    autoscaling_checks_needs,
     compare,
     execution_role_needs,
     flow_needs,
@@ -63,6 +64,7 @@ from sagepipe.flows.pipeline import _stop_jobs_of_run, ml_pipeline
 from sagepipe.tasks.images import _stop_build
 from sagepipe.tasks.registry import set_approval
 from sagepipe.tasks.runtime import get_clients
+from sagepipe.tasks.scaling import AutoscalingSettings
 
 DATA_KEY = "datasets/breast-cancer/data.csv"
 
@@ -108,6 +110,14 @@ def config_from_outputs(stack: DeployedStack, **overrides: Any) -> PipelineConfi
     })
 
 
+def autoscaled(config: PipelineConfig) -> PipelineConfig:
+    """endpoint.autoscaling on production (staging is never scaled)."""
+    scaling = AutoscalingSettings(min_instances=1, max_instances=3,
+                                  target_invocations_per_instance=100)
+    return config.model_copy(update={
+        "endpoint": config.endpoint.model_copy(update={"autoscaling": scaling})})
+
+
 def report(role: str, verdict: Any) -> None:
     print("\n" + format_table(role, verdict))
     assert not verdict.missing, f"{role} lacks what the code needs: {verdict.missing}"
@@ -122,12 +132,12 @@ def report(role: str, verdict: Any) -> None:
 def test_flow_role_and_execution_role_grant_exactly_what_the_flow_uses(
         stack: DeployedStack, capsys: pytest.CaptureFixture[str]) -> None:
     push_example_data(stack)
-    weak = config_from_outputs(stack, hyperparameters={
-        "model": "random_forest", "n_estimators": 1, "max_depth": 1})
+    weak = autoscaled(config_from_outputs(stack, hyperparameters={
+        "model": "random_forest", "n_estimators": 1, "max_depth": 1}))
     clients = get_clients(weak.runtime)
     recorder = RequestRecorder()
     recorder.watch(clients.s3, clients.sagemaker, clients.sagemaker_runtime, clients.sns,
-                   clients.logs, clients.ecr, clients.codebuild)
+                   clients.logs, clients.ecr, clients.codebuild, clients.application_autoscaling)
     # SageMaker's and CodeBuild's own work, done with their credentials (not recorded)
     runner = ContainerRunner(boto3.client("s3", region_name=REGION),
                              logs=boto3.client("logs", region_name=REGION))
@@ -141,19 +151,22 @@ def test_flow_role_and_execution_role_grant_exactly_what_the_flow_uses(
     builds.attach(clients.codebuild)
     stand_in_for_missing_sagemaker_apis(clients.sagemaker)
 
-    # 1: a fresh account: images built by CodeBuild, staging then production created
+    # 1: a fresh account: images built by CodeBuild, staging then production created,
+    # production registered for autoscaling
     first = ml_pipeline(config=weak, commit="f00dcafe")
     assert first["outcome"] == "deployed", first.get("error")
     assert all(image["built"] for image in first["images"].values())
-    # 2: a better model on a dataset given as a prefix: blue/green update of both
-    strong = config_from_outputs(stack, dataset_uri=stack.outputs["DatasetUri"].rsplit(
-        "/", 1)[0] + "/")
+    # 2: a better model on a dataset given as a prefix: blue/green update of both,
+    # production's fleet kept and its autoscaling applied again
+    strong = autoscaled(config_from_outputs(stack, dataset_uri=stack.outputs[
+        "DatasetUri"].rsplit("/", 1)[0] + "/"))
     second = ml_pipeline(config=strong)
     assert second["outcome"] == "deployed", second.get("error") or second.get("decision")
     assert second["endpoint"]["action"] == "updated"
+    assert second["endpoint"]["autoscaling"]["max_instances"] == 3
     # 3: train and serve on AWS's framework images, scikit-learn and XGBoost (the code
     # uploaded, nothing built), deployed blue/green as well (margin 0: the same model
-    # quality may replace the live one)
+    # quality may replace the live one); settings without autoscaling remove it
     framework = config_from_outputs(stack, jobs={
         "role_arn": stack.outputs["SageMakerExecutionRoleArn"], "poll_first_seconds": 0.01,
         "poll_max_seconds": 0.05, "network_isolation": False},
@@ -162,6 +175,7 @@ def test_flow_role_and_execution_role_grant_exactly_what_the_flow_uses(
             "serve": {"image": "framework", "framework": "xgboost"}})
     third = ml_pipeline(config=framework)
     assert third["outcome"] == "deployed", third.get("error") or third.get("decision")
+    assert third["endpoint"]["autoscaling"] == {"removed": ["AllTraffic"]}
     assert third["images"]["serve"]["code"].endswith("/sourcedir.tar.gz")
 
     # branches moto cannot reach in a run, through the functions the flow calls:
@@ -189,7 +203,8 @@ def test_flow_role_and_execution_role_grant_exactly_what_the_flow_uses(
         return dict(spec["Containers"][0])
 
     flow = compare(stack.role_statements("FlowRole"),
-                   [n for r in recorder.requests for n in flow_needs(r, env)])
+                   [n for r in recorder.requests for n in flow_needs(r, env)]
+                   + autoscaling_checks_needs(recorder.requests, env))
     execution = compare(stack.role_statements("SageMakerExecutionRole"),
                         execution_role_needs(recorder.requests, env, package))
     with capsys.disabled():

@@ -44,7 +44,11 @@ SERVICE_OF_ROLE = {"FlowRole": "ecs-tasks.amazonaws.com",
 RESOURCELESS = {"sagemaker:ListTrainingJobs", "sagemaker:ListProcessingJobs",
                 "sagemaker:ListModelPackages", "ecr:GetAuthorizationToken",
                 "cloudwatch:PutMetricData", "codepipeline:PutJobSuccessResult",
-                "codepipeline:PutJobFailureResult"}
+                "codepipeline:PutJobFailureResult",
+                # Service Authorization Reference: Application Auto Scaling's Describe actions
+                # list no resource type (its writes are on scalable-target/<id>)
+                "application-autoscaling:DescribeScalableTargets",
+                "application-autoscaling:DescribeScalingPolicies"}
 
 
 @pytest.fixture(scope="module")
