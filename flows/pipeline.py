@@ -334,6 +334,8 @@ def _step(record: dict[str, Any], step: str, runner: Any, runtime: Any, plan: An
     how = "cached" if state.name == "Cached" else outcome.how
     record["steps"][step].update(status="completed", job=outcome.job_name, how=how,
                                  seconds=outcome.seconds, outputs=outcome.outputs)
+    if getattr(outcome, "warm_pool", None) and how != "cached":  # jobs.keep_alive_seconds
+        record["steps"][step]["warm_pool"] = outcome.warm_pool
     return outcome
 
 

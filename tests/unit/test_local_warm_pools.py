@@ -65,6 +65,10 @@ def test_a_matching_job_reuses_the_pool_and_a_different_one_does_not(
     sm.create_training_job(**bigger)
     assert pool(sm, "first-1")["Status"] == "Available"
     wait(sm, "other-1")
+    # the same instance settings without a keep-alive of its own takes no pool
+    sm.create_training_job(**env["training_request"]("plain-1", C="4"))
+    assert pool(sm, "first-1")["Status"] == "Available"
+    wait(sm, "plain-1")
     sm.create_training_job(**warm(env, "second-1", C="3", sleep="1"))
     running = sm.describe_training_job(TrainingJobName="second-1")
     assert running["TrainingJobStatus"] == "InProgress"

@@ -198,3 +198,31 @@ def test_plan_prints_the_warm_pool_and_scaling_settings_and_refuses_bad_ones() -
     assert bad.exit_code == 2
     assert "warm pools cannot be used with spot instances" in bad.output
     assert "Traceback" not in bad.output
+
+
+def test_the_run_log_says_whether_a_warm_pool_was_kept(caplog: pytest.LogCaptureFixture
+                                                       ) -> None:
+    import logging
+
+    from sagepipe.tasks.steps import _warm_pool
+
+    log = logging.getLogger("test.warm_pool")
+    caplog.set_level(logging.INFO, logger=log.name)
+
+    def described(status: str | None, how: str = "created") -> dict[str, Any]:
+        job = {"TrainingJobName": "j", "_how": how, "ResourceConfig": {
+            "InstanceType": "ml.m5.large", "KeepAlivePeriodInSeconds": 900}}
+        return job | ({"WarmPoolStatus": {"Status": status}} if status else {})
+
+    assert _warm_pool(described("Available"), log) == "Available"
+    assert "keeps its ml.m5.large instances warm for 900 s" in caplog.text
+    # no pool although one was asked for: the account's warm pool quota (default 0)
+    assert _warm_pool(described("Terminated"), log) == "Terminated"
+    warning = caplog.records[-1]
+    assert warning.levelname == "WARNING" and "Service Quotas" in warning.getMessage()
+    caplog.clear()
+    assert _warm_pool(described("Terminated", how="reused"), log) == "Terminated"
+    assert caplog.text == ""  # an earlier run's job: its pool is that run's story
+    cold = described(None)
+    del cold["ResourceConfig"]["KeepAlivePeriodInSeconds"]
+    assert _warm_pool(cold, log) is None
