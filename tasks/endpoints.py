@@ -340,12 +340,12 @@ def deploy_package(clients: Clients, *, endpoint: str, package_arn: str, role_ar
                                f"({current.get('FailureReason', 'no reason given')}); it cannot "
                                "be updated. Delete it (sagepipe down) and run again.")
         else:
-            scaling.before_update(current, config_request)
-            log.info("Updating endpoint %s: %s -> %s (blue/green)", endpoint, previous,
-                     config_name)
             action = "updated"
     try:
         if action == "updated":
+            scaling.before_update(current, config_request)
+            log.info("Updating endpoint %s: %s -> %s (blue/green)", endpoint, previous,
+                     config_name)
             sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=config_name,
                                DeploymentConfig=deploy_config, **scaling.update_options())
         answer = _serves(clients, endpoint, config_name, previous, smoke_payload,

@@ -181,33 +181,41 @@ class EndpointScaling:
         old = self.sm.describe_endpoint_config(
             EndpointConfigName=current["EndpointConfigName"])
         old_types = {v["VariantName"]: v.get("InstanceType") for v in old["ProductionVariants"]}
-        for variant, target in self.targets.items():
+        changes = {}
+        for variant in self.targets:
             now, then = old_types.get(variant), (new.get(variant) or {}).get("InstanceType")
-            if now == then:
-                # "If you change the model for a variant that is configured for auto
-                # scaling, Amazon SageMaker AI auto scaling allows the update"
-                continue
+            # "If you change the model for a variant that is configured for auto scaling,
+            # Amazon SageMaker AI auto scaling allows the update"
+            if now != then:
+                changes[variant] = (f"changes its instance type from {now} to {then}" if then
+                                    else "removes it")
+        # every refusal before any deregistration: a refused deploy changes nothing
+        for variant, change in changes.items():
             # "If the update would change the instance type for any model that is a target
             # for auto scaling, the update fails ... Before you update the endpoint, delete
             # any scaling policies configured for it and deregister the variant as a
             # scalable target" (SageMaker developer guide, Update endpoints that use auto
             # scaling; the same applies to removing the variant)
-            change = (f"changes its instance type from {now} to {then}" if then
-                      else "removes it")
+            target = self.targets[variant]
             if target.foreign_policies:
                 raise DeployFailed(self.endpoint, (
                     f"Variant {variant} of {self.endpoint} is scaled by Application Auto "
                     f"Scaling with policies sagepipe did not make "
                     f"({', '.join(target.foreign_policies)}), and this deploy {change}, "
                     "which SageMaker refuses while the variant is a scalable target. "
-                    "Nothing was changed. Deregister it first (aws application-autoscaling "
-                    "deregister-scalable-target --service-namespace sagemaker "
-                    f"--resource-id {resource_id(self.endpoint, variant)} "
+                    "Nothing was changed on the endpoint. Deregister it first (aws "
+                    "application-autoscaling deregister-scalable-target "
+                    "--service-namespace sagemaker --resource-id "
+                    f"{resource_id(self.endpoint, variant)} "
                     f"--scalable-dimension {DIMENSION}), deploy, then register it again; or "
                     "keep endpoint.instance_type as it is."))
+        for variant, change in changes.items():
+            target = self.targets[variant]
             self.log.info("Deregistering %s from autoscaling before the update (it %s, which "
-                          "SageMaker refuses for a scalable target); it is registered again "
-                          "afterwards", resource_id(self.endpoint, variant), change)
+                          "SageMaker refuses for a scalable target); %s",
+                          resource_id(self.endpoint, variant), change,
+                          "it is registered again once the new model serves" if self.settings
+                          else "the settings have no endpoint.autoscaling, so it stays off")
             self._deregister(variant)
             self.released.append(target)
 
