@@ -6,7 +6,7 @@ on first use, so ``import sagepipe.tasks`` stays cheap.
 
 Clients and settings
     ``get_clients(runtime)``, ``RuntimeSettings`` (local or aws), ``JobSettings``,
-    ``EndpointSettings``
+    ``EndpointSettings`` (with ``AutoscalingSettings``)
 Data
     ``pin_data(runtime, dataset_uri, artifacts_uri, rules) -> DataPin`` (task): exact S3
     versions, checked and snapshotted
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from .notify import notify
     from .registry import Champion, get_champion, register_model
     from .runtime import RuntimeSettings, get_clients
+    from .scaling import AutoscalingSettings
     from .steps import (
         JobOutcome,
         JobPlan,
@@ -65,6 +66,7 @@ _WHERE = {
     "notify": "notify",
     "Champion": "registry", "get_champion": "registry", "register_model": "registry",
     "RuntimeSettings": "runtime", "get_clients": "runtime",
+    "AutoscalingSettings": "scaling",
     "JobOutcome": "steps", "JobPlan": "steps", "JobSettings": "steps",
     "plan_evaluate": "steps", "plan_preprocess": "steps", "plan_train": "steps",
     "run_step": "steps",
@@ -72,6 +74,7 @@ _WHERE = {
 }
 __all__ = [
     "LOWER_IS_BETTER",
+    "AutoscalingSettings",
     "Champion",
     "DataPin",
     "DeployResult",
