@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_client, get_run_logger
 from prefect.context import get_run_context
 from prefect.exceptions import Pause
 from prefect.flow_runs import pause_flow_run, resume_flow_run, suspend_flow_run
@@ -347,7 +347,8 @@ def _suspend_while_running(step: str, runtime: Any, plan: Any, tags: dict[str, s
     a cache hit, this one re-found by its deterministic name. A job that failed in the
     meantime fails the step with its reason; nothing is created twice."""
     log = get_run_logger()
-    started = start_step.with_options(task_run_name=f"start-{step}")(runtime, plan, tags)
+    started = start_step.with_options(task_run_name=f"start-{step}")(
+        runtime, plan, tags, waited_for=_waited_for())
     if started.status not in ("InProgress", "Stopping"):
         return  # ended (or reused): the step's wait returns at once
     log.info("Suspending while %s job %s runs (%s); its end resumes this run", step,
@@ -366,6 +367,17 @@ def _suspend_while_running(step: str, runtime: Any, plan: Any, tags: dict[str, s
                 log.info("%s job %s ended while this run suspended: resumed at once", step,
                          started.name)
         raise
+
+
+def _waited_for() -> list[str]:
+    """The jobs this flow run suspended for before now (from its pause keys)."""
+    flow_run = getattr(get_run_context(), "flow_run", None)
+    if flow_run is None:
+        return []
+    with get_client(sync_client=True) as client:
+        states = client.read_flow_run_states(flow_run.id)
+    keys = [state.state_details.pause_key or "" for state in states]
+    return sorted({key.rsplit("@", 1)[0] for key in keys if "@" in key})
 
 
 def _ask_for_approval(config: PipelineConfig, decision: GateDecision, package_arn: str) -> str:

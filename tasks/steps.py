@@ -20,7 +20,7 @@ from prefect.context import TaskRunContext
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .data import DataPin
-from .errors import JobFailed
+from .errors import JobFailed, JobMissing
 from .events import JobEvents
 from .framework import PROCESSING_CODE, PROCESSING_ENTRYPOINT, training_hyperparameters
 from .gate import ALL_METRICS
@@ -347,13 +347,32 @@ def job_status(runtime: RuntimeSettings, kind: str, name: str) -> str:
     return str(described[job_kind.status_key])
 
 
+def _gone(clients: Any, kind: Any, base: str, waited_for: list[str]) -> str | None:
+    """The job (an attempt of ``base``) the run suspended for that no longer exists."""
+    for name in waited_for:
+        if name != base and not name.startswith(f"{base}-r"):
+            continue
+        try:
+            kind.call(clients, "describe", **{kind.name_key: name})
+        except ClientError as exc:
+            if is_not_found(exc):
+                return name
+            raise
+    return None
+
+
 @task(name="start-job", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient)
-def start_step(runtime: RuntimeSettings, plan: JobPlan, tags: dict[str, str]) -> JobStart:
+def start_step(runtime: RuntimeSettings, plan: JobPlan, tags: dict[str, str],
+               waited_for: list[str] | None = None) -> JobStart:
     """Create the planned job, or find it (by its deterministic name), without waiting:
-    what a run that suspends while the job runs needs to know."""
+    what a run that suspends while the job runs needs to know. ``waited_for``: the jobs
+    this run suspended for before; one of them gone now fails the step (JobMissing)."""
     kind = PROCESSING if plan.kind == "processing" else TRAINING
     request = job_request(plan, tags)
     clients = get_clients(runtime)
+    missing = _gone(clients, kind, request[kind.name_key], waited_for or [])
+    if missing is not None:
+        raise JobMissing(missing, kind=f"{kind.noun.lower()} job")
 
     run_id = tags.get(FLOW_RUN_TAG)
     ended = _ended_in_this_run(clients, kind, request[kind.name_key], run_id)

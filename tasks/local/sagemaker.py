@@ -27,9 +27,11 @@ _TERMINAL = ("Completed", "Failed", "Stopped")
 class LocalSageMaker(LocalClient):
     service = "sagemaker"
 
-    def __init__(self, root: Path, state: StateStore, s3: LocalS3, *, region: str) -> None:
+    def __init__(self, root: Path, state: StateStore, s3: LocalS3, *, region: str,
+                 job_events: bool = True) -> None:
         super().__init__(region=region)
         self.root, self.state, self.s3 = root, state, s3
+        self.job_events = job_events  # the EventBridge rule's stand-in: announce job ends
         self.endpoints = EndpointManager(root, state, s3, region=region)
 
     # ------------------------------------------------------------------ jobs
@@ -56,7 +58,7 @@ class LocalSageMaker(LocalClient):
                 f"Create{kind.title()}Job", "ResourceInUse",
                 f"{kind.title()} job names must be unique within an AWS account and region, "
                 f"and a {kind} job with this name already exists ({job_arn})")
-        pid = spawn_runner(self.root, kind, name)
+        pid = spawn_runner(self.root, kind, name, announce=self.job_events)
         self.state.update(f"{kind}-job", name, lambda d: d.update(pid=pid))
         return job_arn
 
@@ -147,6 +149,27 @@ class LocalSageMaker(LocalClient):
         self.state.update(f"{kind}-job", name, lambda d: d.update(status="Stopping",
                                                                    secondary="Stopping"))
         stop_runner(doc["pid"])
+
+    def delete_training_job(self, **params: Any) -> dict[str, Any]:
+        self._validate("DeleteTrainingJob", params)
+        self._delete_job("training", params["TrainingJobName"], "DeleteTrainingJob")
+        return metadata()
+
+    def delete_processing_job(self, **params: Any) -> dict[str, Any]:
+        self._validate("DeleteProcessingJob", params)
+        self._delete_job("processing", params["ProcessingJobName"], "DeleteProcessingJob")
+        return metadata()
+
+    def _delete_job(self, kind: str, name: str, operation: str) -> None:
+        # API reference (DeleteTrainingJob, DeleteProcessingJob): only a job in a terminal
+        # state (Stopped, Failed, Completed) can be deleted; all its metadata is lost and
+        # the name can be used again
+        doc = self._job(kind, name, operation)
+        if doc["status"] not in _TERMINAL:
+            raise client_error(operation, "ValidationException",
+                               f"The {kind} job {name} is in status {doc['status']}; only a "
+                               "job that is Stopped, Failed or Completed can be deleted.")
+        self.state.delete(f"{kind}-job", name)
 
     def list_training_jobs(self, **params: Any) -> dict[str, Any]:
         self._validate("ListTrainingJobs", params)
