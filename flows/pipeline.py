@@ -314,9 +314,10 @@ def _runner(step: str, force: bool) -> Any:
 def _step(record: dict[str, Any], step: str, runner: Any, runtime: Any, plan: Any,
           config: PipelineConfig, tags: dict[str, str]) -> Any:
     record["steps"][step] = {"job": plan.name, "key": plan.key, "status": "running"}
-    if config.jobs.wait == "suspend":
-        _suspend_while_running(step, runtime, plan, tags)
-    state = runner(runtime, plan, config.jobs, tags, return_state=True)
+    started = None
+    if config.jobs.wait == "suspend":  # returns only once the job has ended
+        started = _suspend_while_running(step, runtime, plan, tags)
+    state = runner(runtime, plan, config.jobs, tags, started, return_state=True)
     try:
         outcome = state.result()
         if state.name == "Cached" and not outputs_exist(get_clients(runtime),
@@ -340,7 +341,7 @@ def _step(record: dict[str, Any], step: str, runner: Any, runtime: Any, plan: An
 _SUSPEND_MARGIN_SECONDS = 900  # past the job's own limit: time for its end to be relayed
 
 
-def _suspend_while_running(step: str, runtime: Any, plan: Any, tags: dict[str, str]) -> None:
+def _suspend_while_running(step: str, runtime: Any, plan: Any, tags: dict[str, str]) -> Any:
     """``jobs.wait: suspend``: start the step's job and, while it runs, suspend this flow
     run (its process exits; the worker's infrastructure is released). The job's end,
     relayed as an event, resumes the run: it re-enters from the top, every finished step
@@ -350,13 +351,13 @@ def _suspend_while_running(step: str, runtime: Any, plan: Any, tags: dict[str, s
     started = start_step.with_options(task_run_name=f"start-{step}")(
         runtime, plan, tags, waited_for=_waited_for())
     if started.status not in ("InProgress", "Stopping"):
-        return  # ended (or reused): the step's wait returns at once
+        return started  # ended (or reused): the step's wait returns at once
     log.info("Suspending while %s job %s runs (%s); its end resumes this run", step,
              started.name, started.how)
     # a new key each time: a run resumed while the job still runs suspends again
     try:
         suspend_flow_run(timeout=started.max_runtime_seconds + _SUSPEND_MARGIN_SECONDS,
-                         key=f"{started.name}@{time.time():.0f}")
+                         key=f"{started.name}@{started.how}@{time.time():.0f}")
     except Pause:
         # the job may have ended between the look and the suspension, its event relayed
         # while this run still ran (and so not resumed): look once more, now suspended
@@ -369,15 +370,16 @@ def _suspend_while_running(step: str, runtime: Any, plan: Any, tags: dict[str, s
         raise
 
 
-def _waited_for() -> list[str]:
-    """The jobs this flow run suspended for before now (from its pause keys)."""
+def _waited_for() -> dict[str, str]:
+    """The jobs this flow run suspended for before now, and how it got each (created,
+    attached): from its pause keys, ``<job>@<how>@<time>`` (job names have no @)."""
     flow_run = getattr(get_run_context(), "flow_run", None)
     if flow_run is None:
-        return []
+        return {}
     with get_client(sync_client=True) as client:
         states = client.read_flow_run_states(flow_run.id)
-    keys = [state.state_details.pause_key or "" for state in states]
-    return sorted({key.rsplit("@", 1)[0] for key in keys if "@" in key})
+    keys = [(state.state_details.pause_key or "").split("@") for state in states]
+    return {key[0]: key[1] for key in keys if len(key) == 3}
 
 
 def _ask_for_approval(config: PipelineConfig, decision: GateDecision, package_arn: str) -> str:

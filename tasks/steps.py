@@ -14,32 +14,27 @@ import json
 from datetime import timedelta
 from typing import Any, Literal
 
-from botocore.exceptions import ClientError
 from prefect import get_run_logger, task
 from prefect.context import TaskRunContext
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .data import DataPin
-from .errors import JobFailed, JobMissing
 from .events import JobEvents
 from .framework import PROCESSING_CODE, PROCESSING_ENTRYPOINT, training_hyperparameters
 from .gate import ALL_METRICS
 from .images import ImageRef
 from .jobs import (
-    MAX_ATTEMPTS,
     PROCESSING,
     TRAINING,
     WaitPolicy,
     content_key,
-    failure_reason,
+    find_or_start,
     job_name,
     run_job,
-    start_or_attach,
 )
 from .runtime import (
     RuntimeSettings,
     get_clients,
-    is_not_found,
     retry_transient,
     runtime_identity,
 )
@@ -318,28 +313,6 @@ def _outputs_still_there(clients: Any, plan: JobPlan) -> Any:
     return check
 
 
-def _ended_in_this_run(clients: Any, kind: Any, base: str,
-                      run_id: str | None) -> dict[str, Any] | None:
-    """The newest attempt of ``base`` if this flow run started it and it ended Failed or
-    Stopped (a retry of the step would start another attempt; a resumed run must not)."""
-    if not run_id:
-        return None
-    newest = None
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        name = base if attempt == 1 else f"{base}-r{attempt}"
-        try:
-            described = kind.call(clients, "describe", **{kind.name_key: name})
-        except ClientError as exc:
-            if is_not_found(exc):
-                break
-            raise
-        newest = described
-    if newest is None or newest[kind.status_key] not in ("Failed", "Stopped"):
-        return None
-    tags = clients.sagemaker.list_tags(ResourceArn=newest[f"{kind.noun}JobArn"])["Tags"]
-    return newest if {"Key": FLOW_RUN_TAG, "Value": run_id} in tags else None
-
-
 def job_status(runtime: RuntimeSettings, kind: str, name: str) -> str:
     """The job's status now (``kind``: training or processing)."""
     job_kind = PROCESSING if kind == "processing" else TRAINING
@@ -347,52 +320,30 @@ def job_status(runtime: RuntimeSettings, kind: str, name: str) -> str:
     return str(described[job_kind.status_key])
 
 
-def _gone(clients: Any, kind: Any, base: str, waited_for: list[str]) -> str | None:
-    """The job (an attempt of ``base``) the run suspended for that no longer exists."""
-    for name in waited_for:
-        if name != base and not name.startswith(f"{base}-r"):
-            continue
-        try:
-            kind.call(clients, "describe", **{kind.name_key: name})
-        except ClientError as exc:
-            if is_not_found(exc):
-                return name
-            raise
-    return None
-
-
 @task(name="start-job", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient)
 def start_step(runtime: RuntimeSettings, plan: JobPlan, tags: dict[str, str],
-               waited_for: list[str] | None = None) -> JobStart:
+               waited_for: dict[str, str] | None = None) -> JobStart:
     """Create the planned job, or find it (by its deterministic name), without waiting:
     what a run that suspends while the job runs needs to know. ``waited_for``: the jobs
-    this run suspended for before; one of them gone now fails the step (JobMissing)."""
+    this run suspended for before (name -> how it got them); one of them that failed
+    meanwhile fails the step with its reason, one that is gone fails it (JobMissing)."""
     kind = PROCESSING if plan.kind == "processing" else TRAINING
     request = job_request(plan, tags)
     clients = get_clients(runtime)
-    missing = _gone(clients, kind, request[kind.name_key], waited_for or [])
-    if missing is not None:
-        raise JobMissing(missing, kind=f"{kind.noun.lower()} job")
-
-    run_id = tags.get(FLOW_RUN_TAG)
-    ended = _ended_in_this_run(clients, kind, request[kind.name_key], run_id)
-    if ended is not None:  # it failed while the run was suspended: that is the outcome
-        raise JobFailed(ended[kind.name_key], ended[kind.status_key],
-                        failure_reason(ended, []), kind=kind.noun.lower())
-    name, how = start_or_attach(clients, kind, request, get_run_logger(),
-                                reusable=_outputs_still_there(clients, plan))
-    described = kind.call(clients, "describe", **{kind.name_key: name})
+    name, how, status = find_or_start(clients, kind, request, get_run_logger(),
+                                      reusable=_outputs_still_there(clients, plan),
+                                      ours=waited_for)
     runtime_limit = int(request.get("StoppingCondition", {}).get("MaxRuntimeInSeconds", 86400))
-    return JobStart(name=name, status=described[kind.status_key], how=how,
-                    max_runtime_seconds=runtime_limit)
+    return JobStart(name=name, status=status, how=how, max_runtime_seconds=runtime_limit)
 
 
 @task(name="run-job", cache_key_fn=_cache_key, persist_result=True,
       cache_expiration=timedelta(days=365), retries=2, retry_delay_seconds=5,
       retry_condition_fn=retry_transient)
 def run_step(runtime: RuntimeSettings, plan: JobPlan, settings: JobSettings,
-             tags: dict[str, str]) -> JobOutcome:
-    """Run one planned job to completion (re-attaching after a retry); cached on content."""
+             tags: dict[str, str], started: JobStart | None = None) -> JobOutcome:
+    """Run one planned job to completion (re-attaching after a retry); cached on content.
+    ``started``: the job start-job found or started (``jobs.wait: suspend``)."""
     log = get_run_logger()
     kind = PROCESSING if plan.kind == "processing" else TRAINING
     request = job_request(plan, tags)
@@ -403,7 +354,8 @@ def run_step(runtime: RuntimeSettings, plan: JobPlan, settings: JobSettings,
         def watch(name: str) -> JobEvents:
             return JobEvents(plan.kind, name)
     final = run_job(clients, kind, request, policy=settings.wait_policy(), log=log,
-                    reusable=_outputs_still_there(clients, plan), watch=watch)
+                    reusable=_outputs_still_there(clients, plan), watch=watch,
+                    known=(started.name, started.how) if started else None)
     prefix = "Training" if plan.kind == "training" else "Processing"
     start, end = final.get(f"{prefix}StartTime"), final.get(f"{prefix}EndTime")
     seconds = (end - start).total_seconds() if start and end else None
