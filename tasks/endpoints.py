@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from botocore.exceptions import ClientError
 from prefect import get_run_logger, task
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .errors import ConfigError, DeployFailed, DeployRolledBack, EndpointError
 from .runtime import (
@@ -64,13 +64,18 @@ class ServerlessSettings(BaseModel):
         None, ge=1, le=200, description="copies kept warm (no cold start for them, billed "
         "while provisioned); at most max_concurrency; unset: none, scale to zero")
 
-    @model_validator(mode="after")
-    def _sizes(self) -> ServerlessSettings:
-        if self.memory_mb not in SERVERLESS_MEMORY_MB:
+    @field_validator("memory_mb")
+    @classmethod
+    def _memory_size(cls, memory_mb: int) -> int:
+        if memory_mb not in SERVERLESS_MEMORY_MB:
             raise ValueError(
-                f"endpoint.serverless.memory_mb {self.memory_mb} is not a size SageMaker "
-                "offers: a serverless endpoint has 1024, 2048, 3072, 4096, 5120 or 6144 MB "
-                "(1 GB steps). Pick the one at least as large as the model in memory.")
+                f"{memory_mb} MB is not a size SageMaker offers: a serverless endpoint has "
+                "1024, 2048, 3072, 4096, 5120 or 6144 MB (1 GB steps). Pick one at least as "
+                "large as the model in memory.")
+        return memory_mb
+
+    @model_validator(mode="after")
+    def _concurrency(self) -> ServerlessSettings:
         # ProductionVariantServerlessConfig.ProvisionedConcurrency: "Should be less than or
         # equal to MaxConcurrency"
         if (self.provisioned_concurrency is not None
@@ -342,7 +347,8 @@ def deploy_requests(*, endpoint: str, package_arn: str, role_arn: str, instance_
     model = {"ModelName": model_name, "ExecutionRoleArn": role_arn,
              "PrimaryContainer": container, "Tags": tags or []}
     config = {"EndpointConfigName": config_name, "Tags": tags or [],
-              "ProductionVariants": [{**variant, "ModelName": model_name}]}
+              "ProductionVariants": [{"VariantName": variant.pop("VariantName"),
+                                      "ModelName": model_name, **variant}]}
     return model, config
 
 
@@ -565,7 +571,9 @@ def retire_staging(clients: Clients, name: str, tested_config: str, *,
     except ClientError as exc:
         if is_not_found(exc):
             return StagingRetired(endpoint=name, deleted=False, reason="already gone")
-        raise
+        why = f"could not look at it: {exc}; delete it yourself if it should go"
+        log.warning("Staging endpoint %s kept: %s", name, why)
+        return StagingRetired(endpoint=name, deleted=False, reason=why)
     config = str(current["EndpointConfigName"])
     if config != tested_config or current["EndpointStatus"] != "InService":
         why = (f"it is {current['EndpointStatus']} on {config}, not InService on "
