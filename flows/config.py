@@ -9,6 +9,7 @@ the path of the bad key, what is allowed, and a guess when a key is misspelt.
 from __future__ import annotations
 
 import difflib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -284,6 +285,9 @@ def _describe_errors(exc: ValidationError, source: str) -> str:
                 field = parent.model_fields.get(str(part)) if hasattr(parent, "model_fields") \
                     else None
                 parent = field.annotation if field is not None else None
+                # an optional section (``ServerlessSettings | None``): the model in it
+                parent = next((a for a in typing.get_args(parent)
+                               if hasattr(a, "model_fields")), parent)
             known = list(parent.model_fields) if hasattr(parent, "model_fields") else []
             guess = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
             hint = f" Did you mean {guess[0]!r}?" if guess else ""

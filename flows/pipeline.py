@@ -26,7 +26,7 @@ from sagepipe.flows.config import PipelineConfig
 from sagepipe.flows.report import collect_plots, publish_artifacts
 from sagepipe.flows.trigger import publish_outcome
 from sagepipe.tasks.data import DataPin, pin_data
-from sagepipe.tasks.endpoints import deploy_model
+from sagepipe.tasks.endpoints import check_endpoint_kind, deploy_model, retire_staging_endpoint
 from sagepipe.tasks.errors import DataError, DeployRolledBack, PipelineError
 from sagepipe.tasks.gate import GateDecision, decide
 from sagepipe.tasks.images import build_images
@@ -153,6 +153,9 @@ def ml_pipeline(config: PipelineConfig = PipelineConfig(),
             bucket = config.artifacts_uri[5:].split("/", 1)[0]
             topic = topic or ensure_local_resources(runtime, bucket, f"{config.project}-events")
         tags = run_tags(run_id, config.project, commit)
+        # endpoint.serverless on an instance-based endpoint: refused before any job runs
+        for name in filter(None, (config.endpoint.staging_name, config.endpoint.name)):
+            check_endpoint_kind(get_clients(runtime), name, config.endpoint.serverless)
 
         pin = pin_data(runtime, config.dataset_uri, config.artifacts_uri, config.data_rules())
         record["data"] = pin.model_dump()
@@ -251,6 +254,10 @@ def ml_pipeline(config: PipelineConfig = PipelineConfig(),
         deployed = deploy_model(runtime, config.endpoint, package_arn, config.jobs.role_arn,
                                 payload, tags)
         record["endpoint"] = deployed.model_dump()
+        if config.endpoint.staging_name and not config.endpoint.staging_keep:
+            # production serves the model staging was tested with: staging costs nothing more
+            record["staging_endpoint"]["retired"] = retire_staging_endpoint(
+                runtime, config.endpoint.staging_name, staging.endpoint_config).model_dump()
         record["outcome"] = "deployed"
         return _finish(config, record, topic, "deployed")
     except Pause:  # suspended while a job runs: the run goes on when it is resumed

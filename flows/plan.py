@@ -20,7 +20,11 @@ from botocore.exceptions import ClientError, ParamValidationError
 from sagepipe.flows.config import PipelineConfig
 from sagepipe.flows.pipeline import run_tags
 from sagepipe.tasks.data import DataPin, parse_s3_uri
-from sagepipe.tasks.endpoints import deploy_requests, deployment_config
+from sagepipe.tasks.endpoints import (
+    deploy_requests,
+    deployment_config,
+    serverless_environment,
+)
 from sagepipe.tasks.framework import (
     PROCESSING_STEPS,
     FrameworkCode,
@@ -158,10 +162,13 @@ def build_plan(config: PipelineConfig, commit: str | None = None) -> list[Planne
     for settings in [*endpoints, config.endpoint]:
         name = settings.name
         tag_list = [{"Key": k, "Value": v[:256]} for k, v in tags.items()]
+        serve = images["serve"].framework
         model, endpoint_config = deploy_requests(
             endpoint=name, package_arn=package_arn, role_arn=config.jobs.role_arn,
             instance_type=config.endpoint.instance_type,
-            instance_count=config.endpoint.instance_count, tags=tag_list)
+            instance_count=config.endpoint.instance_count, tags=tag_list,
+            serverless=settings.serverless, environment=serverless_environment(
+                serve.serving_environment() if serve else None))
         calls += [
             PlannedCall("sagemaker", "CreateModel", model, "if the gate passes"),
             PlannedCall("sagemaker", "CreateEndpointConfig", endpoint_config,
@@ -176,6 +183,15 @@ def build_plan(config: PipelineConfig, commit: str | None = None) -> list[Planne
                 "DeploymentConfig": deployment_config(settings)},
                 "later deploys (blue/green)"),
         ]
+    if config.endpoint.staging_name and not config.endpoint.staging_keep:
+        staging_config = next(c.params["EndpointConfigName"] for c in calls
+                              if c.operation == "CreateEndpointConfig")
+        when = "once production serves the model (endpoint.staging_keep: false)"
+        calls += [
+            PlannedCall("sagemaker", "DeleteEndpoint",
+                        {"EndpointName": config.endpoint.staging_name}, when),
+            PlannedCall("sagemaker", "DeleteEndpointConfig",
+                        {"EndpointConfigName": staging_config}, when)]
     if config.notifications.topic_arn:
         calls.append(PlannedCall("sns", "Publish", {
             "TopicArn": config.notifications.topic_arn,

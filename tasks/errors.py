@@ -99,6 +99,7 @@ class DeployRolledBack(DeployFailed):
 
 
 class EndpointError(PipelineError):
-    def __init__(self, endpoint: str, message: str, *, status: int | None = None) -> None:
-        self.endpoint, self.status = endpoint, status
+    def __init__(self, endpoint: str, message: str, *, status: int | None = None,
+                 code: str | None = None) -> None:
+        self.endpoint, self.status, self.code = endpoint, status, code  # code: AWS's error
         super().__init__(message)

@@ -17,7 +17,7 @@ from .endpoints import EndpointManager
 from .jobs import JOB_KINDS, runner_died, spawn_runner, stop_runner
 from .s3 import LocalS3
 from .state import StateStore
-from .validation import client_error
+from .validation import check_endpoint_config, client_error
 
 __all__ = ["LocalSageMaker"]
 
@@ -208,9 +208,12 @@ class LocalSageMaker(LocalClient):
                                "Either PrimaryContainer or Containers must be specified.")
         containers = [self._resolve_container(c) for c in containers]
         model_arn = arn(self.region, "sagemaker", f"model/{name.lower()}")
-        doc = {"ModelName": name, "ModelArn": model_arn, "PrimaryContainer": containers[0],
-               "ExecutionRoleArn": params.get("ExecutionRoleArn"), "created": now(),
-               "tags": params.get("Tags", [])}
+        doc: dict[str, Any] = {
+            "ModelName": name, "ModelArn": model_arn, "PrimaryContainer": containers[0],
+            "ExecutionRoleArn": params.get("ExecutionRoleArn"), "created": now(),
+            "tags": params.get("Tags", [])}
+        # what a serverless endpoint cannot host (validation.check_endpoint_config)
+        doc.update({k: params[k] for k in ("EnableNetworkIsolation", "VpcConfig") if k in params})
         if not self.state.create("model", name, doc):
             raise client_error("CreateModel", "ValidationException",
                                f'Cannot create already existing model "{model_arn}".')
@@ -248,8 +251,10 @@ class LocalSageMaker(LocalClient):
     def create_endpoint_config(self, **params: Any) -> dict[str, Any]:
         self._validate("CreateEndpointConfig", params)
         name = params["EndpointConfigName"]
-        for variant in params["ProductionVariants"]:
-            self._get("model", variant["ModelName"], "CreateEndpointConfig", "model")
+        models = {variant["ModelName"]: self._get("model", variant["ModelName"],
+                                                  "CreateEndpointConfig", "model")
+                  for variant in params["ProductionVariants"]}
+        check_endpoint_config(params, models)
         config_arn = arn(self.region, "sagemaker", f"endpoint-config/{name.lower()}")
         doc = {"EndpointConfigName": name, "EndpointConfigArn": config_arn,
                "ProductionVariants": params["ProductionVariants"], "created": now(),
