@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from sagepipe.tasks.costs import BudgetSettings
 from sagepipe.tasks.data import DataRules, DataSettings, Problem
 from sagepipe.tasks.datasets import DATASET_NAME, check_dataset_name, dataset_uri_for
 from sagepipe.tasks.endpoints import EndpointSettings
@@ -27,6 +28,7 @@ from sagepipe.tasks.gate import (
     gate_metric,
     threshold_problem,
 )
+from sagepipe.tasks.pricing import PricingSettings
 from sagepipe.tasks.runtime import RuntimeSettings
 from sagepipe.tasks.stepcode import step_module
 from sagepipe.tasks.steps import JobSettings
@@ -140,6 +142,13 @@ class PipelineConfig(BaseModel):
     gate: GateSettings = GateSettings()
     endpoint: EndpointSettings = EndpointSettings()
     notifications: NotificationSettings = NotificationSettings()
+    # cost: what the estimate assumes, and the limits a run must fit (flows/estimate.py)
+    pricing: PricingSettings = Field(
+        PricingSettings(), description="price overrides by key and the usage the estimate "
+        "assumes; the defaults are us-east-1 list prices (`sagepipe plan` cites each)")
+    budget: BudgetSettings = Field(
+        BudgetSettings(), description="max_usd_per_run, max_usd_per_month_live: a run over "
+        "either is refused before anything is created")
 
     @model_validator(mode="before")
     @classmethod

@@ -23,11 +23,13 @@ from prefect.input import RunInput
 from prefect.utilities.urls import url_for
 
 from sagepipe.flows.config import PipelineConfig
+from sagepipe.flows.estimate import budget_check, measured_cost, run_estimate
 from sagepipe.flows.report import collect_plots, publish_artifacts
 from sagepipe.flows.trigger import publish_outcome
+from sagepipe.tasks.costs import usd
 from sagepipe.tasks.data import DataPin, pin_data
 from sagepipe.tasks.endpoints import check_endpoint_kind, deploy_model, retire_staging_endpoint
-from sagepipe.tasks.errors import DataError, DeployRolledBack, PipelineError
+from sagepipe.tasks.errors import DataError, DeployRolledBack, JobFailed, PipelineError
 from sagepipe.tasks.gate import GateDecision, decide
 from sagepipe.tasks.images import build_images
 from sagepipe.tasks.jobs import PROCESSING, TRAINING, stop_job
@@ -36,6 +38,7 @@ from sagepipe.tasks.registry import get_champion, register_model, update_approva
 from sagepipe.tasks.runtime import get_clients
 from sagepipe.tasks.steps import (
     FLOW_RUN_TAG,
+    job_billing,
     job_status,
     plan_evaluate,
     plan_preprocess,
@@ -152,6 +155,12 @@ def ml_pipeline(config: PipelineConfig = PipelineConfig(),
         if runtime.kind == "local":
             bucket = config.artifacts_uri[5:].split("/", 1)[0]
             topic = topic or ensure_local_resources(runtime, bucket, f"{config.project}-events")
+        # the cost: estimated from the settings; over budget, nothing is created
+        estimate = run_estimate(config)
+        record["cost"] = {"estimate": estimate.as_dict()}
+        log.info("Estimated cost on AWS (list prices): up to %s for this run; what it leaves "
+                 "live, %s a month", usd(estimate.total), usd(estimate.live_total))
+        budget_check(config, estimate)
         tags = run_tags(run_id, config.project, commit)
         # endpoint.serverless on an instance-based endpoint: refused before any job runs
         for name in filter(None, (config.endpoint.staging_name, config.endpoint.name)):
@@ -168,7 +177,9 @@ def ml_pipeline(config: PipelineConfig = PipelineConfig(),
                               frameworks=config.steps.framework_steps(),
                               instance_types=config.instance_types())
         record["images"] = {n: {"uri": i.uri, "built": i.built,
-                                **({"code": i.framework.source_uri} if i.framework else {})}
+                                **({"code": i.framework.source_uri} if i.framework else {}),
+                                **({"build_seconds": i.build_seconds}
+                                   if i.build_seconds is not None else {})}
                             for n, i in images.items()}
 
         # forced: every job is keyed on this run too, so each one runs again (new names)
@@ -337,11 +348,23 @@ def _step(record: dict[str, Any], step: str, runner: Any, runtime: Any, plan: An
             outcome = state.result()
     except PipelineError as exc:
         record["steps"][step].update(status="failed", reason=str(exc))
+        if isinstance(exc, JobFailed):  # a failed job bills too: what it ran is the cost
+            try:
+                record["steps"][step].update(job=exc.job, how="failed",
+                                             **job_billing(runtime, plan.kind, exc.job))
+            except Exception as lookup:  # bookkeeping must not hide the job's failure
+                get_run_logger().warning("No billable time for %s: %s", exc.job, lookup)
         raise
     # a cache hit returns the outcome stored by the run that did the work
     how = "cached" if state.name == "Cached" else outcome.how
     record["steps"][step].update(status="completed", job=outcome.job_name, how=how,
-                                 seconds=outcome.seconds, outputs=outcome.outputs)
+                                 seconds=outcome.seconds, outputs=outcome.outputs,
+                                 **{k: v for k, v in (("billable_seconds",
+                                                       outcome.billable_seconds),
+                                                      ("billing", outcome.billing),
+                                                      ("training_seconds",
+                                                       outcome.training_seconds))
+                                    if v is not None})
     return outcome
 
 
@@ -405,6 +428,12 @@ def _finish(config: PipelineConfig, record: dict[str, Any], topic: str | None,
             outcome: str) -> dict[str, Any]:
     record["ended"] = time.time()
     record["seconds"] = round(record["ended"] - record["started"], 2)
+    if "cost" in record:  # what the run's jobs billed, at list prices
+        try:
+            record["cost"]["measured"] = measured_cost(config, record)
+        except Exception as exc:  # bookkeeping never fails a run
+            get_run_logger().warning("Could not price the run: %s: %s", type(exc).__name__,
+                                     exc)
     record["links"] = console_links(config.runtime.region,
                                     endpoint=config.endpoint.name if outcome == "deployed"
                                     else None, group=config.model_package_group,

@@ -2,6 +2,7 @@
 
     PipelineError
     ├── ConfigError          bad pipeline config: nothing was started
+    │   └── OverBudget       the run's estimate is over budget.*: nothing was started
     ├── DataError            bad dataset: nothing was started (or preprocess refused it)
     ├── ImageBuildFailed     the image build did not succeed
     ├── JobFailed            a SageMaker job ended Failed or Stopped (reason: AWS's FailureReason)
@@ -30,6 +31,7 @@ __all__ = [
     "JobFailed",
     "JobMissing",
     "JobTimeout",
+    "OverBudget",
     "PipelineError",
     "RegistryError",
 ]
@@ -41,6 +43,10 @@ class PipelineError(Exception):
 
 class ConfigError(PipelineError):
     pass
+
+
+class OverBudget(ConfigError):
+    """The run's upper-bound estimate, or what it would leave live, is over the budget."""
 
 
 class DataError(PipelineError):

@@ -18,6 +18,7 @@ from prefect import get_run_logger, task
 from prefect.context import TaskRunContext
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .costs import billable_seconds
 from .data import DataPin
 from .events import JobEvents
 from .framework import PROCESSING_CODE, PROCESSING_ENTRYPOINT, training_hyperparameters
@@ -116,6 +117,10 @@ class JobOutcome(BaseModel):
     how: str  # created | attached | reused
     outputs: dict[str, str]
     seconds: float | None
+    # what AWS bills (tasks/costs.billable_seconds): seconds and where they came from
+    billable_seconds: float | None = None
+    billing: str | None = None
+    training_seconds: float | None = None  # TrainingTimeInSeconds (spot savings)
 
 
 def _processing(name: str, image: ImageRef, args: list[str], inputs: dict[str, str],
@@ -362,5 +367,20 @@ def run_step(runtime: RuntimeSettings, plan: JobPlan, settings: JobSettings,
     outputs = dict(plan.outputs)
     if plan.kind == "training":
         outputs["model"] = final["ModelArtifacts"]["S3ModelArtifacts"]
+    billed, billing = billable_seconds(plan.kind, final)
     return JobOutcome(step=plan.step, job_name=final[f"{prefix}JobName"], how=final["_how"],
-                      outputs=outputs, seconds=seconds)
+                      outputs=outputs, seconds=seconds, billable_seconds=billed,
+                      billing=billing or None,
+                      training_seconds=final.get("TrainingTimeInSeconds"))
+
+
+def job_billing(runtime: RuntimeSettings, kind: str, name: str) -> dict[str, Any]:
+    """What a job that ended (a failed one too) bills: billable_seconds, billing and, for a
+    training job, training_seconds; empty if it reports no times."""
+    job_kind = PROCESSING if kind == "processing" else TRAINING
+    described = job_kind.call(get_clients(runtime), "describe", **{job_kind.name_key: name})
+    billed, billing = billable_seconds(kind, described)
+    if billed is None:
+        return {}
+    return {"billable_seconds": billed, "billing": billing,
+            "training_seconds": described.get("TrainingTimeInSeconds")}

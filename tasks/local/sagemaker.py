@@ -9,6 +9,7 @@ process of the project sees the same resources.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,11 @@ class LocalSageMaker(LocalClient):
             "CreationTime": to_datetime(doc["created"]),
             "LastModifiedTime": to_datetime(doc["modified"]),
         }
+        if doc.get("started") and doc.get("ended"):
+            # "Billable time refers to the absolute wall-clock time" (DescribeTrainingJob);
+            # whole seconds, as AWS reports them. No spot here: billable = training time.
+            seconds = max(1, math.ceil(doc["ended"] - doc["started"]))
+            out.update(TrainingTimeInSeconds=seconds, BillableTimeInSeconds=seconds)
         return self._job_times(doc, out, "Training")
 
     def describe_processing_job(self, **params: Any) -> dict[str, Any]:
