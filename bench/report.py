@@ -45,6 +45,16 @@ def targets(results: dict[str, Any], big: str) -> list[dict[str, Any]]:
         out.append(_target("events: completion seen <= 5 s after the job ends (real local "
                            "runtime and Prefect server)", live["events"]["lag_seconds"], 5.0,
                            unit=" s"))
+    suspend = results.get("waiting_suspend", {})
+    if suspend:
+        # per job-hour: the suspended run's calls and held seconds do not grow with the job
+        out.append(_target("suspend: <= 12 Describe calls per job-hour (real run)",
+                           suspend["describes"], 12.0))
+        out.append(_target("suspend: completion seen <= 5 s after the job ends (the run "
+                           "resumed; real local worker)", suspend["seen_after_seconds"], 5.0,
+                           unit=" s"))
+        out.append(_target("suspend: flow process held <= 60 s per job-hour",
+                           suspend["held_seconds_during_job"], 60.0, unit=" s"))
     wait = policies.get("project default")
     if wait:
         out.append(_target("<= 60 Describe calls per job-hour (project wait)",
@@ -121,6 +131,22 @@ def table(results: dict[str, Any]) -> str:
                 for mode in ("poll", "events") if mode in live]
         lines += _rows(f"4b. A real {live['job_seconds']:g} s local job, real Prefect server",
                        ["wait", "end -> seen s", "Describe calls"], rows)
+    suspend = results.get("waiting_suspend")
+    if suspend:
+        rows = [["poll (project default)", "3600", "the whole job"],
+                ["events", "3600", "the whole job"],
+                ["suspend", f"{suspend['held_seconds_during_job']:.1f}",
+                 f"{suspend['suspensions']} suspensions in the run"]]
+        lines += _rows("4c. Flow process held while a job runs, per job-hour",
+                       ["wait", "held s/job-hour", ""], rows)
+        rows = [["job end -> run resumed (Resuming)", f"{suspend['seen_after_seconds']:.2f} s"],
+                ["job end -> back to work (Running)",
+                 f"{suspend['resumed_after_seconds']:.2f} s"],
+                ["DescribeTrainingJob calls for the job", str(suspend["describes"])],
+                ["CloudWatch Logs calls for the job", str(suspend["log_calls"])],
+                ["whole run", f"{suspend['run_seconds']:.1f} s"]]
+        lines += _rows(f"4d. jobs.wait: suspend, a real {suspend['job_seconds']:g} s training "
+                       "job through a local worker", ["", ""], rows)
     serving = results.get("serving", {}).get("batches", {})
     if serving:
         rows = [[f"batch {size}", way, f"{f['rows_per_second']:,.0f}", f"{f['p50_ms']:.2f}",

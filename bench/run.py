@@ -29,7 +29,7 @@ from .proc import prefect_server
 from .report import table, targets
 from .scale import measure_scale
 from .serving import measure_serving
-from .waiting import measure_live, measure_waiting
+from .waiting import measure_live, measure_suspend_live, measure_waiting
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -147,6 +147,8 @@ def waiting_only(work: Path) -> dict[str, Any]:
     results["waiting"] = measure_waiting()
     _say("4b. waiting for a real local job (events vs poll)")
     results["waiting_live"] = measure_live(Path(sys.executable).parent, work, environment())
+    _say("4c. jobs.wait: suspend, a real deployment run through a local worker")
+    results["waiting_suspend"] = measure_suspend_live(work)
     results["targets"] = [t for t in targets(results, "") if t["measured"] is not None]
     return results
 

@@ -295,3 +295,172 @@ class _Counting:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._clients, name)
+
+
+SUSPEND_JOB_SECONDS = 60.0
+_SLOW_TRAIN = ("import pathlib, runpy, time\ntime.sleep({seconds})\n"
+               "runpy.run_path(str(pathlib.Path(__file__).with_name('real_train.py')), "
+               "run_name='__main__')\n")
+
+
+def measure_suspend_live(work: Any, job_seconds: float = SUSPEND_JOB_SECONDS) -> dict[str, Any]:
+    """``jobs.wait: suspend`` for real: a local Prefect server and process worker, the
+    ``ml-pipeline/local`` deployment, the whole pipeline with a training job that runs
+    ``job_seconds``. From the flow run's state history and the local runtime's call log:
+
+    * flow-process seconds held while the training job ran: the worker's child processes
+      (sampled every 0.1 s from /proc) alive between the job's CreationTime and its
+      TrainingEndTime - a constant per job (start to suspension), so also per job-hour;
+    * back to work: from the job's end to the resumed run's Running state;
+    * DescribeTrainingJob and CloudWatch Logs calls the flow made for the job (the
+      runner's own calls - the stand-in for SageMaker's event - are not counted).
+    """
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import time
+    from datetime import datetime
+    from pathlib import Path
+
+    import httpx
+    from sklearn.datasets import load_breast_cancer
+
+    from sagepipe.flows.config import build_config
+    from sagepipe.flows.server import down, up
+    from sagepipe.tasks.data import push_dataset
+    from sagepipe.tasks.local import teardown
+    from sagepipe.tasks.local.common import CALL_LOG_ENV
+    from sagepipe.tasks.runtime import get_clients
+    from sagepipe.tasks.storage import ensure_local_resources
+
+    from .proc import free_port
+
+    project = Path(__file__).resolve().parents[1]
+    root = Path(work) / "waiting-suspend"
+    shutil.rmtree(root, ignore_errors=True)
+    containers = root / "containers"
+    shutil.copytree(project / "containers", containers)
+    script = containers / "train" / "train.py"
+    script.rename(script.with_name("real_train.py"))
+    script.write_text(_SLOW_TRAIN.format(seconds=job_seconds))
+    trail = root / "calls.log"
+    config = build_config({
+        "project": "bench-suspend",
+        "runtime": {"kind": "local", "state_dir": str(root / "state")},
+        "dataset_uri": "s3://bench-suspend/data/data.csv",
+        "artifacts_uri": "s3://bench-suspend/pipeline", "containers_dir": str(containers),
+        "jobs": {"wait": "suspend"},
+        "endpoint": {"name": "bench-suspend", "timeout_seconds": 120}})
+    ensure_local_resources(config.runtime, "bench-suspend", "bench-suspend-events")
+    frame = load_breast_cancer(as_frame=True).frame
+    frame.columns = [c.replace(" ", "_") for c in frame.columns]
+    frame.to_csv(root / "data.csv", index=False)
+    clients = get_clients(config.runtime)
+    push_dataset(clients, root / "data.csv", config.dataset_uri, "target")
+
+    before = os.environ.get(CALL_LOG_ENV)
+    os.environ[CALL_LOG_ENV] = str(trail)  # the worker and its flow processes inherit it
+    server = up(root / "prefect", port=free_port(), poll_seconds=0.5, ui=False)
+    try:
+        api = server.api_url
+        deploy = subprocess.run(
+            [str(Path(sys.executable).with_name("prefect")), "deploy", "--prefect-file",
+             "deployments/prefect.yaml", "--name", "ml-pipeline/local", "--no-prompt"],
+            env={**os.environ, "PREFECT_API_URL": api}, cwd=project, text=True,
+            capture_output=True, timeout=300)
+        if deploy.returncode != 0:
+            raise RuntimeError(deploy.stdout[-2000:] + deploy.stderr[-2000:])
+        deployment = httpx.get(f"{api}/deployments/name/ml-pipeline/local", timeout=30).json()
+        run = httpx.post(f"{api}/deployments/{deployment['id']}/create_flow_run", timeout=30,
+                         json={"parameters": {"config": config.model_dump(mode="json")}}
+                         ).json()
+        children = _Children(server.worker_pid)
+        deadline = time.monotonic() + job_seconds + 600
+        while True:
+            state = httpx.get(f"{api}/flow_runs/{run['id']}", timeout=30).json()["state"]
+            if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the suspend run is still {state['name']}")
+            time.sleep(1)
+        if state["type"] != "COMPLETED":
+            raise RuntimeError(f"the suspend run ended {state['name']}: {state['message']}")
+        states = sorted(httpx.get(f"{api}/flow_run_states/", timeout=30,
+                                  params={"flow_run_id": run["id"]}).json(),
+                        key=lambda s: s["timestamp"])
+    finally:
+        if "children" in locals():
+            children.stop()
+        down(root / "prefect", grace=10)
+        teardown(root / "state")
+        if before is None:
+            os.environ.pop(CALL_LOG_ENV, None)
+        else:
+            os.environ[CALL_LOG_ENV] = before
+
+    [summary] = clients.sagemaker.list_training_jobs()["TrainingJobSummaries"]
+    job = clients.sagemaker.describe_training_job(TrainingJobName=summary["TrainingJobName"])
+    created = job["CreationTime"].timestamp()
+    ended = job["TrainingEndTime"].timestamp()
+
+    def at(state: dict[str, Any]) -> float:
+        return datetime.fromisoformat(state["timestamp"]).timestamp()
+
+    # flow processes alive during the job's life (the worker's children)
+    held = sum(max(0.0, min(last, ended) - max(first, created))
+               for first, last in children.lives.values())
+    resumed = next(at(s) for s in states if s["type"] == "RUNNING" and at(s) > ended)
+    # the job's end seen: the relay resumed the run (Prefect's "Resuming" state)
+    seen = next(at(s) for s in states if s["name"] == "Resuming" and at(s) > ended)
+    calls = [line.split("\t") for line in trail.read_text().splitlines()]
+    name = job["TrainingJobName"]
+    flow_calls = [c for c in calls if c[2] != "runner.py"]
+    describes = sum(1 for c in flow_calls
+                    if c[4] == "DescribeTrainingJob" and c[5].startswith(name))
+    log_calls = sum(1 for c in flow_calls if c[3] == "logs" and name in c[5])
+    return {"job_seconds": round(ended - job["TrainingStartTime"].timestamp(), 1),
+            "suspensions": sum(1 for s in states if s["name"] == "Suspended"),
+            "held_seconds_during_job": round(held, 2),
+            "flow_processes": len(children.lives),
+            "seen_after_seconds": round(seen - ended, 2),
+            "resumed_after_seconds": round(resumed - ended, 2),
+            "describes": describes, "log_calls": log_calls,
+            "run_seconds": round(at(states[-1]) - at(states[0]), 1)}
+
+
+class _Children:
+    """Samples the child processes of ``parent`` every ``every`` seconds in a thread:
+    {pid: (first seen, last seen)} in epoch seconds."""
+
+    def __init__(self, parent: int, every: float = 0.1) -> None:
+        import threading
+
+        self.parent, self.every = parent, every
+        self.lives: dict[int, tuple[float, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        import os
+        import time
+
+        while not self._stop.is_set():
+            now = time.time()
+            for entry in os.listdir("/proc"):
+                if not entry.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{entry}/stat", encoding="ascii") as stat:
+                        fields = stat.read().rsplit(")", 1)[1].split()
+                except OSError:  # gone between the listing and the read
+                    continue
+                if int(fields[1]) == self.parent:
+                    first = self.lives.get(int(entry), (now, now))[0]
+                    self.lives[int(entry)] = (first, now)
+            self._stop.wait(self.every)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

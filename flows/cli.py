@@ -142,7 +142,10 @@ def _preflight(config: PipelineConfig) -> None:
     """The checks a run makes before its first job, made here first: bad data or settings
     that do not fit the data are refused in a second, with exit code 2, before Prefect
     starts at all."""
+    from sagepipe.flows.estimate import budget_check, run_estimate
+
     config.check_steps()
+    budget_check(config, run_estimate(config))  # over budget: refused before Prefect starts
     report = inspect_dataset(get_clients(config.runtime), config.dataset_uri,
                              config.data_rules())
     if report is not None and config.problem == "auto" and report.problem != "auto":
@@ -506,15 +509,22 @@ def data_list(env: str | None = EnvOption, set_: list[str] = SetOption) -> None:
 @app.command()
 def plan(env: str | None = EnvOption, set_: list[str] = SetOption,
          dataset: str | None = DatasetOption,
-         commit: str = typer.Option(None, help="the git commit the run would be for")) -> None:
-    """Print the AWS requests a run would send, each checked against botocore's model.
+         commit: str = typer.Option(None, help="the git commit the run would be for"),
+         last_run: bool = typer.Option(True, help="price the jobs at the last run's "
+                                       "durations too (reads the run records: on AWS, with "
+                                       "your credentials when there are any)")) -> None:
+    """Print the AWS requests a run would send, each checked against botocore's model, and
+    what the run would cost (an estimate).
 
-    Needs no credentials: run it before a first run on a new account.
+    Needs no credentials: run it before a first run on a new account. Exit codes: 0 valid,
+    1 a request AWS would refuse, 2 bad settings or over budget.
     """
+    from sagepipe.flows.estimate import budget_check, last_run_seconds, run_estimate
     from sagepipe.flows.plan import build_plan
 
     try:
-        calls = build_plan(_config(env, set_, dataset), commit=commit)
+        settings = _config(env, set_, dataset)
+        calls = build_plan(settings, commit=commit)
     except PipelineError as exc:
         _fail(str(exc), 2)
     bad = 0
@@ -526,10 +536,38 @@ def plan(env: str | None = EnvOption, set_: list[str] = SetOption,
         for problem in call.problems:
             typer.secho(f"  ! {problem}", fg=typer.colors.RED)
         bad += bool(call.problems)
+    last, last_from = last_run_seconds(settings) if last_run else ({}, "")
+    estimate = run_estimate(settings, last, last_from)
+    typer.echo("\n" + "\n".join(estimate.text()))
     typer.echo(f"\n{len(calls)} requests, {bad} invalid. <placeholders> are known only at run "
                "time (data version, image digests, the champion).")
+    try:
+        budget_check(settings, estimate)
+    except PipelineError as exc:
+        _fail(str(exc), 2)
+    budget = settings.budget
+    if budget.max_usd_per_run is not None or budget.max_usd_per_month_live is not None:
+        typer.secho(_within_budget(settings, estimate), fg=typer.colors.GREEN)
     if bad:
         raise typer.Exit(1)
+
+
+def _within_budget(settings: PipelineConfig, estimate: Any) -> str:
+    budget = settings.budget
+    from sagepipe.tasks.costs import usd
+
+    parts = []
+    if budget.max_usd_per_run is not None:
+        shares = ", ".join(f"{line.step} {usd(line.usd)}" for line in estimate.run
+                           if line.step)
+        parts.append(f"the run's upper bound {usd(estimate.total)} is within "
+                     f"budget.max_usd_per_run {usd(budget.max_usd_per_run)}; SageMaker stops "
+                     f"each job at its MaxRuntimeInSeconds, which keeps it within its share "
+                     f"({shares})")
+    if budget.max_usd_per_month_live is not None:
+        parts.append(f"what it leaves live, {usd(estimate.live_total)} a month, is within "
+                     f"budget.max_usd_per_month_live {usd(budget.max_usd_per_month_live)}")
+    return "Budget: " + "; ".join(parts) + "."
 
 
 @app.command()

@@ -9,12 +9,14 @@ the path of the bad key, what is allowed, and a guess when a key is misspelt.
 from __future__ import annotations
 
 import difflib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from sagepipe.tasks.costs import BudgetSettings
 from sagepipe.tasks.data import DataRules, DataSettings, Problem
 from sagepipe.tasks.datasets import DATASET_NAME, check_dataset_name, dataset_uri_for
 from sagepipe.tasks.endpoints import EndpointSettings
@@ -26,6 +28,7 @@ from sagepipe.tasks.gate import (
     gate_metric,
     threshold_problem,
 )
+from sagepipe.tasks.pricing import PricingSettings
 from sagepipe.tasks.runtime import RuntimeSettings
 from sagepipe.tasks.stepcode import step_module
 from sagepipe.tasks.steps import JobSettings
@@ -139,6 +142,13 @@ class PipelineConfig(BaseModel):
     gate: GateSettings = GateSettings()
     endpoint: EndpointSettings = EndpointSettings()
     notifications: NotificationSettings = NotificationSettings()
+    # cost: what the estimate assumes, and the limits a run must fit (flows/estimate.py)
+    pricing: PricingSettings = Field(
+        PricingSettings(), description="price overrides by key and the usage the estimate "
+        "assumes; the defaults are us-east-1 list prices (`sagepipe plan` cites each)")
+    budget: BudgetSettings = Field(
+        BudgetSettings(), description="max_usd_per_run, max_usd_per_month_live: a run over "
+        "either is refused before anything is created")
 
     @model_validator(mode="before")
     @classmethod
@@ -284,6 +294,9 @@ def _describe_errors(exc: ValidationError, source: str) -> str:
                 field = parent.model_fields.get(str(part)) if hasattr(parent, "model_fields") \
                     else None
                 parent = field.annotation if field is not None else None
+                # an optional section (``ServerlessSettings | None``): the model in it
+                parent = next((a for a in typing.get_args(parent)
+                               if hasattr(a, "model_fields")), parent)
             known = list(parent.model_fields) if hasattr(parent, "model_fields") else []
             guess = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
             hint = f" Did you mean {guess[0]!r}?" if guess else ""

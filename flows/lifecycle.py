@@ -46,6 +46,7 @@ from sagepipe.tasks.endpoints import (
     deploy_package,
     deployment_config,
     endpoint_status,
+    retire_staging,
 )
 from sagepipe.tasks.errors import (
     ConfigError,
@@ -297,7 +298,7 @@ def deploy_version(config: PipelineConfig, version: str, *, endpoint: str | None
             timeout=settings.timeout_seconds, log=log, first_poll=settings.poll_first_seconds,
             max_poll=settings.poll_max_seconds,
             tags=[{"Key": k, "Value": v[:256]} for k, v in tags.items()],
-            autoscaling=settings.autoscaling)
+            autoscaling=settings.autoscaling, serverless=settings.serverless)
     except DeployFailed as exc:
         outcome = "rolled_back" if isinstance(exc, DeployRolledBack) else "failed"
         record.update(outcome=outcome, error={"type": type(exc).__name__, "message": str(exc)},
@@ -328,8 +329,11 @@ def promote(config: PipelineConfig, *, by: str | None = None,
         raise EndpointError(staging, f"No registered model is live on the staging endpoint "
                             f"{staging}. Deploy a version there first: sagepipe deploy VERSION "
                             f"--endpoint {staging}.")
-    return deploy_version(config, champion.package_arn, endpoint=config.endpoint.name,
-                          action="promote", by=by, log=log)
+    deployed = deploy_version(config, champion.package_arn, endpoint=config.endpoint.name,
+                              action="promote", by=by, log=log)
+    if not config.endpoint.staging_keep:  # production serves it now: staging may go
+        retire_staging(get_clients(config.runtime), staging, champion.endpoint_config, log=log)
+    return deployed
 
 
 def _finish(clients: Clients, config: PipelineConfig, record: dict[str, Any],

@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_client, get_run_logger
 from prefect.context import get_run_context
 from prefect.exceptions import Pause
 from prefect.flow_runs import pause_flow_run, resume_flow_run, suspend_flow_run
@@ -23,11 +23,13 @@ from prefect.input import RunInput
 from prefect.utilities.urls import url_for
 
 from sagepipe.flows.config import PipelineConfig
+from sagepipe.flows.estimate import budget_check, measured_cost, run_estimate
 from sagepipe.flows.report import collect_plots, publish_artifacts
 from sagepipe.flows.trigger import publish_outcome
+from sagepipe.tasks.costs import usd
 from sagepipe.tasks.data import DataPin, pin_data
-from sagepipe.tasks.endpoints import deploy_model
-from sagepipe.tasks.errors import DataError, DeployRolledBack, PipelineError
+from sagepipe.tasks.endpoints import check_endpoint_kind, deploy_model, retire_staging_endpoint
+from sagepipe.tasks.errors import DataError, DeployRolledBack, JobFailed, PipelineError
 from sagepipe.tasks.gate import GateDecision, decide
 from sagepipe.tasks.images import build_images
 from sagepipe.tasks.jobs import PROCESSING, TRAINING, stop_job
@@ -36,6 +38,7 @@ from sagepipe.tasks.registry import get_champion, register_model, update_approva
 from sagepipe.tasks.runtime import get_clients
 from sagepipe.tasks.steps import (
     FLOW_RUN_TAG,
+    job_billing,
     job_status,
     plan_evaluate,
     plan_preprocess,
@@ -152,7 +155,16 @@ def ml_pipeline(config: PipelineConfig = PipelineConfig(),
         if runtime.kind == "local":
             bucket = config.artifacts_uri[5:].split("/", 1)[0]
             topic = topic or ensure_local_resources(runtime, bucket, f"{config.project}-events")
+        # the cost: estimated from the settings; over budget, nothing is created
+        estimate = run_estimate(config)
+        record["cost"] = {"estimate": estimate.as_dict()}
+        log.info("Estimated cost on AWS (list prices): up to %s for this run; what it leaves "
+                 "live, %s a month", usd(estimate.total), usd(estimate.live_total))
+        budget_check(config, estimate)
         tags = run_tags(run_id, config.project, commit)
+        # endpoint.serverless on an instance-based endpoint: refused before any job runs
+        for name in filter(None, (config.endpoint.staging_name, config.endpoint.name)):
+            check_endpoint_kind(get_clients(runtime), name, config.endpoint.serverless)
 
         pin = pin_data(runtime, config.dataset_uri, config.artifacts_uri, config.data_rules())
         record["data"] = pin.model_dump()
@@ -165,7 +177,9 @@ def ml_pipeline(config: PipelineConfig = PipelineConfig(),
                               frameworks=config.steps.framework_steps(),
                               instance_types=config.instance_types())
         record["images"] = {n: {"uri": i.uri, "built": i.built,
-                                **({"code": i.framework.source_uri} if i.framework else {})}
+                                **({"code": i.framework.source_uri} if i.framework else {}),
+                                **({"build_seconds": i.build_seconds}
+                                   if i.build_seconds is not None else {})}
                             for n, i in images.items()}
 
         # forced: every job is keyed on this run too, so each one runs again (new names)
@@ -251,6 +265,10 @@ def ml_pipeline(config: PipelineConfig = PipelineConfig(),
         deployed = deploy_model(runtime, config.endpoint, package_arn, config.jobs.role_arn,
                                 payload, tags)
         record["endpoint"] = deployed.model_dump()
+        if config.endpoint.staging_name and not config.endpoint.staging_keep:
+            # production serves the model staging was tested with: staging costs nothing more
+            record["staging_endpoint"]["retired"] = retire_staging_endpoint(
+                runtime, config.endpoint.staging_name, staging.endpoint_config).model_dump()
         record["outcome"] = "deployed"
         return _finish(config, record, topic, "deployed")
     except Pause:  # suspended while a job runs: the run goes on when it is resumed
@@ -314,9 +332,10 @@ def _runner(step: str, force: bool) -> Any:
 def _step(record: dict[str, Any], step: str, runner: Any, runtime: Any, plan: Any,
           config: PipelineConfig, tags: dict[str, str]) -> Any:
     record["steps"][step] = {"job": plan.name, "key": plan.key, "status": "running"}
-    if config.jobs.wait == "suspend":
-        _suspend_while_running(step, runtime, plan, tags)
-    state = runner(runtime, plan, config.jobs, tags, return_state=True)
+    started = None
+    if config.jobs.wait == "suspend":  # returns only once the job has ended
+        started = _suspend_while_running(step, runtime, plan, tags)
+    state = runner(runtime, plan, config.jobs, tags, started, return_state=True)
     try:
         outcome = state.result()
         if state.name == "Cached" and not outputs_exist(get_clients(runtime),
@@ -329,35 +348,49 @@ def _step(record: dict[str, Any], step: str, runner: Any, runtime: Any, plan: An
             outcome = state.result()
     except PipelineError as exc:
         record["steps"][step].update(status="failed", reason=str(exc))
+        if isinstance(exc, JobFailed):  # a failed job bills too: what it ran is the cost
+            try:
+                record["steps"][step].update(job=exc.job, how="failed",
+                                             **job_billing(runtime, plan.kind, exc.job))
+            except Exception as lookup:  # bookkeeping must not hide the job's failure
+                get_run_logger().warning("No billable time for %s: %s", exc.job, lookup)
         raise
     # a cache hit returns the outcome stored by the run that did the work
     how = "cached" if state.name == "Cached" else outcome.how
     record["steps"][step].update(status="completed", job=outcome.job_name, how=how,
-                                 seconds=outcome.seconds, outputs=outcome.outputs)
+                                 seconds=outcome.seconds, outputs=outcome.outputs,
+                                 **{k: v for k, v in (("billable_seconds",
+                                                       outcome.billable_seconds),
+                                                      ("billing", outcome.billing),
+                                                      ("training_seconds",
+                                                       outcome.training_seconds))
+                                    if v is not None})
     if getattr(outcome, "warm_pool", None) and how != "cached":  # jobs.keep_alive_seconds
-        record["steps"][step]["warm_pool"] = outcome.warm_pool
+        record["steps"][step].update(warm_pool=outcome.warm_pool,
+                                     warm_pool_seconds=outcome.warm_pool_seconds)
     return outcome
 
 
 _SUSPEND_MARGIN_SECONDS = 900  # past the job's own limit: time for its end to be relayed
 
 
-def _suspend_while_running(step: str, runtime: Any, plan: Any, tags: dict[str, str]) -> None:
+def _suspend_while_running(step: str, runtime: Any, plan: Any, tags: dict[str, str]) -> Any:
     """``jobs.wait: suspend``: start the step's job and, while it runs, suspend this flow
     run (its process exits; the worker's infrastructure is released). The job's end,
     relayed as an event, resumes the run: it re-enters from the top, every finished step
     a cache hit, this one re-found by its deterministic name. A job that failed in the
     meantime fails the step with its reason; nothing is created twice."""
     log = get_run_logger()
-    started = start_step.with_options(task_run_name=f"start-{step}")(runtime, plan, tags)
+    started = start_step.with_options(task_run_name=f"start-{step}")(
+        runtime, plan, tags, waited_for=_waited_for())
     if started.status not in ("InProgress", "Stopping"):
-        return  # ended (or reused): the step's wait returns at once
+        return started  # ended (or reused): the step's wait returns at once
     log.info("Suspending while %s job %s runs (%s); its end resumes this run", step,
              started.name, started.how)
     # a new key each time: a run resumed while the job still runs suspends again
     try:
         suspend_flow_run(timeout=started.max_runtime_seconds + _SUSPEND_MARGIN_SECONDS,
-                         key=f"{started.name}@{time.time():.0f}")
+                         key=f"{started.name}@{started.how}@{time.time():.0f}")
     except Pause:
         # the job may have ended between the look and the suspension, its event relayed
         # while this run still ran (and so not resumed): look once more, now suspended
@@ -368,6 +401,18 @@ def _suspend_while_running(step: str, runtime: Any, plan: Any, tags: dict[str, s
                 log.info("%s job %s ended while this run suspended: resumed at once", step,
                          started.name)
         raise
+
+
+def _waited_for() -> dict[str, str]:
+    """The jobs this flow run suspended for before now, and how it got each (created,
+    attached): from its pause keys, ``<job>@<how>@<time>`` (job names have no @)."""
+    flow_run = getattr(get_run_context(), "flow_run", None)
+    if flow_run is None:
+        return {}
+    with get_client(sync_client=True) as client:
+        states = client.read_flow_run_states(flow_run.id)
+    keys = [(state.state_details.pause_key or "").split("@") for state in states]
+    return {key[0]: key[1] for key in keys if len(key) == 3}
 
 
 def _ask_for_approval(config: PipelineConfig, decision: GateDecision, package_arn: str) -> str:
@@ -386,6 +431,13 @@ def _finish(config: PipelineConfig, record: dict[str, Any], topic: str | None,
             outcome: str) -> dict[str, Any]:
     record["ended"] = time.time()
     record["seconds"] = round(record["ended"] - record["started"], 2)
+    if "cost" in record:  # what the run's jobs billed, at list prices
+        try:
+            _warm_pools_now(config, record)
+            record["cost"]["measured"] = measured_cost(config, record)
+        except Exception as exc:  # bookkeeping never fails a run
+            get_run_logger().warning("Could not price the run: %s: %s", type(exc).__name__,
+                                     exc)
     record["links"] = console_links(config.runtime.region,
                                     endpoint=config.endpoint.name if outcome == "deployed"
                                     else None, group=config.model_package_group,
@@ -401,6 +453,19 @@ def _finish(config: PipelineConfig, record: dict[str, Any], topic: str | None,
            details={k: record.get(k) for k in ("run_id", "commit", "decision", "model_package",
                                                "endpoint", "error", "links")})
     return record
+
+
+def _warm_pools_now(config: PipelineConfig, record: dict[str, Any]) -> None:
+    """A warm pool this run's training job left bills while it is kept: read its status and
+    ResourceRetainedBillableTimeInSeconds again as the run ends (one describe)."""
+    for info in (record.get("steps") or {}).values():
+        if info.get("warm_pool") and info.get("job") \
+                and info.get("how") not in ("cached", "reused"):
+            try:
+                info.update(job_billing(config.runtime, "training", info["job"]))
+            except Exception as exc:  # the time read when the job ended stands
+                get_run_logger().warning("Could not read the warm pool of %s: %s",
+                                         info["job"], exc)
 
 
 def _summary(record: dict[str, Any]) -> str:

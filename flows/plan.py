@@ -20,7 +20,12 @@ from botocore.exceptions import ClientError, ParamValidationError
 from sagepipe.flows.config import PipelineConfig
 from sagepipe.flows.pipeline import run_tags
 from sagepipe.tasks.data import DataPin, parse_s3_uri
-from sagepipe.tasks.endpoints import EndpointSettings, deploy_requests, deployment_config
+from sagepipe.tasks.endpoints import (
+    EndpointSettings,
+    deploy_requests,
+    deployment_config,
+    serverless_environment,
+)
 from sagepipe.tasks.framework import (
     PROCESSING_STEPS,
     FrameworkCode,
@@ -59,7 +64,9 @@ def _update_and_scaling(settings: EndpointSettings,
                         endpoint_config: dict[str, Any]) -> list[PlannedCall]:
     """A later deploy's blue/green update, and endpoint.autoscaling after every deploy."""
     name = settings.name
-    variants = [v["VariantName"] for v in endpoint_config["ProductionVariants"]]
+    # a serverless variant has no instance count: nothing to look up or scale
+    variants = [v["VariantName"] for v in endpoint_config["ProductionVariants"]
+                if v.get("InstanceType")]
     update: dict[str, Any] = {"EndpointName": name,
                               "EndpointConfigName": endpoint_config["EndpointConfigName"],
                               "DeploymentConfig": deployment_config(settings)}
@@ -73,8 +80,8 @@ def _update_and_scaling(settings: EndpointSettings,
             "ServiceNamespace": NAMESPACE, "ScalableDimension": DIMENSION,
             "ResourceIds": [resource_id(name, v) for v in variants]},
             "later deploys: is the variant a scalable target? (one that is sagepipe's is "
-            "deregistered first if the update changes its instance type)"),
-        PlannedCall("sagemaker", "UpdateEndpoint", update, when)]
+            "deregistered first if the update changes its instance type)")] if variants else []
+    calls.append(PlannedCall("sagemaker", "UpdateEndpoint", update, when))
     scaling = settings.autoscaling
     for variant in variants if scaling else []:
         assert scaling is not None
@@ -190,10 +197,13 @@ def build_plan(config: PipelineConfig, commit: str | None = None) -> list[Planne
     for settings in [*endpoints, config.endpoint]:
         name = settings.name
         tag_list = [{"Key": k, "Value": v[:256]} for k, v in tags.items()]
+        serve = images["serve"].framework
         model, endpoint_config = deploy_requests(
             endpoint=name, package_arn=package_arn, role_arn=config.jobs.role_arn,
             instance_type=config.endpoint.instance_type,
-            instance_count=config.endpoint.instance_count, tags=tag_list)
+            instance_count=config.endpoint.instance_count, tags=tag_list,
+            serverless=settings.serverless, environment=serverless_environment(
+                serve.serving_environment() if serve else None))
         calls += [
             PlannedCall("sagemaker", "CreateModel", model, "if the gate passes"),
             PlannedCall("sagemaker", "CreateEndpointConfig", endpoint_config,
@@ -204,6 +214,15 @@ def build_plan(config: PipelineConfig, commit: str | None = None) -> list[Planne
                 "Tags": tag_list}, "first deploy"),
         ]
         calls += _update_and_scaling(settings, endpoint_config)
+    if config.endpoint.staging_name and not config.endpoint.staging_keep:
+        staging_config = next(c.params["EndpointConfigName"] for c in calls
+                              if c.operation == "CreateEndpointConfig")
+        when = "once production serves the model (endpoint.staging_keep: false)"
+        calls += [
+            PlannedCall("sagemaker", "DeleteEndpoint",
+                        {"EndpointName": config.endpoint.staging_name}, when),
+            PlannedCall("sagemaker", "DeleteEndpointConfig",
+                        {"EndpointConfigName": staging_config}, when)]
     if config.notifications.topic_arn:
         calls.append(PlannedCall("sns", "Publish", {
             "TopicArn": config.notifications.topic_arn,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from typing import Any
+from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
@@ -31,7 +32,7 @@ from prefect.flow_runs import resume_flow_run
 from sagepipe.flows.config import PipelineConfig
 from sagepipe.flows.pipeline import run_jobs, stop_run_jobs
 
-__all__ = ["reconcile"]
+__all__ = ["sagepipe_reconcile"]
 
 PIPELINE = "ml-pipeline"
 RUNNING = ("InProgress", "Stopping")
@@ -48,12 +49,21 @@ def _runs(state: FlowRunFilterState, since: dt.datetime | None = None,
             flow_run_filter=flow_run_filter, limit=limit))
 
 
+# named so that `prefect deploy --name sagepipe-reconcile/local` finds it (the CLI matches
+# the flow part of a name against the entrypoint function, dashes read as underscores)
 @flow(name="sagepipe-reconcile", log_prints=True)
-def reconcile(cancelled_within_hours: float = 48.0) -> dict[str, list[str]]:
+def sagepipe_reconcile(cancelled_within_hours: float = 48.0,
+              flow_run_id: str | None = None) -> dict[str, list[str]]:
     """Resume suspended pipeline runs whose jobs have all ended; stop the jobs of
-    pipeline runs cancelled while suspended. Returns what it did, by flow run id."""
+    pipeline runs cancelled while suspended. Returns what it did, by flow run id.
+
+    ``flow_run_id`` (a run id or its event resource id, ``prefect.flow-run.<id>``): only
+    stop that cancelled run's jobs - what the deployment's trigger on a pipeline run's
+    Cancelled event asks, so a run cancelled while suspended stops its job in seconds."""
     log = get_run_logger()
     done: dict[str, list[str]] = {"resumed": [], "stopped": [], "skipped": []}
+    if flow_run_id:
+        return _stop_cancelled(flow_run_id.removeprefix("prefect.flow-run."), done)
     for run in _runs(FlowRunFilterState(name=FlowRunFilterStateName(any_=["Suspended"]))):
         config = _config_of(run)
         if config is None:
@@ -73,6 +83,21 @@ def reconcile(cancelled_within_hours: float = 48.0) -> dict[str, list[str]]:
             continue
         stopped = stop_run_jobs(config, str(run.id))
         log.info("Stopped %s of cancelled run %s (%s)", ", ".join(stopped), run.name, run.id)
+        done["stopped"] += stopped
+    return done
+
+
+def _stop_cancelled(run_id: str, done: dict[str, list[str]]) -> dict[str, list[str]]:
+    log = get_run_logger()
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(UUID(run_id))
+    config = _config_of(run)
+    if config is None or run.state is None or run.state.type != StateType.CANCELLED:
+        done["skipped"].append(run_id)
+        return done
+    if run_jobs(config, run_id, ("InProgress",)):
+        stopped = stop_run_jobs(config, run_id)
+        log.info("Stopped %s of cancelled run %s (%s)", ", ".join(stopped), run.name, run_id)
         done["stopped"] += stopped
     return done
 

@@ -18,8 +18,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from sagepipe.flows.config import PipelineConfig
 from sagepipe.tasks.plots import draw_plots
 
-__all__ = ["PLOT_TITLES", "collect_plots", "metrics_rows", "publish_artifacts",
-           "record_markdown"]
+__all__ = ["PLOT_TITLES", "collect_plots", "cost_markdown", "metrics_rows",
+           "publish_artifacts", "record_markdown"]
 
 PLOT_TITLES = {"roc": "ROC curves, new vs live model",
                "confusion_matrix": "Confusion matrix",
@@ -140,10 +140,50 @@ def record_markdown(record: dict[str, Any], images: dict[str, str] | None = None
         lines += ["## Endpoint", "", f"`{endpoint['endpoint']}` {endpoint['action']}, serving "
                   f"`{endpoint['endpoint_config']}`; smoke test answered "
                   f"`{endpoint['smoke_test']}`", ""]
+    lines += cost_markdown(record)
     lines += ["<details><summary>Full record (JSON)</summary>", "", "```json",
               json.dumps({k: v for k, v in record.items() if k != "evaluation"}, indent=2,
                          default=str)[:20000], "```", "</details>"]
     return "\n".join(lines)
+
+
+def cost_markdown(record: dict[str, Any]) -> list[str]:
+    """The run's estimate (upper bound, what it leaves live) and what its jobs billed."""
+    cost = record.get("cost") or {}
+    estimate, measured = cost.get("estimate"), cost.get("measured")
+    if not estimate:
+        return []
+    lines = ["## Cost", "", "An **estimate** from list prices, not a quote (the prices and their "
+             "sources are below).", "", "| item | upper bound (USD) | how |", "|---|---|---|"]
+    lines += [f"| {line['item']} | {_usd(line.get('usd'))} | "
+              f"{line.get('missing') or line.get('detail', '')} |" for line in estimate["run"]]
+    lines += [f"| **total** | **{_usd(estimate.get('total_usd'))}** | |", "",
+              "| left live | USD a month at rest | how |", "|---|---|---|"]
+    lines += [f"| {line['item']} | {_usd(line.get('usd'))} | "
+              f"{line.get('missing') or line.get('detail', '')} |" for line in estimate["live"]]
+    lines.append("")
+    if measured:
+        lines += ["| measured | billable seconds | USD (list prices) | from |", "|---|---|---|---|"]
+        lines += [f"| {job['step']} job | {job.get('billable_seconds', '')} | "
+                  f"{_usd(job.get('usd'))} | {job.get('how', '')} |" for job in measured["jobs"]]
+        lines += [f"| {pool['item']} | {pool.get('retained_seconds', '')} | "
+                  f"{_usd(pool.get('usd'))} | {pool.get('how', '')} |"
+                  for pool in measured.get("warm_pools", [])]
+        build = measured.get("build")
+        if build:
+            lines.append(f"| image build | {build['minutes']} min | {_usd(build.get('usd'))} | "
+                         "CodeBuild startTime to endTime, whole minutes |")
+        lines += [f"| **total** | | **{_usd(measured.get('total_usd'))}** | not measured: "
+                  f"{measured.get('not_measured', '')} |", ""]
+    lines += [f"- {note}" for note in estimate.get("notes", [])]
+    lines += [f"- {price}" for price in estimate.get("prices", [])] + [""]
+    return lines
+
+
+def _usd(value: Any) -> str:
+    if value is None:
+        return "?"
+    return f"{value:.6f}" if value < 0.01 else f"{value:.4f}" if value < 10 else f"{value:,.2f}"
 
 
 def publish_artifacts(record: dict[str, Any], images: dict[str, str] | None = None) -> None:

@@ -31,7 +31,9 @@ import typer
 
 from sagepipe.flows.config import PipelineConfig
 from sagepipe.flows.console import RunView, explain, save_report
+from sagepipe.flows.estimate import measured_text
 from sagepipe.flows.server import down, ensure_server
+from sagepipe.tasks.costs import usd
 from sagepipe.tasks.errors import PipelineError
 
 __all__ = ["PrefectApi", "prefect_api", "run_pipeline", "temporary_servers"]
@@ -288,6 +290,11 @@ def _report(config: PipelineConfig, record: dict[str, Any], view: RunView, me: s
               f"{problem['override']}")
     for warning in (record.get("data_schema") or {}).get("warnings") or []:
         _echo(f"Data: {warning}", colour="yellow")
+    cost = record.get("cost") or {}
+    if cost.get("estimate"):
+        _echo(f"Cost (estimates at list prices): up to {usd(cost['estimate']['total_usd'])} "
+              f"for this run; measured {measured_text(cost.get('measured') or {})}; what it "
+              f"leaves live, {usd(cost['estimate']['live_usd_per_month'])} a month")
     _echo(f"Record: {record['record_uri']}")
     if view.flow_run_url:
         _echo(f"Flow run: {view.flow_run_url}")

@@ -21,9 +21,9 @@ from typing import Any, Literal
 
 from botocore.exceptions import ClientError
 from prefect import get_run_logger, task
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .errors import DeployFailed, DeployRolledBack, EndpointError
+from .errors import ConfigError, DeployFailed, DeployRolledBack, EndpointError
 from .runtime import (
     Clients,
     RuntimeSettings,
@@ -34,12 +34,65 @@ from .runtime import (
 )
 from .scaling import AutoscalingSettings, EndpointScaling
 
-__all__ = ["DeployResult", "EndpointSettings", "deploy_model", "deploy_package",
-           "deployment_config", "endpoint_status", "invoke"]
+__all__ = ["DeployResult", "EndpointSettings", "ServerlessSettings", "StagingRetired",
+           "check_endpoint_kind", "deploy_model", "deploy_package", "deployment_config",
+           "endpoint_status", "invoke", "retire_staging", "retire_staging_endpoint"]
 
 _TRANSITIONAL = ("Creating", "Updating", "SystemUpdating", "RollingBack")
 _LOG = logging.getLogger(__name__)
 Strategy = Literal["all_at_once", "canary", "linear"]
+# ProductionVariantServerlessConfig.MemorySizeInMB (SageMaker API reference): "Valid values
+# are in 1 GB increments: 1024 MB, 2048 MB, 3072 MB, 4096 MB, 5120 MB, or 6144 MB"
+SERVERLESS_MEMORY_MB = (1024, 2048, 3072, 4096, 5120, 6144)
+# "For serverless endpoints, we recommend creating only one worker in the container and only
+# loading one copy of the model" (Serverless Inference, Container support); sagepipe's server
+# and the framework images' inference toolkit both read this variable
+_ONE_WORKER = {"SAGEMAKER_MODEL_SERVER_WORKERS": "1"}
+
+
+class ServerlessSettings(BaseModel):
+    """A serverless endpoint: no instances; SageMaker starts compute when requests come and
+    scales to zero when none do (a cold start for the first request after a while)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # defaults: the SageMaker Python SDK's ServerlessInferenceConfig (2048 MB, 5)
+    memory_mb: int = Field(2048, description="1024, 2048, 3072, 4096, 5120 or 6144: the "
+                           "memory of each concurrent copy (vCPUs grow with it)")
+    max_concurrency: int = Field(5, ge=1, le=200, description="concurrent invocations at "
+                                 "most (1-200); more are throttled")
+    provisioned_concurrency: int | None = Field(
+        None, ge=1, le=200, description="copies kept warm (no cold start for them, billed "
+        "while provisioned); at most max_concurrency; unset: none, scale to zero")
+
+    @field_validator("memory_mb")
+    @classmethod
+    def _memory_size(cls, memory_mb: int) -> int:
+        if memory_mb not in SERVERLESS_MEMORY_MB:
+            raise ValueError(
+                f"{memory_mb} MB is not a size SageMaker offers: a serverless endpoint has "
+                "1024, 2048, 3072, 4096, 5120 or 6144 MB (1 GB steps). Pick one at least as "
+                "large as the model in memory.")
+        return memory_mb
+
+    @model_validator(mode="after")
+    def _concurrency(self) -> ServerlessSettings:
+        # ProductionVariantServerlessConfig.ProvisionedConcurrency: "Should be less than or
+        # equal to MaxConcurrency"
+        if (self.provisioned_concurrency is not None
+                and self.provisioned_concurrency > self.max_concurrency):
+            raise ValueError(
+                f"endpoint.serverless.provisioned_concurrency {self.provisioned_concurrency} "
+                f"is more than max_concurrency {self.max_concurrency}: SageMaker keeps at "
+                "most max_concurrency copies. Lower it, or raise max_concurrency.")
+        return self
+
+    def request(self) -> dict[str, int]:
+        """ProductionVariantServerlessConfig."""
+        config = {"MemorySizeInMB": self.memory_mb, "MaxConcurrency": self.max_concurrency}
+        if self.provisioned_concurrency is not None:
+            config["ProvisionedConcurrency"] = self.provisioned_concurrency
+        return config
 
 
 class EndpointSettings(BaseModel):
@@ -72,6 +125,59 @@ class EndpointSettings(BaseModel):
         None, description="production only: instances follow the traffic between "
         "min_instances and max_instances (Application Auto Scaling, target tracking on "
         "invocations per instance); unset: always instance_count")
+    serverless: ServerlessSettings | None = Field(
+        None, description="a serverless endpoint (memory_mb, max_concurrency, "
+        "provisioned_concurrency) instead of instance_type x instance_count: nothing runs, "
+        "and nothing is billed, while no request comes; the first after a while waits for a "
+        "cold start. Also used by the staging endpoint")
+    staging_keep: bool = Field(
+        True, description="false: delete the staging endpoint (and its config) once "
+        "production serves the model it was tested with; never when production did not "
+        "take it. true (default): it stays, serving that model (and billed, unless "
+        "serverless)")
+
+    @model_validator(mode="after")
+    def _serverless_fits(self) -> EndpointSettings:
+        if self.serverless is None:
+            return self
+        # checked first, so that the two settings together get this message rather than one
+        # about instance_count or strategy. endpoint.autoscaling is the variant's
+        # sagemaker:variant:DesiredInstanceCount, which a serverless variant does not have
+        # (it scales by concurrency; Application Auto Scaling could only move its
+        # provisioned concurrency, which sagepipe does not manage)
+        if self.autoscaling is not None:
+            raise ValueError(
+                "endpoint.autoscaling and endpoint.serverless are both set: autoscaling moves "
+                "the instance count of a real-time endpoint between min_instances and "
+                "max_instances, and a serverless endpoint has no instances - it scales "
+                "itself, up to endpoint.serverless.max_concurrency. Remove one of the two: "
+                "serverless (nothing billed while idle, cold starts) or autoscaling "
+                "(instances always warm, at least min_instances billed).")
+        # Deployment guardrails, Exclusions: a rolling deployment cannot update a serverless
+        # endpoint; TrafficRoutingConfig sizes a canary (at most 50%) and linear steps
+        # (10-50%) "of the variant's total instance count", which a serverless variant does
+        # not have. An update is blue/green, all at once (alarms may still roll it back).
+        if self.strategy != "all_at_once":
+            raise ValueError(
+                f"endpoint.strategy {self.strategy} shifts traffic in batches of the "
+                "variant's instances, and a serverless endpoint has none: SageMaker updates "
+                "a serverless endpoint blue/green all at once (rolling deployments exclude "
+                "serverless endpoints). Use strategy: all_at_once - endpoint.alarms still "
+                "roll a bad update back - or drop endpoint.serverless for canary or linear.")
+        if self.instance_count > 1:
+            raise ValueError(
+                f"endpoint.instance_count {self.instance_count} with endpoint.serverless: a "
+                "serverless endpoint has no instances, it scales by concurrency. Set "
+                "endpoint.serverless.max_concurrency (and provisioned_concurrency to keep "
+                "copies warm) instead, or drop endpoint.serverless.")
+        # Serverless Inference, Feature exclusions: "GPUs ... are not supported"
+        if self.instance_type.startswith(("ml.p", "ml.g", "ml.inf", "ml.trn")):
+            raise ValueError(
+                f"endpoint.instance_type {self.instance_type} is an accelerated instance, "
+                "and serverless endpoints run on CPUs only (SageMaker supports no GPUs for "
+                "Serverless Inference). Drop endpoint.serverless, or use a CPU instance "
+                "type (it picks the serving image: CPU).")
+        return self
 
     @model_validator(mode="after")
     def _rollout(self) -> EndpointSettings:
@@ -96,16 +202,11 @@ class EndpointSettings(BaseModel):
 
     @model_validator(mode="after")
     def _autoscaling_fits_the_endpoint(self) -> EndpointSettings:
-        """endpoint.autoscaling scales the instances of a real-time endpoint; a hook that
-        also refuses it on a serverless one (endpoint.serverless, when that setting exists)."""
+        """endpoint.autoscaling scales the instances of a real-time endpoint (a serverless
+        one is refused first, by :meth:`_serverless_fits`)."""
         scaling = self.autoscaling
         if scaling is None:
             return self
-        if getattr(self, "serverless", None) is not None:
-            raise ValueError(
-                "endpoint.autoscaling scales the instances of a real-time endpoint, and "
-                "endpoint.serverless has none: a serverless endpoint scales itself up to its "
-                "max_concurrency. Remove one of the two.")
         if not scaling.min_instances <= self.instance_count <= scaling.max_instances:
             raise ValueError(
                 f"endpoint.instance_count ({self.instance_count}) is the fleet a first deploy "
@@ -194,8 +295,10 @@ ROLLBACK_CONFIG: dict[str, Any] = {"BlueGreenUpdatePolicy": {
     "TerminationWaitInSeconds": 0}}
 
 
-def _names(endpoint: str, package_arn: str) -> tuple[str, str]:
-    digest = hashlib.sha256(package_arn.encode()).hexdigest()[:10]
+def _names(endpoint: str, package_arn: str, variant: str = "") -> tuple[str, str]:
+    """(model, endpoint config) names; ``variant`` keys what else the config holds (a
+    serverless config's sizes), so changing it makes a new config, not a silent reuse."""
+    digest = hashlib.sha256((package_arn + variant).encode()).hexdigest()[:10]
     version = package_arn.rsplit("/", 1)[-1]
     stem = f"{endpoint[:40]}-v{version}-{digest}"
     return stem, f"{stem}-cfg"
@@ -271,18 +374,75 @@ def wait_endpoint(clients: Clients, name: str, *, timeout: float,
         interval = min(interval * 1.5, max_poll)
 
 
+def serverless_environment(package_environment: dict[str, str] | None) -> dict[str, str]:
+    """The model container's Environment on a serverless endpoint: the package's own (a
+    framework image's SAGEMAKER_PROGRAM, ...) plus one server worker."""
+    return {**(package_environment or {}), **_ONE_WORKER}
+
+
 def deploy_requests(*, endpoint: str, package_arn: str, role_arn: str, instance_type: str,
-                    instance_count: int, tags: list[dict[str, str]] | None = None
+                    instance_count: int, tags: list[dict[str, str]] | None = None,
+                    serverless: ServerlessSettings | None = None,
+                    environment: dict[str, str] | None = None
                     ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The CreateModel and CreateEndpointConfig requests for a package (names derived)."""
-    model_name, config_name = _names(endpoint, package_arn)
+    """The CreateModel and CreateEndpointConfig requests for a package (names derived).
+
+    Serverless: the variant carries ServerlessConfig "instead of an instance-based endpoint
+    configuration" (ProductionVariant, API reference), so no InstanceType or count; the
+    model gets ``environment`` (:func:`serverless_environment`) next to the package, as the
+    SageMaker Python SDK's ModelPackage sends its ``env``.
+    """
+    variant: dict[str, Any] = {"VariantName": "AllTraffic"}
+    if serverless is not None:
+        variant["ServerlessConfig"] = serverless.request()
+        key = "serverless:" + json.dumps(variant["ServerlessConfig"], sort_keys=True)
+    else:
+        variant.update(InitialInstanceCount=instance_count, InstanceType=instance_type)
+        key = ""
+    model_name, config_name = _names(endpoint, package_arn, key)
+    container: dict[str, Any] = {"ModelPackageName": package_arn}
+    if serverless is not None:
+        container["Environment"] = dict(environment or serverless_environment(None))
     model = {"ModelName": model_name, "ExecutionRoleArn": role_arn,
-             "PrimaryContainer": {"ModelPackageName": package_arn}, "Tags": tags or []}
+             "PrimaryContainer": container, "Tags": tags or []}
     config = {"EndpointConfigName": config_name, "Tags": tags or [],
-              "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": model_name,
-                                      "InitialInstanceCount": instance_count,
-                                      "InstanceType": instance_type}]}
+              "ProductionVariants": [{"VariantName": variant.pop("VariantName"),
+                                      "ModelName": model_name, **variant}]}
     return model, config
+
+
+def check_endpoint_kind(clients: Clients, name: str,
+                        serverless: ServerlessSettings | None) -> None:
+    """ConfigError when the settings want ``name`` serverless and it is instance-based.
+
+    Serverless Inference, Feature exclusions: "You cannot convert your instance-based,
+    real-time endpoint to a serverless endpoint. If you try to update your real-time
+    endpoint to serverless, you receive a ValidationError message." (The other way round is
+    allowed, and cannot be undone.) Checked before anything is made.
+    """
+    if serverless is None:
+        return
+    try:
+        current = clients.sagemaker.describe_endpoint(EndpointName=name)
+        if current["EndpointStatus"] == "Deleting":
+            return
+        config = clients.sagemaker.describe_endpoint_config(
+            EndpointConfigName=current["EndpointConfigName"])
+    except ClientError as exc:
+        if is_not_found(exc):
+            return
+        raise
+    variants = config["ProductionVariants"]
+    if not variants or any("ServerlessConfig" in v for v in variants):
+        return
+    live = variants[0]
+    raise ConfigError(
+        f"Endpoint {name} runs on instances ({live.get('InitialInstanceCount', '?')} x "
+        f"{live.get('InstanceType', '?')}), and endpoint.serverless is set: SageMaker cannot "
+        "turn an instance-based endpoint into a serverless one (UpdateEndpoint fails with a "
+        f"ValidationError). Delete {name} first (aws sagemaker delete-endpoint "
+        f"--endpoint-name {name}; locally: sagepipe down) so the next deploy creates it "
+        "serverless, deploy to another endpoint name, or drop endpoint.serverless.")
 
 
 def deploy_package(clients: Clients, *, endpoint: str, package_arn: str, role_arn: str,
@@ -292,22 +452,32 @@ def deploy_package(clients: Clients, *, endpoint: str, package_arn: str, role_ar
                    tags: list[dict[str, str]] | None = None,
                    sleep: Callable[[float], None] = time.sleep,
                    first_poll: float = 1.0, max_poll: float = 30.0,
-                   autoscaling: AutoscalingSettings | None = None) -> DeployResult:
+                   autoscaling: AutoscalingSettings | None = None,
+                   serverless: ServerlessSettings | None = None) -> DeployResult:
     """``autoscaling``: applied once the new model serves (None: sagepipe's own scaling
-    policy, if an earlier deploy left one, is removed); see :mod:`tasks.scaling`."""
-    model_request, config_request = deploy_requests(
-        endpoint=endpoint, package_arn=package_arn, role_arn=role_arn,
-        instance_type=instance_type, instance_count=instance_count, tags=tags)
-    model_name = model_request["ModelName"]
-    config_name = config_request["EndpointConfigName"]
+    policy, if an earlier deploy left one, is removed); see :mod:`tasks.scaling`.
+    ``serverless``: a serverless variant instead of instances (never with autoscaling:
+    :class:`EndpointSettings` refuses the two together)."""
     sm = clients.sagemaker
     scaling = EndpointScaling(clients.application_autoscaling, sm, endpoint, autoscaling, log,
                               sleep)
     # only an Approved package is ever deployed, whatever the caller decided
-    status = sm.describe_model_package(ModelPackageName=package_arn)["ModelApprovalStatus"]
+    package = sm.describe_model_package(ModelPackageName=package_arn)
+    status = package["ModelApprovalStatus"]
     if status != "Approved":
         raise DeployFailed(endpoint, f"{package_arn} is {status} in the model registry; only "
                            "Approved packages are deployed. Approve it first if intended.")
+    environment = None
+    if serverless is not None:
+        check_endpoint_kind(clients, endpoint, serverless)
+        containers = (package.get("InferenceSpecification") or {}).get("Containers") or [{}]
+        environment = serverless_environment(containers[0].get("Environment"))
+    model_request, config_request = deploy_requests(
+        endpoint=endpoint, package_arn=package_arn, role_arn=role_arn,
+        instance_type=instance_type, instance_count=instance_count, tags=tags,
+        serverless=serverless, environment=environment)
+    model_name = model_request["ModelName"]
+    config_name = config_request["EndpointConfigName"]
     if not _exists(sm.describe_model, ModelName=model_name):
         sm.create_model(**model_request)
     if not _exists(sm.describe_endpoint_config, EndpointConfigName=config_name):
@@ -377,12 +547,23 @@ def _serves(clients: Clients, endpoint: str, config_name: str, previous: str | N
             endpoint, f"Update of {endpoint} to {config_name} was rolled back; it still serves "
             f"{final['EndpointConfigName']}. Reason: {final.get('FailureReason', 'not given')}")
     try:
-        return invoke(clients, endpoint, smoke_payload, content_type="text/csv")
+        return _smoke_test(clients, endpoint, smoke_payload, sleep=sleep, log=log)
     except EndpointError as exc:
         if previous and previous != config_name:
             log.error("Smoke test failed (%s); rolling %s back to %s", exc, endpoint, previous)
-            sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=previous,
-                               DeploymentConfig=ROLLBACK_CONFIG, **update_options)
+            try:
+                sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=previous,
+                                   DeploymentConfig=ROLLBACK_CONFIG,
+                                   **update_options)
+            except ClientError as refused:
+                # e.g. a serverless endpoint updated to instances: "once you make the update,
+                # you cannot roll it back to serverless" (Serverless Inference, exclusions)
+                error = refused.response.get("Error", {})
+                raise DeployFailed(endpoint, (
+                    f"Smoke test of {endpoint} on {config_name} failed ({exc}), and SageMaker "
+                    f"refused to put it back on {previous}: {error.get('Code')}: "
+                    f"{error.get('Message')}. It serves {config_name}; deploy a version that "
+                    "works (sagepipe deploy VERSION).")) from refused
             back = wait_endpoint(clients, endpoint, timeout=timeout, sleep=sleep, log=log,
                                  first_poll=first_poll, max_poll=max_poll)
             if back["EndpointStatus"] != "InService" or back["EndpointConfigName"] != previous:
@@ -395,6 +576,25 @@ def _serves(clients: Clients, endpoint: str, config_name: str, previous: str | N
             raise DeployRolledBack(endpoint, f"Smoke test of {endpoint} on {config_name} "
                                    f"failed ({exc}); rolled back to {previous}.") from exc
         raise DeployFailed(endpoint, f"Smoke test of {endpoint} failed: {exc}") from exc
+
+
+def _smoke_test(clients: Clients, endpoint: str, payload: str, *,
+                sleep: Callable[[float], None],
+                log: logging.Logger | logging.LoggerAdapter[Any], attempts: int = 6) -> str:
+    """Invoke the endpoint once it answers. A serverless endpoint may answer 429
+    ModelNotReadyException while its compute is still being provisioned ("Wait and try
+    your request again", InvokeEndpoint's errors) and cold-starts after an update: asked
+    again after 2, 4, 8, 16, 30 s; any other error is the smoke test's verdict at once."""
+    for attempt in range(attempts):
+        try:
+            return invoke(clients, endpoint, payload, content_type="text/csv")
+        except EndpointError as exc:
+            if exc.code != "ModelNotReadyException" or attempt == attempts - 1:
+                raise
+            pause = min(2.0 * 2 ** attempt, 30.0)
+            log.info("%s is not ready yet (%s); asking again in %.0f s", endpoint, exc, pause)
+            sleep(pause)
+    raise AssertionError("unreachable")
 
 
 def invoke(clients: Clients, endpoint: str, body: bytes | str, *,
@@ -414,7 +614,8 @@ def invoke(clients: Clients, endpoint: str, body: bytes | str, *,
             original = _container_message(str(exc.response.get("OriginalMessage", message)))
             raise EndpointError(endpoint, f"{endpoint} refused the request ({status}): "
                                 f"{original}", status=int(status)) from exc
-        raise EndpointError(endpoint, f"Invoking {endpoint} failed: {code}: {message}") from exc
+        raise EndpointError(endpoint, f"Invoking {endpoint} failed: {code}: {message}",
+                            code=code) from exc
     return str(response["Body"].read().decode())
 
 
@@ -429,10 +630,70 @@ def deploy_model(runtime: RuntimeSettings, settings: EndpointSettings, package_a
         smoke_payload=smoke_payload, timeout=settings.timeout_seconds, log=get_run_logger(),
         first_poll=settings.poll_first_seconds, max_poll=settings.poll_max_seconds,
         tags=[{"Key": k, "Value": v[:256]} for k, v in tags.items()],
-        autoscaling=settings.autoscaling)
+        autoscaling=settings.autoscaling, serverless=settings.serverless)
     get_run_logger().info("Endpoint %s %s: serves %s; smoke test answered %s", result.endpoint,
                           result.action, result.endpoint_config, result.smoke_test)
     return result
+
+
+class StagingRetired(BaseModel):
+    """What became of the staging endpoint once production served its model."""
+
+    endpoint: str
+    deleted: bool
+    endpoint_config: str | None = None
+    reason: str
+
+
+def retire_staging(clients: Clients, name: str, tested_config: str, *,
+                   log: logging.Logger | logging.LoggerAdapter[Any] = _LOG) -> StagingRetired:
+    """Delete the staging endpoint and its config, if it still serves ``tested_config``.
+
+    Called only after production took the model (``endpoint.staging_keep: false``). An
+    endpoint somebody changed since (another config, an update under way) is left alone. A
+    refused delete is reported, not raised: production serves either way.
+    """
+    try:
+        current = clients.sagemaker.describe_endpoint(EndpointName=name)
+    except ClientError as exc:
+        if is_not_found(exc):
+            return StagingRetired(endpoint=name, deleted=False, reason="already gone")
+        why = f"could not look at it: {exc}; delete it yourself if it should go"
+        log.warning("Staging endpoint %s kept: %s", name, why)
+        return StagingRetired(endpoint=name, deleted=False, reason=why)
+    config = str(current["EndpointConfigName"])
+    if config != tested_config or current["EndpointStatus"] != "InService":
+        why = (f"it is {current['EndpointStatus']} on {config}, not InService on "
+               f"{tested_config}, the config production was promoted from; left alone")
+        log.warning("Staging endpoint %s kept: %s", name, why)
+        return StagingRetired(endpoint=name, deleted=False, endpoint_config=config, reason=why)
+    try:
+        clients.sagemaker.delete_endpoint(EndpointName=name)
+        # DeleteEndpointConfig (API reference): "You must not delete an EndpointConfig in use
+        # by an endpoint that is live or while the UpdateEndpoint or CreateEndpoint operations
+        # are being performed on the endpoint": after DeleteEndpoint it is neither
+        clients.sagemaker.delete_endpoint_config(EndpointConfigName=config)
+    except ClientError as exc:
+        if not is_not_found(exc):
+            error = exc.response.get("Error", {})
+            why = (f"deleting it was refused: {error.get('Code')}: {error.get('Message')}; "
+                   f"delete it yourself (aws sagemaker delete-endpoint --endpoint-name {name}) "
+                   "or set endpoint.staging_keep: true")
+            log.warning("Staging endpoint %s kept: %s", name, why)
+            return StagingRetired(endpoint=name, deleted=False, endpoint_config=config,
+                                  reason=why)
+    log.info("Staging endpoint %s deleted (and %s): production serves its model; "
+             "endpoint.staging_keep is false", name, config)
+    return StagingRetired(endpoint=name, deleted=True, endpoint_config=config,
+                          reason="production serves the model it was tested with")
+
+
+@task(name="retire-staging", retries=1, retry_delay_seconds=10,
+      retry_condition_fn=retry_transient)
+def retire_staging_endpoint(runtime: RuntimeSettings, name: str,
+                            tested_config: str) -> StagingRetired:
+    """The flow's :func:`retire_staging` (``endpoint.staging_keep: false``)."""
+    return retire_staging(get_clients(runtime), name, tested_config, log=get_run_logger())
 
 
 def _container_message(original: str) -> str:

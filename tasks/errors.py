@@ -2,10 +2,12 @@
 
     PipelineError
     ├── ConfigError          bad pipeline config: nothing was started
+    │   └── OverBudget       the run's estimate is over budget.*: nothing was started
     ├── DataError            bad dataset: nothing was started (or preprocess refused it)
     ├── ImageBuildFailed     the image build did not succeed
     ├── JobFailed            a SageMaker job ended Failed or Stopped (reason: AWS's FailureReason)
-    │   └── JobTimeout       the wait gave up; the job was stopped
+    │   ├── JobTimeout       the wait gave up; the job was stopped
+    │   └── JobMissing       a job the run suspended for is gone when it resumes
     ├── GateRejected         the new model did not clear the gate (raised only when asked to)
     ├── RegistryError        a model version is unknown, or not in the state an action needs
     ├── DeployFailed         the endpoint did not reach InService with the new config
@@ -27,7 +29,9 @@ __all__ = [
     "GateRejected",
     "ImageBuildFailed",
     "JobFailed",
+    "JobMissing",
     "JobTimeout",
+    "OverBudget",
     "PipelineError",
     "RegistryError",
 ]
@@ -39,6 +43,10 @@ class PipelineError(Exception):
 
 class ConfigError(PipelineError):
     pass
+
+
+class OverBudget(ConfigError):
+    """The run's upper-bound estimate, or what it would leave live, is over the budget."""
 
 
 class DataError(PipelineError):
@@ -61,6 +69,17 @@ class JobTimeout(JobFailed):
         super().__init__(job, "Stopped",
                          f"still running after {waited:.0f} s, the configured timeout; it was "
                          "stopped. Raise jobs.timeout_seconds if it needs longer.", kind=kind)
+
+
+class JobMissing(JobFailed):
+    def __init__(self, job: str, *, kind: str = "job") -> None:
+        self.job, self.status, self.kind = job, "Missing", kind
+        self.reason = ("it was started by this run, which suspended while it ran, and it no "
+                       "longer exists (deleted with Delete" + kind.title().replace(" ", "")
+                       + ", or the local runtime's state was cleaned)")
+        PipelineError.__init__(
+            self, f"{kind} {job} is gone: {self.reason}. Nothing was started again in its "
+            "place; start a new run to run the step again.")
 
 
 class GateRejected(PipelineError):
@@ -86,6 +105,7 @@ class DeployRolledBack(DeployFailed):
 
 
 class EndpointError(PipelineError):
-    def __init__(self, endpoint: str, message: str, *, status: int | None = None) -> None:
-        self.endpoint, self.status = endpoint, status
+    def __init__(self, endpoint: str, message: str, *, status: int | None = None,
+                 code: str | None = None) -> None:
+        self.endpoint, self.status, self.code = endpoint, status, code  # code: AWS's error
         super().__init__(message)

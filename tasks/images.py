@@ -53,6 +53,7 @@ class ImageRef(BaseModel):
     digest: str
     uri: str  # <registry>/<repository>@<digest>; a framework image: AWS's, by tag
     built: bool  # built by this run (False: found in the registry)
+    build_seconds: float | None = None  # built: the CodeBuild build's startTime to endTime
     framework: FrameworkCode | None = None  # image: framework: the code shipped with it
 
 
@@ -169,6 +170,7 @@ def ensure_images(clients: Clients, *, folders: Mapping[str, Path], repository_p
     repos = {n: f"{repository_prefix}-{n}" for n in names}
     digests = {n: _find(clients, repos[n], tags[n]) for n in names}
     to_build = [n for n in names if digests[n] is None]
+    build_seconds: float | None = None
     if to_build:
         source_key, request = build_request(
             build_project=build_project, artifacts_bucket=artifacts_bucket,
@@ -182,6 +184,8 @@ def ensure_images(clients: Clients, *, folders: Mapping[str, Path], repository_p
         log.info("Started image build %s", build_id)
         build = _wait_build(clients, build_id, log=log, timeout=timeout, clock=clock,
                             sleep=sleep)
+        if build.get("startTime") and build.get("endTime"):  # what CodeBuild bills
+            build_seconds = (build["endTime"] - build["startTime"]).total_seconds()
         digests.update({n: _find(clients, repos[n], tags[n]) for n in to_build})
         missing = [f"{repos[n]}:{tags[n]}" for n in to_build if digests[n] is None]
         if build["buildStatus"] != "SUCCEEDED":
@@ -201,7 +205,8 @@ def ensure_images(clients: Clients, *, folders: Mapping[str, Path], repository_p
     registry = clients.ecr.describe_repositories(repositoryNames=[repos[names[0]]])
     host = registry["repositories"][0]["repositoryUri"].split("/", 1)[0]
     return {n: ImageRef(name=n, repository=repos[n], tag=tags[n], digest=str(digests[n]),
-                        uri=f"{host}/{repos[n]}@{digests[n]}", built=n in to_build)
+                        uri=f"{host}/{repos[n]}@{digests[n]}", built=n in to_build,
+                        build_seconds=build_seconds if n in to_build else None)
             for n in names}
 
 

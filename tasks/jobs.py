@@ -23,13 +23,13 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from .errors import JobFailed, JobTimeout
+from .errors import JobFailed, JobMissing, JobTimeout
 from .events import EventsUnavailable, JobWaiter
 from .runtime import Clients, call_with_retry, is_not_found
 
@@ -118,22 +118,50 @@ def start_or_attach(clients: Clients, kind: JobKind, request: dict[str, Any], lo
     ``reusable`` vets a Completed job (e.g. its outputs still exist); one it rejects
     is treated like a failed attempt.
     """
+    name, how, _ = find_or_start(clients, kind, request, log, sleep=sleep, reusable=reusable)
+    return name, how
+
+
+def find_or_start(clients: Clients, kind: JobKind, request: dict[str, Any], log: Log, *,
+                  sleep: Sleep = time.sleep,
+                  reusable: Callable[[dict[str, Any]], bool] | None = None,
+                  ours: Mapping[str, str] | None = None) -> tuple[str, str, str]:
+    """(job name, how, status): :func:`start_or_attach` in one pass over the attempts
+    (one Describe each), knowing ``ours`` - the attempts this flow run already started or
+    attached to, with how (a run that suspended while they ran, now resumed):
+
+    * one of ours that ended Completed is this run's result (no reuse vetting);
+    * one of ours that ended Failed or Stopped is the step's outcome: JobFailed, no
+      new attempt;
+    * one of ours that no longer exists: JobMissing, nothing created in its place.
+    """
+    ours = ours or {}
     base = request[kind.name_key]
+    seen: set[str] = set()
     for attempt in range(1, MAX_ATTEMPTS + 1):
         name = base if attempt == 1 else f"{base}-r{attempt}"
         found = _describe(clients, kind, name, log=log, sleep=sleep)
         if found is None:
+            gone = [n for n in ours if n not in seen and (n == base or n.startswith(f"{base}-r"))]
+            if gone:
+                raise JobMissing(gone[0], kind=f"{kind.noun.lower()} job")
             kind.call(clients, "create", **{**request, kind.name_key: name})
             log.info("Started %s job %s", kind.noun.lower(), name)
-            return name, "created"
+            return name, "created", "InProgress"
+        seen.add(name)
         status = found[kind.status_key]
         if status in ("InProgress", "Stopping"):
             log.info("Re-attached to %s job %s (%s)", kind.noun.lower(), name, status)
-            return name, "attached"
+            return name, ours.get(name, "attached"), status
+        if name in ours:
+            if status != "Completed":  # it ended while the run was suspended
+                raise JobFailed(name, status, failure_reason(found, []),
+                                kind=kind.noun.lower())
+            return name, ours[name], status
         if status == "Completed":
             if reusable is None or reusable(found):
                 log.info("Reusing completed %s job %s", kind.noun.lower(), name)
-                return name, "reused"
+                return name, "reused", status
             log.info("%s job %s completed earlier but its outputs are gone; starting "
                      "attempt %d", kind.noun, name, attempt + 1)
             continue
@@ -221,7 +249,8 @@ def run_job(clients: Clients, kind: JobKind, request: dict[str, Any], *,
             policy: WaitPolicy, log: Log, clock: Callable[[], float] = time.monotonic,
             sleep: Sleep = time.sleep,
             reusable: Callable[[dict[str, Any]], bool] | None = None,
-            watch: Callable[[str], JobWaiter] | None = None) -> dict[str, Any]:
+            watch: Callable[[str], JobWaiter] | None = None,
+            known: tuple[str, str] | None = None) -> dict[str, Any]:
     """Start (or re-attach to) a job and wait for it; returns the final Describe.
 
     Raises JobFailed (with AWS's FailureReason) on Failed or Stopped, and
@@ -231,8 +260,10 @@ def run_job(clients: Clients, kind: JobKind, request: dict[str, Any], *,
     ``watch`` (``jobs.wait: events``) subscribes to the job's state-change events: the
     wait then wakes on the job's event and otherwise describes it (and reads its log)
     only every ``policy.safety_poll`` seconds; without events it polls with backoff.
+    ``known``: (name, how) of the job already found or started (``jobs.wait: suspend``).
     """
-    name, how = start_or_attach(clients, kind, request, log, sleep=sleep, reusable=reusable)
+    name, how = known or start_or_attach(clients, kind, request, log, sleep=sleep,
+                                         reusable=reusable)
     tail = LogTail(clients, kind.log_group, name, lambda line: log.info("[%s] %s", name, line),
                    log=log, sleep=sleep)
     started = clock()

@@ -48,6 +48,10 @@ class RuntimeSettings(BaseModel):
     connect_timeout: float = Field(10.0, gt=0, le=300)
     read_timeout: float = Field(70.0, gt=0, le=900)
     max_attempts: int = Field(5, ge=1, le=20, description="botocore standard-mode attempts")
+    job_events: bool = Field(
+        True, description="local runtime: a job that ends announces it to the Prefect API "
+        "(what SageMaker's EventBridge event and the relay do on AWS); false is a disabled "
+        "rule: waits fall back to their safety poll, suspended runs to the reconciler")
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,7 @@ def _make(settings: RuntimeSettings) -> Clients:
         from sagepipe.tasks.local import local_clients
 
         root = Path(settings.state_dir).resolve()
-        c = local_clients(root, region=settings.region)
+        c = local_clients(root, region=settings.region, job_events=settings.job_events)
         return Clients(s3=c["s3"], sagemaker=c["sagemaker"],
                        sagemaker_runtime=c["sagemaker-runtime"], sns=c["sns"], logs=c["logs"],
                        ecr=c["ecr"], codebuild=c["codebuild"], local_root=root,

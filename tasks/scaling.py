@@ -122,6 +122,8 @@ def _pages(method: Any, key: str, **params: Any) -> list[dict[str, Any]]:
 def describe_targets(aas: Any, endpoint: str, variants: list[str]) -> dict[str, ScalableTarget]:
     """{variant: its scalable target} for the variants that are registered."""
     ids = {resource_id(endpoint, v): v for v in variants}
+    if not ids:  # an empty ResourceIds would list every target of the namespace
+        return {}
     found = _pages(aas.describe_scalable_targets, "ScalableTargets", ServiceNamespace=NAMESPACE,
                    ResourceIds=list(ids), ScalableDimension=DIMENSION)
     targets: dict[str, ScalableTarget] = {}
@@ -174,7 +176,9 @@ class EndpointScaling:
         if self.aas is None:
             return
         new = _instance_variants(new_config)
-        live = [v["VariantName"] for v in current.get("ProductionVariants") or []]
+        # a serverless variant (CurrentServerlessConfig) has no instance count to scale
+        live = [v["VariantName"] for v in current.get("ProductionVariants") or []
+                if "CurrentServerlessConfig" not in v]
         self.targets = describe_targets(self.aas, self.endpoint, sorted({*live, *new}))
         if not self.targets:
             return

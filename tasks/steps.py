@@ -14,32 +14,28 @@ import json
 from datetime import timedelta
 from typing import Any, Literal
 
-from botocore.exceptions import ClientError
 from prefect import get_run_logger, task
 from prefect.context import TaskRunContext
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .costs import billable_seconds
 from .data import DataPin
-from .errors import JobFailed
 from .events import JobEvents
 from .framework import PROCESSING_CODE, PROCESSING_ENTRYPOINT, training_hyperparameters
 from .gate import ALL_METRICS
 from .images import ImageRef
 from .jobs import (
-    MAX_ATTEMPTS,
     PROCESSING,
     TRAINING,
     WaitPolicy,
     content_key,
-    failure_reason,
+    find_or_start,
     job_name,
     run_job,
-    start_or_attach,
 )
 from .runtime import (
     RuntimeSettings,
     get_clients,
-    is_not_found,
     retry_transient,
     runtime_identity,
 )
@@ -139,6 +135,13 @@ class JobOutcome(BaseModel):
     outputs: dict[str, str]
     seconds: float | None
     warm_pool: str | None = None  # training with jobs.keep_alive_seconds: WarmPoolStatus
+    # its ResourceRetainedBillableTimeInSeconds when the job ended (flows/pipeline.py reads
+    # it again when the run ends: the pool bills while it is kept)
+    warm_pool_seconds: float | None = None
+    # what AWS bills (tasks/costs.billable_seconds): seconds and where they came from
+    billable_seconds: float | None = None
+    billing: str | None = None
+    training_seconds: float | None = None  # TrainingTimeInSeconds (spot savings)
 
 
 def _processing(name: str, image: ImageRef, args: list[str], inputs: dict[str, str],
@@ -341,28 +344,6 @@ def _outputs_still_there(clients: Any, plan: JobPlan) -> Any:
     return check
 
 
-def _ended_in_this_run(clients: Any, kind: Any, base: str,
-                      run_id: str | None) -> dict[str, Any] | None:
-    """The newest attempt of ``base`` if this flow run started it and it ended Failed or
-    Stopped (a retry of the step would start another attempt; a resumed run must not)."""
-    if not run_id:
-        return None
-    newest = None
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        name = base if attempt == 1 else f"{base}-r{attempt}"
-        try:
-            described = kind.call(clients, "describe", **{kind.name_key: name})
-        except ClientError as exc:
-            if is_not_found(exc):
-                break
-            raise
-        newest = described
-    if newest is None or newest[kind.status_key] not in ("Failed", "Stopped"):
-        return None
-    tags = clients.sagemaker.list_tags(ResourceArn=newest[f"{kind.noun}JobArn"])["Tags"]
-    return newest if {"Key": FLOW_RUN_TAG, "Value": run_id} in tags else None
-
-
 def job_status(runtime: RuntimeSettings, kind: str, name: str) -> str:
     """The job's status now (``kind``: training or processing)."""
     job_kind = PROCESSING if kind == "processing" else TRAINING
@@ -371,32 +352,29 @@ def job_status(runtime: RuntimeSettings, kind: str, name: str) -> str:
 
 
 @task(name="start-job", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient)
-def start_step(runtime: RuntimeSettings, plan: JobPlan, tags: dict[str, str]) -> JobStart:
+def start_step(runtime: RuntimeSettings, plan: JobPlan, tags: dict[str, str],
+               waited_for: dict[str, str] | None = None) -> JobStart:
     """Create the planned job, or find it (by its deterministic name), without waiting:
-    what a run that suspends while the job runs needs to know."""
+    what a run that suspends while the job runs needs to know. ``waited_for``: the jobs
+    this run suspended for before (name -> how it got them); one of them that failed
+    meanwhile fails the step with its reason, one that is gone fails it (JobMissing)."""
     kind = PROCESSING if plan.kind == "processing" else TRAINING
     request = job_request(plan, tags)
     clients = get_clients(runtime)
-
-    run_id = tags.get(FLOW_RUN_TAG)
-    ended = _ended_in_this_run(clients, kind, request[kind.name_key], run_id)
-    if ended is not None:  # it failed while the run was suspended: that is the outcome
-        raise JobFailed(ended[kind.name_key], ended[kind.status_key],
-                        failure_reason(ended, []), kind=kind.noun.lower())
-    name, how = start_or_attach(clients, kind, request, get_run_logger(),
-                                reusable=_outputs_still_there(clients, plan))
-    described = kind.call(clients, "describe", **{kind.name_key: name})
+    name, how, status = find_or_start(clients, kind, request, get_run_logger(),
+                                      reusable=_outputs_still_there(clients, plan),
+                                      ours=waited_for)
     runtime_limit = int(request.get("StoppingCondition", {}).get("MaxRuntimeInSeconds", 86400))
-    return JobStart(name=name, status=described[kind.status_key], how=how,
-                    max_runtime_seconds=runtime_limit)
+    return JobStart(name=name, status=status, how=how, max_runtime_seconds=runtime_limit)
 
 
 @task(name="run-job", cache_key_fn=_cache_key, persist_result=True,
       cache_expiration=timedelta(days=365), retries=2, retry_delay_seconds=5,
       retry_condition_fn=retry_transient)
 def run_step(runtime: RuntimeSettings, plan: JobPlan, settings: JobSettings,
-             tags: dict[str, str]) -> JobOutcome:
-    """Run one planned job to completion (re-attaching after a retry); cached on content."""
+             tags: dict[str, str], started: JobStart | None = None) -> JobOutcome:
+    """Run one planned job to completion (re-attaching after a retry); cached on content.
+    ``started``: the job start-job found or started (``jobs.wait: suspend``)."""
     log = get_run_logger()
     kind = PROCESSING if plan.kind == "processing" else TRAINING
     request = job_request(plan, tags)
@@ -407,7 +385,8 @@ def run_step(runtime: RuntimeSettings, plan: JobPlan, settings: JobSettings,
         def watch(name: str) -> JobEvents:
             return JobEvents(plan.kind, name)
     final = run_job(clients, kind, request, policy=settings.wait_policy(), log=log,
-                    reusable=_outputs_still_there(clients, plan), watch=watch)
+                    reusable=_outputs_still_there(clients, plan), watch=watch,
+                    known=(started.name, started.how) if started else None)
     prefix = "Training" if plan.kind == "training" else "Processing"
     start, end = final.get(f"{prefix}StartTime"), final.get(f"{prefix}EndTime")
     seconds = (end - start).total_seconds() if start and end else None
@@ -415,8 +394,13 @@ def run_step(runtime: RuntimeSettings, plan: JobPlan, settings: JobSettings,
     if plan.kind == "training":
         outputs["model"] = final["ModelArtifacts"]["S3ModelArtifacts"]
     warm_pool = _warm_pool(final, log)
+    billed, billing = billable_seconds(plan.kind, final)
     return JobOutcome(step=plan.step, job_name=final[f"{prefix}JobName"], how=final["_how"],
-                      outputs=outputs, seconds=seconds, warm_pool=warm_pool)
+                      outputs=outputs, seconds=seconds, billable_seconds=billed,
+                      billing=billing or None,
+                      training_seconds=final.get("TrainingTimeInSeconds"), warm_pool=warm_pool,
+                      warm_pool_seconds=(final.get("WarmPoolStatus") or {}).get(
+                          "ResourceRetainedBillableTimeInSeconds") if warm_pool else None)
 
 
 def _warm_pool(final: dict[str, Any], log: Any) -> str | None:
@@ -440,3 +424,22 @@ def _warm_pool(final: dict[str, Any], log: Any) -> str | None:
                     "quota for %s may be 0: request one in Service Quotas (search 'warm "
                     "pool'), or set jobs.keep_alive_seconds: 0.", name, keep, kind)
     return status
+
+
+def job_billing(runtime: RuntimeSettings, kind: str, name: str) -> dict[str, Any]:
+    """What a job that ended (a failed one too) bills: billable_seconds, billing and, for a
+    training job, training_seconds; with a warm pool (jobs.keep_alive_seconds) its status
+    and the seconds it has been kept so far (warm_pool, warm_pool_seconds: billed too).
+    Empty if it reports none of these."""
+    job_kind = PROCESSING if kind == "processing" else TRAINING
+    described = job_kind.call(get_clients(runtime), "describe", **{job_kind.name_key: name})
+    billed, billing = billable_seconds(kind, described)
+    out: dict[str, Any] = {}
+    if billed is not None:
+        out.update(billable_seconds=billed, billing=billing,
+                   training_seconds=described.get("TrainingTimeInSeconds"))
+    pool = described.get("WarmPoolStatus")
+    if pool:
+        out.update(warm_pool=pool.get("Status"),
+                   warm_pool_seconds=pool.get("ResourceRetainedBillableTimeInSeconds"))
+    return out

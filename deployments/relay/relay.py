@@ -17,7 +17,8 @@ Change" or "SageMaker Endpoint State Change" event:
    than once, and Prefect stores an event id once;
 3. on a terminal job status (Completed, Failed, Stopped), resume the flow run if it
    is suspended (Paused with reschedule, no input awaited): it re-enters from the
-   top, where the finished job is re-attached by its deterministic name. A run in
+   top, where the finished job is re-attached by its deterministic name (only if it
+   is suspended for this job: its pause key names the job). A run in
    any other state is left alone (resuming twice is a no-op). A run paused in
    process, or waiting for a person's input (manual approval), is never resumed here.
 
@@ -226,12 +227,12 @@ def handle(event: dict[str, Any], *, api_url: str, api_key: str | None = None,
     if kind == "endpoint" or status not in TERMINAL:
         summary["reason"] = f"event posted; {status} is not a terminal job status"
         return summary
-    summary["resumed"], summary["reason"] = _resume_if_suspended(api, flow_run_id)
+    summary["resumed"], summary["reason"] = _resume_if_suspended(api, flow_run_id, name)
     log.info("%s %s %s -> flow run %s: %s", kind, name, status, flow_run_id, summary["reason"])
     return summary
 
 
-def _resume_if_suspended(api: _PrefectAPI, flow_run_id: str) -> tuple[bool, str]:
+def _resume_if_suspended(api: _PrefectAPI, flow_run_id: str, job: str) -> tuple[bool, str]:
     path = f"/flow_runs/{urllib.parse.quote(flow_run_id, safe='')}"
     try:
         run = api.request("GET", path)
@@ -244,6 +245,11 @@ def _resume_if_suspended(api: _PrefectAPI, flow_run_id: str) -> tuple[bool, str]
                       "not suspended"
     if details.get("run_input_keyset"):
         return False, "event posted; flow run waits for a person's input, left alone"
+    # sagepipe suspends with the key "<job>@<how>@<time>" (job names have no @): a run
+    # suspended for another job (a later step's) is not this event's to resume
+    waited = str(details.get("pause_key") or "").split("@")
+    if len(waited) == 3 and waited[0] != job:
+        return False, f"event posted; flow run is suspended for {waited[0]}, left alone"
     result = api.request("POST", f"{path}/resume", {})
     if (result or {}).get("status") == "ACCEPT":
         return True, "event posted; flow run resumed"

@@ -22,11 +22,12 @@ from .state import StateStore
 __all__ = ["local_clients", "teardown"]
 
 
-def local_clients(root: Path, *, region: str = "us-east-1") -> dict[str, Any]:
+def local_clients(root: Path, *, region: str = "us-east-1",
+                  job_events: bool = True) -> dict[str, Any]:
     root = Path(root).resolve()
     state = StateStore(root)
     s3 = LocalS3(root, state)
-    sagemaker = LocalSageMaker(root, state, s3, region=region)
+    sagemaker = LocalSageMaker(root, state, s3, region=region, job_events=job_events)
     ecr = LocalECR(state, region=region)
     return {
         "s3": s3,

@@ -13,7 +13,8 @@ What it does, and what it does not:
 * it never scales on traffic: there is no CloudWatch here, so a target-tracking policy is
   recorded (with the two alarms AWS would create named as AWS names them) and never fires.
 
-Only SageMaker variants (``sagemaker:variant:DesiredInstanceCount``) are supported.
+Only SageMaker variants with instances (``sagemaker:variant:DesiredInstanceCount``) are
+supported; a serverless variant is refused (it has no instance count).
 """
 
 from __future__ import annotations
@@ -220,6 +221,12 @@ class LocalApplicationAutoScaling(LocalClient):
             raise client_error(operation, "ValidationException",
                                f"Endpoint {endpoint} has no live variant {variant}: register a "
                                "variant of an endpoint that serves.")
+        if current.get("serverless"):
+            # a serverless variant has no instance count; Application Auto Scaling scales
+            # only its provisioned concurrency (sagemaker:variant:DesiredProvisionedConcurrency)
+            raise client_error(operation, "ValidationException",
+                               f"Variant {variant} of endpoint {endpoint} is serverless: it has "
+                               f"no instance count to scale ({_DIMENSION}).")
 
     def _clamp(self, endpoint: str, variant: str, low: int, high: int) -> None:
         def change(doc: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -56,6 +57,14 @@ def pid_alive(pid: int | None) -> bool:
     return state not in ("Z", "X")
 
 
+CALL_LOG_ENV = "SAGEPIPE_LOCAL_CALL_LOG"
+"""A file every local API call is appended to, CloudTrail-like (time, pid, program,
+service, operation, the resource named): what the waiting benchmark counts."""
+
+_NAMED = ("TrainingJobName", "ProcessingJobName", "EndpointName", "logStreamName",
+          "logStreamNamePrefix", "ResourceArn", "Bucket")
+
+
 class LocalClient:
     """Base of the local clients: botocore validation on every call."""
 
@@ -66,3 +75,10 @@ class LocalClient:
 
     def _validate(self, operation: str, params: dict[str, Any]) -> None:
         validate_request(self.service, operation, params)
+        trail = os.environ.get(CALL_LOG_ENV)
+        if trail:
+            named = next((str(params[k]) for k in _NAMED if k in params), "")
+            program = Path(sys.argv[0]).name if sys.argv else ""
+            with open(trail, "a", encoding="utf-8") as out:  # one short line: atomic append
+                out.write(f"{time.time():.3f}\t{os.getpid()}\t{program}\t{self.service}\t"
+                          f"{operation}\t{named}\n")

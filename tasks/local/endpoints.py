@@ -10,85 +10,40 @@ which is what DescribeEndpoint reports after a failed SageMaker update.
 Transitions happen when somebody looks (``describe``/``invoke``), so no
 background thread has to outlive the process that created the endpoint: any
 process of the project can drive them through the shared state.
+
+A serverless endpoint (a config whose variant has ``ServerlessConfig``) keeps no
+server while idle: see :mod:`.serverless` for its cold starts, idle stop and
+concurrency limit.
 """
 
 from __future__ import annotations
 
-import http.client
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import tarfile
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 from .autoscaling import deregister_endpoint, registered_variants
-from .common import arn, now, pid_alive, to_datetime
+from .common import arn, now, to_datetime
 from .containers import container_command, job_environment
 from .images import resolve_image
 from .pyenv import interpreter
 from .s3 import LocalS3, parse_s3_uri
+from .serverless import Lease, Serverless, idle_seconds
+from .servers import alive, ping, start_server, stop_process_group, tail
 from .state import StateStore
 from .validation import client_error
 
 __all__ = ["EndpointManager", "stop_process_group"]
 
 _DEFAULT_HEALTH_TIMEOUT = 120
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
-
-
-def stop_process_group(pid: int | None, *, grace: float = 5.0) -> None:
-    """SIGTERM a server's process group, SIGKILL it after ``grace`` seconds."""
-    if not pid:
-        return
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            child = _CHILDREN.get(pid)
-            if child is not None and child.poll() is not None:
-                _CHILDREN.pop(pid, None)
-                return
-            if not pid_alive(pid):
-                return
-            time.sleep(0.05)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _alive(pid: int | None) -> bool:
-    child = _CHILDREN.get(pid or 0)
-    if child is not None and child.poll() is not None:
-        _CHILDREN.pop(child.pid, None)
-        return False
-    return pid_alive(pid)
-
-
-def ping(port: int, timeout: float = 1.0) -> bool:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", "/ping")
-        return conn.getresponse().status == 200
-    except OSError:
-        return False
-    finally:
-        conn.close()
 
 
 class EndpointManager:
     def __init__(self, root: Path, state: StateStore, s3: LocalS3, *, region: str) -> None:
         self.root, self.state, self.s3, self.region = root, state, s3, region
+        self.serverless = Serverless(root, state)
 
     # -- requests
     def create(self, params: dict[str, Any]) -> str:
@@ -113,6 +68,15 @@ class EndpointManager:
         if doc["status"] != "InService":
             raise client_error("UpdateEndpoint", "ValidationException",
                                f'Cannot update in-progress endpoint "{doc["EndpointArn"]}".')
+        live = self.state.get("endpoint-config", doc["EndpointConfigName"]) or {}
+        if _serverless(config) and live and not _serverless(live):
+            # Serverless Inference, Feature exclusions: "If you try to update your real-time
+            # endpoint to serverless, you receive a ValidationError message"
+            raise client_error(
+                "UpdateEndpoint", "ValidationException",
+                f'Cannot update endpoint "{doc["EndpointArn"]}" to the serverless endpoint '
+                f'configuration "{config_name}": an instance-based endpoint cannot be '
+                "converted to a serverless one.")
         self._scaled_variants_kept(doc, config)
         current = doc.get("current") or {}
         # RetainAllVariantProperties: a variant of the same name keeps its instance count
@@ -151,6 +115,7 @@ class EndpointManager:
             raise self._not_found(name, "DeleteEndpoint")
         for deployment in (doc.get("pending"), doc.get("current")):
             if deployment:
+                stop_process_group(deployment.get("reaper"), grace=1.0)
                 stop_process_group(deployment["pid"])
                 shutil.rmtree(deployment["dir"], ignore_errors=True)
         deregister_endpoint(self.state, name)
@@ -167,13 +132,17 @@ class EndpointManager:
             "LastModifiedTime": to_datetime(doc["modified"]),
         }
         if current:
-            # one server process serves the variant; the count is what SageMaker would run
-            count = int(current.get("instances", 1))
-            out["ProductionVariants"] = [{
+            variant: dict[str, Any] = {
                 "VariantName": current["variant"], "CurrentWeight": 1.0, "DesiredWeight": 1.0,
-                "CurrentInstanceCount": count, "DesiredInstanceCount": count,
                 "DeployedImages": [{"SpecifiedImage": current["image"],
-                                    "ResolvedImage": current["image"]}]}]
+                                    "ResolvedImage": current["image"]}]}
+            if current.get("serverless"):  # no instances: the serverless config instead
+                variant.update(CurrentServerlessConfig=current["serverless"],
+                               DesiredServerlessConfig=current["serverless"])
+            else:  # one server process serves the variant; the count is what SageMaker runs
+                count = int(current.get("instances", 1))
+                variant.update(CurrentInstanceCount=count, DesiredInstanceCount=count)
+            out["ProductionVariants"] = [variant]
         if doc.get("reason"):
             out["FailureReason"] = doc["reason"]
         if doc.get("DeploymentConfig"):
@@ -185,14 +154,38 @@ class EndpointManager:
         return out
 
     def target(self, name: str, operation: str) -> tuple[int, str]:
-        """(port, variant) that takes traffic now; blue keeps it while green warms up."""
+        """(port, variant) that takes traffic now; blue keeps it while green warms up (a
+        serverless endpoint is started if idle)."""
+        lease = self.acquire(name, operation)
+        self.release(lease)
+        return lease.port, lease.variant
+
+    def acquire(self, name: str, operation: str) -> Lease:
+        """Where one invocation goes; :meth:`release` it when answered. A serverless
+        endpoint counts it, and starts its server first if it has none (a cold start)."""
+        for _ in range(3):  # a deployment replaced meanwhile: look again
+            current = self._serving(name, operation)
+            if not current.get("serverless"):
+                return Lease(name, current["id"], int(current["port"]),
+                             str(current["variant"]), None)
+            lease = self.serverless.acquire(name, current["id"], operation)
+            if lease is not None:
+                return lease
+        raise client_error(operation, "ServiceUnavailable",
+                           f"Endpoint {name} is changing its deployment; try again.",
+                           status=503)
+
+    def release(self, lease: Lease) -> None:
+        self.serverless.release(lease)
+
+    def _serving(self, name: str, operation: str) -> dict[str, Any]:
         doc = self.describe_doc(name, operation)
         current = doc.get("current")
         if doc["status"] not in ("InService", "Updating") or not current:
             raise client_error(operation, "ValidationError",
                                f"Endpoint {name} of account 000000000000 is not in service "
                                f"(status {doc['status']}).")
-        return int(current["port"]), str(current["variant"])
+        return dict(current)
 
     # -- the state machine
     def describe_doc(self, name: str, operation: str) -> dict[str, Any]:
@@ -201,16 +194,18 @@ class EndpointManager:
             raise self._not_found(name, operation)
         pending, current = doc.get("pending"), doc.get("current")
         if pending:
-            healthy = _alive(pending["pid"]) and ping(pending["port"])
+            healthy = alive(pending["pid"]) and ping(pending["port"])
             if healthy:
                 return self._promote(name, pending["id"])
-            died = not _alive(pending["pid"])
+            died = not alive(pending["pid"])
             too_slow = now() - pending["started"] > pending["health_timeout"]
             if died or too_slow:
                 return self._abandon(name, pending["id"], died=died)
-        elif current and doc["status"] == "InService" and not _alive(current["pid"]):
+        elif current and current.get("serverless"):
+            self.serverless.forget_dead(name, current)  # next request: a cold start
+        elif current and doc["status"] == "InService" and not alive(current["pid"]):
             reason = (f"The serving process for variant {current['variant']} (pid "
-                      f"{current['pid']}) exited. Log: {_tail(Path(current['dir']))}")
+                      f"{current['pid']}) exited. Log: {tail(Path(current['dir']))}")
             return self.state.update("endpoint", name, lambda d: d.update(
                 status="Failed", reason=reason, modified=now())) or doc
         return doc
@@ -227,9 +222,13 @@ class EndpointManager:
                        EndpointConfigName=doc["pending"]["config"], modified=now())
         doc = self.state.update("endpoint", name, change)
         if old:  # traffic has moved: now the blue fleet goes
+            stop_process_group(old.get("reaper"), grace=1.0)
             stop_process_group(old["pid"])
             shutil.rmtree(old["dir"], ignore_errors=True)
-        return doc or {}
+        current = (doc or {}).get("current") or {}
+        if current.get("serverless") and current.get("id") == deployment_id:
+            self.serverless.warmed(name, deployment_id)  # idle from now: scale to zero later
+        return self.state.get("endpoint", name) or doc or {}
 
     def _abandon(self, name: str, deployment_id: str, *, died: bool) -> dict[str, Any]:
         pending: dict[str, Any] | None = None
@@ -243,7 +242,7 @@ class EndpointManager:
                    f"did not pass the /ping health check within "
                    f"{pending['health_timeout']} seconds")
             reason = (f"The primary container for production variant {pending['variant']} "
-                      f"{why}. Log: {_tail(Path(pending['dir']))}")[:1024]
+                      f"{why}. Log: {tail(Path(pending['dir']))}")[:1024]
             updating = doc["current"] is not None
             # a failed update rolls back: InService on the old config, FailureReason set
             doc.update(pending=None, status="InService" if updating else "Failed",
@@ -286,24 +285,24 @@ class EndpointManager:
             bucket, key = parse_s3_uri(container["ModelDataUrl"])
             with tarfile.open(self.s3.path_of(bucket, key), "r:gz") as archive:
                 archive.extractall(model_dir, filter="data")
-        port = _free_port()
         command = container_command(folder, base, mode="serve",
                                     python=interpreter(folder, self.root), root=self.root)
-        env = job_environment(base, {**container.get("Environment", {}),
-                                     "SAGEMAKER_BIND_TO_PORT": str(port),
-                                     "SAGEMAKER_BIND_HOST": "127.0.0.1"})
-        with open(workdir / "server.log", "ab") as log:
-            proc = subprocess.Popen(command, cwd=str(workdir), env=env, stdout=log,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
-        _CHILDREN[proc.pid] = proc
-        return {"id": deployment_id, "config": config_name, "pid": proc.pid, "port": port,
-                "dir": str(workdir), "started": now(), "variant": variant["VariantName"],
-                "image": container["Image"],
-                "instances": retain.get(variant["VariantName"],
-                                        variant.get("InitialInstanceCount", 1)),
-                "health_timeout": variant.get("ContainerStartupHealthCheckTimeoutInSeconds",
-                                              _DEFAULT_HEALTH_TIMEOUT)}
+        env = job_environment(base, dict(container.get("Environment", {})))
+        pid, port = start_server(command, env, workdir)
+        deployment = {
+            "id": deployment_id, "config": config_name, "pid": pid, "port": port,
+            "dir": str(workdir), "started": now(), "variant": variant["VariantName"],
+            "image": container["Image"],
+            "health_timeout": variant.get("ContainerStartupHealthCheckTimeoutInSeconds",
+                                          _DEFAULT_HEALTH_TIMEOUT)}
+        if variant.get("ServerlessConfig"):  # what a cold start runs again
+            deployment.update(serverless=variant["ServerlessConfig"], command=command, env=env,
+                              idle_seconds=idle_seconds(), inflight={}, cold_starts=0,
+                              ready=False, reaper=None)
+        else:  # one server process serves the variant; the count is what SageMaker would run
+            deployment["instances"] = retain.get(variant["VariantName"],
+                                                 variant.get("InitialInstanceCount", 1))
+        return deployment
 
     def _config(self, config_name: str, operation: str) -> dict[str, Any]:
         config = self.state.get("endpoint-config", config_name)
@@ -319,9 +318,5 @@ class EndpointManager:
                             + arn(self.region, "sagemaker", f"endpoint/{name.lower()}") + '".')
 
 
-def _tail(workdir: Path, lines: int = 5) -> str:
-    try:
-        text = (workdir / "server.log").read_text(errors="replace").splitlines()
-    except OSError:
-        return "(no log)"
-    return " | ".join(text[-lines:]) or "(empty)"
+def _serverless(config: dict[str, Any]) -> bool:
+    return any("ServerlessConfig" in v for v in config.get("ProductionVariants", []))

@@ -46,15 +46,16 @@ def log_path(root: Path, group: str, stream: str) -> Path:
     return root / "logs" / group.strip("/") / f"{stream}.log"
 
 
-def spawn_runner(root: Path, kind: str, name: str) -> int:
-    """Start the detached runner for a stored job; returns its pid."""
+def spawn_runner(root: Path, kind: str, name: str, *, announce: bool = True) -> int:
+    """Start the detached runner for a stored job; returns its pid. ``announce``: the
+    runner announces the job's end to the Prefect API (the EventBridge rule's stand-in)."""
     runner_log = root / "jobs" / name / "runner.log"
     runner_log.parent.mkdir(parents=True, exist_ok=True)
     with open(runner_log, "ab") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "sagepipe.tasks.local.runner", str(root), kind, name],
             stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True,
-            cwd=str(root), env=_runner_env(),
+            cwd=str(root), env=_runner_env(announce),
         )
     _CHILDREN[proc.pid] = proc
     return proc.pid
@@ -63,11 +64,12 @@ def spawn_runner(root: Path, kind: str, name: str) -> int:
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
-def _runner_env() -> dict[str, str]:
+def _runner_env(announce: bool = True) -> dict[str, str]:
     """The runner's environment: this one, sagepipe importable, and the Prefect API the
     creating run talks to (where the runner announces the job's end, as EventBridge does)."""
     env = {**os.environ, "PYTHONPATH": _project_path()}
-    api = prefect_api_url()
+    env.pop(API_ENV, None)
+    api = prefect_api_url() if announce else None
     if api:
         env[API_ENV] = api
     return env

@@ -36,7 +36,7 @@ class LocalSageMakerRuntime(LocalClient):
         self._validate("InvokeEndpoint", params)
         name = params["EndpointName"]
         try:
-            port, variant = self.endpoints.target(name, "InvokeEndpoint")
+            lease = self.endpoints.acquire(name, "InvokeEndpoint")
         except Exception as exc:
             code = getattr(exc, "response", {}).get("Error", {}).get("Code")
             if code == "ValidationException":  # unknown endpoint: the runtime's own wording
@@ -50,7 +50,11 @@ class LocalSageMakerRuntime(LocalClient):
             body = body.read()
         headers = {"Content-Type": params.get("ContentType", "application/octet-stream"),
                    "Accept": params.get("Accept", "*/*"), "Content-Length": str(len(body))}
-        status, reply, content_type = self._post(port, body, headers)
+        try:
+            status, reply, content_type = self._post(lease.port, body, headers)
+        finally:  # answered or not, it is in flight no more
+            self.endpoints.release(lease)
+        variant = lease.variant
         if status >= 400:
             message = reply.decode(errors="replace")
             raise client_error(

@@ -9,6 +9,7 @@ process of the project sees the same resources.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from .endpoints import EndpointManager
 from .jobs import JOB_KINDS, runner_died, spawn_runner, stop_runner
 from .s3 import LocalS3
 from .state import StateStore
-from .validation import client_error
+from .validation import check_endpoint_config, client_error
 from .warmpools import check_request, claim_pool, warm_pool_status
 
 __all__ = ["LocalSageMaker"]
@@ -28,9 +29,11 @@ _TERMINAL = ("Completed", "Failed", "Stopped")
 class LocalSageMaker(LocalClient):
     service = "sagemaker"
 
-    def __init__(self, root: Path, state: StateStore, s3: LocalS3, *, region: str) -> None:
+    def __init__(self, root: Path, state: StateStore, s3: LocalS3, *, region: str,
+                 job_events: bool = True) -> None:
         super().__init__(region=region)
         self.root, self.state, self.s3 = root, state, s3
+        self.job_events = job_events  # the EventBridge rule's stand-in: announce job ends
         self.endpoints = EndpointManager(root, state, s3, region=region)
 
     # ------------------------------------------------------------------ jobs
@@ -59,7 +62,7 @@ class LocalSageMaker(LocalClient):
                 f"Create{kind.title()}Job", "ResourceInUse",
                 f"{kind.title()} job names must be unique within an AWS account and region, "
                 f"and a {kind} job with this name already exists ({job_arn})")
-        pid = spawn_runner(self.root, kind, name)
+        pid = spawn_runner(self.root, kind, name, announce=self.job_events)
         self.state.update(f"{kind}-job", name, lambda d: d.update(pid=pid))
         return job_arn
 
@@ -97,6 +100,11 @@ class LocalSageMaker(LocalClient):
             "CreationTime": to_datetime(doc["created"]),
             "LastModifiedTime": to_datetime(doc["modified"]),
         }
+        if doc.get("started") and doc.get("ended"):
+            # "Billable time refers to the absolute wall-clock time" (DescribeTrainingJob);
+            # whole seconds, as AWS reports them. No spot here: billable = training time.
+            seconds = max(1, math.ceil(doc["ended"] - doc["started"]))
+            out.update(TrainingTimeInSeconds=seconds, BillableTimeInSeconds=seconds)
         pool = warm_pool_status(doc, now())
         if pool is not None:
             out["WarmPoolStatus"] = pool
@@ -154,6 +162,27 @@ class LocalSageMaker(LocalClient):
                                                                    secondary="Stopping"))
         stop_runner(doc["pid"])
 
+    def delete_training_job(self, **params: Any) -> dict[str, Any]:
+        self._validate("DeleteTrainingJob", params)
+        self._delete_job("training", params["TrainingJobName"], "DeleteTrainingJob")
+        return metadata()
+
+    def delete_processing_job(self, **params: Any) -> dict[str, Any]:
+        self._validate("DeleteProcessingJob", params)
+        self._delete_job("processing", params["ProcessingJobName"], "DeleteProcessingJob")
+        return metadata()
+
+    def _delete_job(self, kind: str, name: str, operation: str) -> None:
+        # API reference (DeleteTrainingJob, DeleteProcessingJob): only a job in a terminal
+        # state (Stopped, Failed, Completed) can be deleted; all its metadata is lost and
+        # the name can be used again
+        doc = self._job(kind, name, operation)
+        if doc["status"] not in _TERMINAL:
+            raise client_error(operation, "ValidationException",
+                               f"The {kind} job {name} is in status {doc['status']}; only a "
+                               "job that is Stopped, Failed or Completed can be deleted.")
+        self.state.delete(f"{kind}-job", name)
+
     def list_training_jobs(self, **params: Any) -> dict[str, Any]:
         self._validate("ListTrainingJobs", params)
         return self._list_jobs("training", params)
@@ -191,9 +220,12 @@ class LocalSageMaker(LocalClient):
                                "Either PrimaryContainer or Containers must be specified.")
         containers = [self._resolve_container(c) for c in containers]
         model_arn = arn(self.region, "sagemaker", f"model/{name.lower()}")
-        doc = {"ModelName": name, "ModelArn": model_arn, "PrimaryContainer": containers[0],
-               "ExecutionRoleArn": params.get("ExecutionRoleArn"), "created": now(),
-               "tags": params.get("Tags", [])}
+        doc: dict[str, Any] = {
+            "ModelName": name, "ModelArn": model_arn, "PrimaryContainer": containers[0],
+            "ExecutionRoleArn": params.get("ExecutionRoleArn"), "created": now(),
+            "tags": params.get("Tags", [])}
+        # what a serverless endpoint cannot host (validation.check_endpoint_config)
+        doc.update({k: params[k] for k in ("EnableNetworkIsolation", "VpcConfig") if k in params})
         if not self.state.create("model", name, doc):
             raise client_error("CreateModel", "ValidationException",
                                f'Cannot create already existing model "{model_arn}".')
@@ -231,8 +263,10 @@ class LocalSageMaker(LocalClient):
     def create_endpoint_config(self, **params: Any) -> dict[str, Any]:
         self._validate("CreateEndpointConfig", params)
         name = params["EndpointConfigName"]
-        for variant in params["ProductionVariants"]:
-            self._get("model", variant["ModelName"], "CreateEndpointConfig", "model")
+        models = {variant["ModelName"]: self._get("model", variant["ModelName"],
+                                                  "CreateEndpointConfig", "model")
+                  for variant in params["ProductionVariants"]}
+        check_endpoint_config(params, models)
         config_arn = arn(self.region, "sagemaker", f"endpoint-config/{name.lower()}")
         doc = {"EndpointConfigName": name, "EndpointConfigArn": config_arn,
                "ProductionVariants": params["ProductionVariants"], "created": now(),

@@ -22,7 +22,7 @@ from botocore.exceptions import ClientError, ParamValidationError
 from botocore.model import OperationModel, ServiceModel, Shape
 from botocore.validate import ParamValidator
 
-__all__ = ["client_error", "operation_model", "validate_request"]
+__all__ = ["check_endpoint_config", "client_error", "operation_model", "validate_request"]
 
 
 @cache
@@ -111,6 +111,55 @@ def _check_server_side(
           and isinstance(value, int | float) and "max" in meta and value > meta["max"]):
         problems.append(f"Value '{value}' at '{path}' failed to satisfy constraint: "
                         f"Member must have value less than or equal to {meta['max']}")
+
+
+def check_endpoint_config(params: dict[str, Any],
+                          models: dict[str, dict[str, Any]]) -> None:
+    """What SageMaker checks in a CreateEndpointConfig beyond the model's shapes, for
+    serverless variants (``models``: the variants' stored models by name).
+
+    * ProductionVariant.ServerlessConfig "Specifies a serverless endpoint configuration
+      instead of an instance-based endpoint configuration": not both;
+    * ProductionVariantServerlessConfig: MemorySizeInMB "in 1 GB increments" (1024-6144,
+      the range the service model checks), ProvisionedConcurrency "less than or equal to
+      MaxConcurrency";
+    * Serverless Inference, Feature exclusions: no "KMS keys, VPC configuration, network
+      isolation, data capture, multiple production variants".
+    """
+    variants = params.get("ProductionVariants", [])
+    serverless = [v for v in variants if "ServerlessConfig" in v]
+    if not serverless:
+        return
+    problems: list[str] = []
+    if len(variants) > 1:
+        problems.append("a serverless endpoint configuration holds one production variant "
+                        f"(got {len(variants)})")
+    for key in ("KmsKeyId", "DataCaptureConfig"):
+        if key in params:
+            problems.append(f"{key} is not supported for Serverless Inference")
+    for variant in serverless:
+        name, config = variant["VariantName"], variant["ServerlessConfig"]
+        both = [k for k in ("InstanceType", "InitialInstanceCount") if k in variant]
+        if both:
+            problems.append(f"variant {name} sets ServerlessConfig and {', '.join(both)}: a "
+                            "serverless variant has no instances")
+        if config["MemorySizeInMB"] % 1024:
+            problems.append(f"variant {name}: MemorySizeInMB {config['MemorySizeInMB']} is "
+                            "not one of 1024, 2048, 3072, 4096, 5120, 6144")
+        provisioned = config.get("ProvisionedConcurrency")
+        if provisioned is not None and provisioned > config["MaxConcurrency"]:
+            problems.append(f"variant {name}: ProvisionedConcurrency {provisioned} is more "
+                            f"than MaxConcurrency {config['MaxConcurrency']}")
+        model = models.get(variant["ModelName"]) or {}
+        if model.get("EnableNetworkIsolation"):
+            problems.append(f"model {variant['ModelName']}: network isolation is not "
+                            "supported for Serverless Inference")
+        if model.get("VpcConfig"):
+            problems.append(f"model {variant['ModelName']}: VPC configuration is not "
+                            "supported for Serverless Inference")
+    if problems:
+        raise client_error("CreateEndpointConfig", "ValidationException",
+                           "; ".join(problems) + ".")
 
 
 def client_error(operation: str, code: str, message: str, *, status: int = 400,

@@ -88,6 +88,8 @@ _SAGEMAKER_NAMED = {
     "CreateEndpoint": ("endpoint", "EndpointName"),
     "DescribeEndpoint": ("endpoint", "EndpointName"),
     "UpdateEndpoint": ("endpoint", "EndpointName"),
+    "DeleteEndpoint": ("endpoint", "EndpointName"),
+    "DeleteEndpointConfig": ("endpoint-config", "EndpointConfigName"),
 }
 _ROLE_PARAM = {"CreateProcessingJob": "RoleArn", "CreateTrainingJob": "RoleArn",
                "CreateModel": "ExecutionRoleArn"}

@@ -39,6 +39,15 @@ from test_aws_stubbed import (
     new_model_and_config,
     not_found,
 )
+from test_serverless_stubbed import CONFIG as SERVERLESS_CONFIG_NAME
+from test_serverless_stubbed import (
+    FRAMEWORK_ENV,
+    SERVERLESS,
+    config_reply,
+    serverless_model_and_config,
+)
+from test_serverless_stubbed import deploy as serverless_deploy
+from test_serverless_stubbed import package as serverless_package
 
 from sagepipe.tasks.endpoints import EndpointSettings, deploy_package, deployment_config
 from sagepipe.tasks.errors import DeployFailed, DeployRolledBack
@@ -278,6 +287,37 @@ def test_without_autoscaling_anywhere_an_update_sends_what_it_always_did(
     assert run(aws, autoscaling=None).autoscaling is None
     assert [c for c in aws.calls if c.startswith("application-autoscaling")] == [
         "application-autoscaling.DescribeScalableTargets"]
+    aws.assert_done()
+
+
+def test_a_serverless_update_asks_application_auto_scaling_nothing(aws: Stubbed) -> None:
+    """A serverless variant has no instance count (AWS_RULES row 47): around its blue/green
+    update nothing is looked up, registered or removed, and no RetainAllVariantProperties
+    is sent (Stubber fails on any application-autoscaling call not scripted)."""
+    small = {"MemorySizeInMB": 1024, "MaxConcurrency": 5}
+    serving = {"ProductionVariants": [{"VariantName": "AllTraffic",
+                                       "CurrentServerlessConfig": small,
+                                       "DesiredServerlessConfig": small}]}
+    serverless_package(aws, FRAMEWORK_ENV)
+    aws.sm.add_response("describe_endpoint", endpoint("InService", OLD_CONFIG, **serving),
+                        {"EndpointName": ENDPOINT})  # check_endpoint_kind
+    aws.sm.add_response("describe_endpoint_config", config_reply(
+        OLD_CONFIG, {"ServerlessConfig": small}), {"EndpointConfigName": OLD_CONFIG})
+    serverless_model_and_config(aws)
+    aws.sm.add_response("describe_endpoint", endpoint("InService", OLD_CONFIG, **serving),
+                        {"EndpointName": ENDPOINT})
+    config = deployment_config(EndpointSettings(name=ENDPOINT, serverless=SERVERLESS))
+    aws.sm.add_response("update_endpoint", {"EndpointArn": f"{SM_ARN}:endpoint/{ENDPOINT}"},
+                        {"EndpointName": ENDPOINT, "EndpointConfigName": SERVERLESS_CONFIG_NAME,
+                         "DeploymentConfig": config})
+    aws.sm.add_response("describe_endpoint", endpoint("InService", SERVERLESS_CONFIG_NAME),
+                        {"EndpointName": ENDPOINT})
+    invoke_ok(aws, ANSWER)
+
+    result = serverless_deploy(aws, FakeTime())
+
+    assert (result.action, result.autoscaling) == ("updated", None)
+    assert not [c for c in aws.calls if c.startswith("application-autoscaling")]
     aws.assert_done()
 
 

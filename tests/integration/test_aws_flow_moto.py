@@ -20,7 +20,7 @@ from typing import Any
 
 import boto3
 import pytest
-from aws_helpers import ContainerRunner, s3_uri_split, server_side_check
+from aws_helpers import ContainerRunner, RequestRecorder, s3_uri_split, server_side_check
 from moto import mock_aws
 from sklearn.datasets import load_breast_cancer
 
@@ -155,6 +155,26 @@ def test_the_whole_flow_on_the_aws_runtime(aws: None) -> None:
     statuses = [p["ModelApprovalStatus"] for p in sm.list_model_packages(
         ModelPackageGroupName="moto-demo", SortOrder="Ascending")["ModelPackageSummaryList"]]
     assert statuses == ["Approved", "Rejected"]
+
+
+def test_a_run_over_budget_sends_nothing_but_its_record_and_notification(aws: None) -> None:
+    """Refused before the first AWS call of the run: no data copy, image lookup, build, job
+    or endpoint; only the failed run's record (PutObject) and its notification go out."""
+    from sagepipe.tasks.errors import OverBudget
+
+    clients = get_clients(make_config("arn:aws:sns:us-east-1:123456789012:t").runtime)
+    seed_account(clients)
+    topic = clients.sns.create_topic(Name="moto-demo-events")["TopicArn"]
+    recorder = RequestRecorder()
+    recorder.watch(clients.s3, clients.sagemaker, clients.sns, clients.logs, clients.ecr,
+                   clients.codebuild)
+    with pytest.raises(OverBudget) as err:
+        ml_pipeline(config=make_config(topic, budget={"max_usd_per_month_live": 100}))
+    # staging and production: two ml.m5.large around the clock, 167.90 USD a month
+    assert "167.90 USD a month at rest" in str(err.value)
+    assert recorder.operations() == {("s3", "PutObject"), ("sns", "Publish")}
+    record = next(r for r in recorder.requests if r.operation == "PutObject")
+    assert record.params["Key"].endswith("/record.json")
 
 
 def test_an_unversioned_bucket_is_refused_before_any_job(aws: None) -> None:

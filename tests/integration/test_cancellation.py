@@ -168,7 +168,7 @@ def test_the_reconciler_resumes_a_run_whose_job_ended_and_stops_a_cancelled_runs
     """An event that never came: the scheduled reconciler does what the relay would."""
     from datetime import UTC, datetime, timedelta
 
-    from sagepipe.flows.reconcile import reconcile
+    from sagepipe.flows.reconcile import sagepipe_reconcile
 
     config = slow_setup(tmp_path)
     start = job_starter(config)
@@ -183,7 +183,7 @@ def test_the_reconciler_resumes_a_run_whose_job_ended_and_stops_a_cancelled_runs
     try:
         start("cancel-demo-waiting", waiting)
         start("cancel-demo-orphan", cancelled)
-        done = reconcile()
+        done = sagepipe_reconcile()
         statuses = {}
         wait_for(lambda: statuses.update({j["TrainingJobName"]: j["TrainingJobStatus"]
                                           for j in training_jobs(config)})

@@ -166,17 +166,26 @@ def test_flow_role_and_execution_role_grant_exactly_what_the_flow_uses(
     assert second["endpoint"]["autoscaling"]["max_instances"] == 3
     # 3: train and serve on AWS's framework images, scikit-learn and XGBoost (the code
     # uploaded, nothing built), deployed blue/green as well (margin 0: the same model
-    # quality may replace the live one); settings without autoscaling remove it
+    # quality may replace the live one); settings without autoscaling remove it, and
+    # endpoint.staging_keep: false, so once production serves it the staging endpoint and
+    # its config are deleted
+    outputs = stack.outputs
     framework = config_from_outputs(stack, jobs={
-        "role_arn": stack.outputs["SageMakerExecutionRoleArn"], "poll_first_seconds": 0.01,
+        "role_arn": outputs["SageMakerExecutionRoleArn"], "poll_first_seconds": 0.01,
         "poll_max_seconds": 0.05, "network_isolation": False},
         gate={"threshold": 0.5, "margin": 0}, steps={
             "train": {"image": "framework"},
-            "serve": {"image": "framework", "framework": "xgboost"}})
+            "serve": {"image": "framework", "framework": "xgboost"}},
+        endpoint={"name": outputs["EndpointName"], "timeout_seconds": 30,
+                  "staging_name": f"{outputs['EndpointName']}-staging", "staging_keep": False,
+                  "alarms": outputs["EndpointAlarms"].split(",")})
     third = ml_pipeline(config=framework)
     assert third["outcome"] == "deployed", third.get("error") or third.get("decision")
     assert third["endpoint"]["autoscaling"] == {"removed": ["AllTraffic"]}
     assert third["images"]["serve"]["code"].endswith("/sourcedir.tar.gz")
+    assert third["staging_endpoint"]["retired"]["deleted"] is True
+    listed = boto3.client("sagemaker", region_name=REGION).list_endpoints()  # not recorded
+    assert [e["EndpointName"] for e in listed["Endpoints"]] == [outputs["EndpointName"]]
 
     # branches moto cannot reach in a run, through the functions the flow calls:
     # a person's answer to a manual approval

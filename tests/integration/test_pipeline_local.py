@@ -22,7 +22,7 @@ from sagepipe.flows.config import PipelineConfig, build_config
 from sagepipe.flows.pipeline import ml_pipeline
 from sagepipe.tasks.data import push_dataset
 from sagepipe.tasks.endpoints import invoke
-from sagepipe.tasks.errors import ConfigError, DataError, JobFailed
+from sagepipe.tasks.errors import ConfigError, DataError, JobFailed, OverBudget
 from sagepipe.tasks.local import teardown
 from sagepipe.tasks.runtime import get_clients
 
@@ -128,6 +128,17 @@ def test_first_run_deploys_and_the_endpoint_answers(state: Path, dataset: pd.Dat
                                                 "log_loss"}
     assert record["problem"]["type"] == "binary"
     assert record["problem"]["source"].startswith("inferred: label 'target' holds 2 distinct")
+    # the cost: the estimate made before anything ran, and what the jobs billed
+    estimate, measured = record["cost"]["estimate"], record["cost"]["measured"]
+    assert estimate["label"] == "estimate" and estimate["total_usd"] > 0
+    jobs = {job["step"]: job for job in measured["jobs"]}
+    assert set(jobs) == {"preprocess", "train", "evaluate"}
+    assert jobs["train"]["how"] == "BillableTimeInSeconds"  # as DescribeTrainingJob says
+    assert jobs["train"]["billable_seconds"] >= 1
+    assert jobs["preprocess"]["how"] == "ProcessingEndTime - ProcessingStartTime"
+    assert all(0 < job["usd"] < estimate["total_usd"] for job in jobs.values())
+    assert measured["build"]["minutes"] == 1  # the local build: seconds, a billed minute
+    assert "## Cost" in markdown and "BillableTimeInSeconds" in markdown
     assert "## Problem" in markdown and "**binary**" in markdown
     sns = get_clients(config(state).runtime).sns
     messages = sns.messages(sns.create_topic(Name="it-demo-events")["TopicArn"])
@@ -141,6 +152,7 @@ def test_an_unchanged_rerun_starts_no_job(state: Path) -> None:
     record = ml_pipeline(config=config(state))
     assert record["outcome"] == "unchanged"
     assert {s["how"] for s in record["steps"].values()} == {"cached"}
+    assert record["cost"]["measured"]["total_usd"] == 0.0  # nothing ran, nothing was built
     assert jobs_started(state) == before
     assert live_config(state) == endpoint_before
 
@@ -216,8 +228,27 @@ def test_a_crashing_training_script_fails_the_run_with_its_reason(state: Path,
 
     failed = list_run_records(clients, config(state).artifacts_uri, limit=1)[0]
     assert failed["outcome"] == "failed"
+    # the failed job billed its seconds: they are in the record and its measured cost
+    assert failed["steps"]["train"]["billable_seconds"] >= 1
+    train = next(j for j in failed["cost"]["measured"]["jobs"] if j["step"] == "train")
+    assert train["usd"] > 0 and train["how"] == "BillableTimeInSeconds"
     assert err.value.reason in failed["error"]["message"]
     assert live_config(state) == endpoint_before
+
+
+def test_a_run_over_budget_is_refused_before_anything_is_created(state: Path) -> None:
+    sm = get_clients(config(state).runtime).sagemaker
+    before = jobs_started(state)
+    endpoint_before = live_config(state)
+    packages = len(sm.list_model_packages(ModelPackageGroupName="it-demo")[
+        "ModelPackageSummaryList"])
+    with pytest.raises(OverBudget, match=r"more than budget\.max_usd_per_run 0\.0500 USD"):
+        # forced: every job would be new, so only the budget stops it
+        ml_pipeline(config=config(state, budget={"max_usd_per_run": 0.05}), force=True)
+    assert jobs_started(state) == before
+    assert live_config(state) == endpoint_before
+    assert len(sm.list_model_packages(ModelPackageGroupName="it-demo")[
+        "ModelPackageSummaryList"]) == packages
 
 
 def test_bad_data_is_refused_before_any_job(state: Path, dataset: pd.DataFrame,

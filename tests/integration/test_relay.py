@@ -165,12 +165,15 @@ def new_run(api: httpx.Client) -> str:
     return str(run["id"])
 
 
-def suspend(api: httpx.Client, run_id: str) -> None:
-    """What suspend_flow_run proposes (prefect.states.Suspended), through orchestration."""
+def suspend(api: httpx.Client, run_id: str, key: str | None = None) -> None:
+    """What suspend_flow_run proposes (prefect.states.Suspended), through orchestration;
+    ``key``: the pause key (the pipeline's is ``<job>@<how>@<time>``)."""
     until = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    details: dict[str, Any] = {"pause_reschedule": True, "pause_timeout": until}
+    if key:
+        details["pause_key"] = key
     answer = api.post(f"/flow_runs/{run_id}/set_state", json={"state": {
-        "type": "PAUSED", "name": "Suspended",
-        "state_details": {"pause_reschedule": True, "pause_timeout": until}}}).json()
+        "type": "PAUSED", "name": "Suspended", "state_details": details}}).json()
     assert answer["status"] == "ACCEPT", answer
 
 
@@ -261,6 +264,23 @@ def test_a_suspended_run_is_resumed_once_by_its_failed_job(api: httpx.Client) ->
     [stored] = stored_events(api, ids=[relay.prefect_event(event, run_id)["id"]])
     reason = stored["resource"]["sagemaker.failure-reason"]
     assert reason.startswith("AlgorithmError: ") and len(reason) == relay.MAX_REASON
+
+
+def test_a_run_suspended_for_another_job_is_left_alone_and_its_own_job_resumes_it(
+        api: httpx.Client) -> None:
+    run_id = new_run(api)
+    event = training_event(run_id)
+    job = event["detail"]["TrainingJobName"]
+    suspend(api, run_id, key=f"evaluate-{job}@created@1700000000")
+    late = relay.handle(event, api_url=api_url(api))  # e.g. a duplicate delivered late
+    assert late["relayed"] and not late["resumed"]
+    assert late["reason"] == f"event posted; flow run is suspended for evaluate-{job}, left alone"
+    assert state_of(api, run_id)["name"] == "Suspended"
+    api.post(f"/flow_runs/{run_id}/set_state", json={
+        "state": {"type": "RUNNING", "name": "Running"}, "force": True})
+    suspend(api, run_id, key=f"{job}@created@1700000001")
+    assert relay.handle(copy.deepcopy(event), api_url=api_url(api))["resumed"]
+    assert state_of(api, run_id)["name"] == "Resuming"
 
 
 def test_a_run_waiting_for_a_persons_input_is_not_resumed(api: httpx.Client) -> None:

@@ -2,7 +2,10 @@
 deployment run suspends while each step's job runs (no flow process is held), the job's
 end — announced by the local runtime through the relay — resumes it, and the run
 re-enters from the top to finish without creating any job twice; a job that fails
-while the run is suspended fails the run with the job's own reason."""
+while the run is suspended fails the run with the job's own reason; with the events
+lost, the reconciler resumes the run (and a job deleted meanwhile fails it clearly);
+a run cancelled while suspended has its job stopped by the reconciler its Cancelled
+event starts."""
 
 from __future__ import annotations
 
@@ -51,7 +54,7 @@ class Stack:
     def api(self) -> str:
         return self.server.api_url
 
-    def config(self, name: str, train: str) -> dict[str, Any]:
+    def config(self, name: str, train: str, **runtime: Any) -> dict[str, Any]:
         containers = self.tmp / name / "containers"
         shutil.copytree(PROJECT / "containers", containers)
         script = containers / "train" / "train.py"
@@ -59,7 +62,8 @@ class Stack:
         script.write_text(train)
         config = build_config({
             "project": name,
-            "runtime": {"kind": "local", "state_dir": str(self.tmp / name / "state")},
+            "runtime": {"kind": "local", "state_dir": str(self.tmp / name / "state"),
+                        **runtime},
             "dataset_uri": f"s3://{name}/data/data.csv",
             "artifacts_uri": f"s3://{name}/pipeline",
             "containers_dir": str(containers),
@@ -74,12 +78,21 @@ class Stack:
                      config.dataset_uri, "target")
         return config.model_dump(mode="json")
 
-    def start(self, config: dict[str, Any]) -> str:
-        deployment = httpx.get(f"{self.api}/deployments/name/ml-pipeline/local",
-                               timeout=30).json()
-        run = httpx.post(f"{self.api}/deployments/{deployment['id']}/create_flow_run",
-                         json={"parameters": {"config": config}}, timeout=30).json()
+    def start(self, config: dict[str, Any] | None = None,
+              deployment: str = "ml-pipeline/local") -> str:
+        found = httpx.get(f"{self.api}/deployments/name/{deployment}", timeout=30).json()
+        run = httpx.post(f"{self.api}/deployments/{found['id']}/create_flow_run",
+                         json={"parameters": {"config": config} if config else {}},
+                         timeout=30).json()
         return str(run["id"])
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        return dict(httpx.get(f"{self.api}/flow_runs/{run_id}", timeout=30).json())
+
+    def runs_of(self, deployment: str) -> list[dict[str, Any]]:
+        found = httpx.get(f"{self.api}/deployments/name/{deployment}", timeout=30).json()
+        return list(httpx.post(f"{self.api}/flow_runs/filter", timeout=30, json={
+            "deployments": {"id": {"any_": [found["id"]]}}}).json())
 
     def states(self, run_id: str) -> list[dict[str, Any]]:
         found = httpx.get(f"{self.api}/flow_run_states/", params={"flow_run_id": run_id},
@@ -105,9 +118,21 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
         deploy = subprocess.run(
             [str(PREFECT), "deploy", "--prefect-file", "deployments/prefect.yaml",
-             "--name", "ml-pipeline/local", "--no-prompt"],
+             "--name", "ml-pipeline/local", "--name", "sagepipe-reconcile/local",
+             "--no-prompt"],
             env=env, cwd=PROJECT, text=True, capture_output=True, timeout=300)
         assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+        # the reconciler runs here when a test asks (or on its Cancelled-event trigger),
+        # not on its 5-minute schedule
+        reconciler = httpx.get(f"{server.api_url}/deployments/name/sagepipe-reconcile/local",
+                               timeout=30).json()
+        assert "schedules" in reconciler, (reconciler, deploy.stdout[-3000:])
+        for schedule in reconciler["schedules"]:
+            httpx.delete(f"{server.api_url}/deployments/{reconciler['id']}/schedules/"
+                         f"{schedule['id']}", timeout=30).raise_for_status()
+        for run in httpx.post(f"{server.api_url}/flow_runs/filter", timeout=30, json={
+                "deployments": {"id": {"any_": [reconciler["id"]]}}}).json():
+            httpx.delete(f"{server.api_url}/flow_runs/{run['id']}", timeout=30)
         yield Stack(server, tmp)
     finally:
         for state in tmp.glob("*/state"):
@@ -158,3 +183,81 @@ def test_a_job_that_fails_while_the_run_is_suspended_fails_the_run(stack: Stack)
     clients = get_clients(build_config(config).runtime)
     jobs = clients.sagemaker.list_training_jobs()["TrainingJobSummaries"]
     assert len(jobs) == 1, jobs  # the failure is the outcome: no second attempt
+
+
+def until(what: str, check: Any, timeout: float = 120) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"not within {timeout:.0f} s: {what}")
+
+
+def reconcile_once(stack: Stack) -> None:
+    """Run the reconcile deployment through the worker, as its schedule would."""
+    final = stack.wait_final(stack.start(deployment="sagepipe-reconcile/local"), timeout=120)
+    assert final["state"]["type"] == "COMPLETED", final["state"]
+
+
+def test_with_the_events_lost_the_reconciler_resumes_and_a_deleted_job_fails_the_run(
+        stack: Stack) -> None:
+    # the local runtime's EventBridge rule "disabled": no job end is announced
+    config = stack.config("suspend-lost", SLOW.format(seconds=3), job_events=False)
+    run_id = stack.start(config)
+    clients = get_clients(build_config(config).runtime)
+
+    def suspended_with_ended(kind: str) -> bool:
+        jobs = clients.sagemaker.list_training_jobs()["TrainingJobSummaries"] \
+            if kind == "training" else \
+            clients.sagemaker.list_processing_jobs()["ProcessingJobSummaries"]
+        return (stack.run(run_id)["state"]["name"] == "Suspended" and bool(jobs)
+                and all(j[f"{kind.title()}JobStatus"] == "Completed" for j in jobs))
+
+    # preprocess ended, nobody told the run: it stays suspended until the reconciler
+    until("suspended with preprocess ended", lambda: suspended_with_ended("processing"))
+    time.sleep(3)
+    assert stack.run(run_id)["state"]["name"] == "Suspended"
+    reconcile_once(stack)
+    # resumed, it goes on to training: suspended again, training ends unannounced
+    until("suspended with training ended", lambda: suspended_with_ended("training"), 180)
+    [job] = clients.sagemaker.list_training_jobs()["TrainingJobSummaries"]
+    # DeleteTrainingJob (API reference): only a job in a terminal state can be deleted; all
+    # its metadata is lost and its name can be used again
+    clients.sagemaker.delete_training_job(TrainingJobName=job["TrainingJobName"])
+    reconcile_once(stack)
+    final = stack.wait_final(run_id)
+    assert final["state"]["type"] == "FAILED", final["state"]
+    message = final["state"]["message"]
+    assert f"training job {job['TrainingJobName']} is gone" in message, message
+    assert "start a new run" in message, message
+    # nothing was created again in its place
+    assert clients.sagemaker.list_training_jobs()["TrainingJobSummaries"] == []
+
+
+def test_cancelling_a_suspended_run_stops_its_job(stack: Stack) -> None:
+    config = stack.config("suspend-cancel", SLOW.format(seconds=300))
+    run_id = stack.start(config)
+    clients = get_clients(build_config(config).runtime)
+
+    def training() -> list[dict[str, Any]]:
+        return list(clients.sagemaker.list_training_jobs()["TrainingJobSummaries"])
+
+    until("suspended while training runs",
+          lambda: stack.run(run_id)["state"]["name"] == "Suspended" and training(), 180)
+    cancelled_at = time.monotonic()
+    # what the UI's Cancel does; a suspended run has no process, Prefect cancels it at once
+    httpx.post(f"{stack.api}/flow_runs/{run_id}/set_state", timeout=30, json={
+        "state": {"type": "CANCELLING", "message": "cancelled by the test"}}
+    ).raise_for_status()
+    assert stack.wait_final(run_id, timeout=30)["state"]["type"] == "CANCELLED"
+    # the Cancelled event's trigger runs the reconciler for this run, which stops the job
+    [_stopped] = until("the training job stopped", lambda: [
+        j for j in training() if j["TrainingJobStatus"] == "Stopped"], 120)
+    print(f"training job stopped {time.monotonic() - cancelled_at:.1f} s after the cancel")
+    reconciles = stack.runs_of("sagepipe-reconcile/local")
+    assert any(r["parameters"].get("flow_run_id") == f"prefect.flow-run.{run_id}"
+               for r in reconciles), [r["parameters"] for r in reconciles]
+    assert clients.sagemaker.list_processing_jobs(
+        StatusEquals="InProgress")["ProcessingJobSummaries"] == []

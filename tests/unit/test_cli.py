@@ -271,6 +271,18 @@ def test_run_checks_settings_against_the_data_before_any_job(
     assert needs_data or message in plan.stderr
 
 
+def test_a_run_over_budget_is_refused_before_prefect_starts(env: Env) -> None:
+    result = env.cli("run", "--set", "budget.max_usd_per_run=0.2")
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    assert "more than budget.max_usd_per_run 0.2000 USD" in result.stderr
+    assert "  - train job: " in result.stderr and "To fit:" in result.stderr
+    assert "Traceback" not in result.output
+    sm = env.clients.sagemaker
+    assert sm.list_training_jobs()["TrainingJobSummaries"] == []
+    assert sm.list_processing_jobs()["ProcessingJobSummaries"] == []
+
+
 def test_run_without_data_is_refused_before_prefect_starts(env: Env) -> None:
     result = env.cli("run")
     assert result.exit_code == 2, result.output

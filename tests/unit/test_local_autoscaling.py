@@ -91,6 +91,25 @@ def test_targets_application_auto_scaling_refuses_are_refused(
     assert _targets(aas) == []
 
 
+def test_a_serverless_variant_is_not_a_target_for_instance_autoscaling(env: Any) -> None:
+    """A serverless variant has no instance count (AWS_RULES row 47): registering its
+    DesiredInstanceCount is refused, and nothing is registered."""
+    sm, aas = env["sm"], env["clients"]["application-autoscaling"]
+    sm.create_model(ModelName="m-s", ExecutionRoleArn="arn:aws:iam::000000000000:role/x",
+                    PrimaryContainer={"Image": env["image"],
+                                      "ModelDataUrl": "s3://bkt/models/blue.tar.gz"})
+    sm.create_endpoint_config(EndpointConfigName="c-s", ProductionVariants=[{
+        "VariantName": "AllTraffic", "ModelName": "m-s",
+        "ServerlessConfig": {"MemorySizeInMB": 2048, "MaxConcurrency": 5}}])
+    sm.create_endpoint(EndpointName="ep", EndpointConfigName="c-s")
+    assert settle(sm, "ep")["EndpointStatus"] == "InService"
+    with pytest.raises(ClientError) as err:
+        aas.register_scalable_target(**TARGET, MinCapacity=1, MaxCapacity=2)
+    assert err.value.response["Error"]["Code"] == "ValidationException"
+    assert "is serverless" in err.value.response["Error"]["Message"]
+    assert _targets(aas) == []
+
+
 def test_policies_need_a_registered_target_and_requests_fit_botocores_model(env: Any) -> None:
     aas = _live(env)
     with pytest.raises(ClientError) as err:

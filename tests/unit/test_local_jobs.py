@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import tarfile
 import time
 from typing import Any
@@ -56,6 +57,10 @@ def test_training_job_runs_to_completion_and_uploads_the_model(env: dict[str, An
         model = json.loads(tar.extractfile("model.json").read())  # type: ignore[union-attr]
     assert model == {"rows": 2, "hps": {"C": 0.5}}
     assert final["TrainingEndTime"] >= final["TrainingStartTime"]
+    # what AWS bills: whole seconds of wall-clock time (no spot here: all of it)
+    ran = (final["TrainingEndTime"] - final["TrainingStartTime"]).total_seconds()
+    assert final["BillableTimeInSeconds"] == final["TrainingTimeInSeconds"] == max(
+        1, math.ceil(ran))
     # the job's log stream holds the container's output; secrets never reach the container
     logs = env["clients"]["logs"]
     stream = logs.describe_log_streams(logGroupName="/aws/sagemaker/TrainingJobs",

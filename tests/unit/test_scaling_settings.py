@@ -146,17 +146,33 @@ def test_staging_is_never_autoscaled() -> None:
     assert production.for_staging().autoscaling is None
 
 
-def test_the_serverless_hook_refuses_autoscaling_on_a_serverless_endpoint() -> None:
-    """endpoint.serverless arrives with another change; the validator already refuses the
-    pair as soon as EndpointSettings has the field."""
+@pytest.mark.parametrize("endpoint", [
+    {"serverless": {"memory_mb": 2048, "max_concurrency": 5}, "autoscaling": SCALING},
+    # the pair is named first, not an instance_count or strategy that serverless also refuses
+    {"serverless": {}, "instance_count": 2, "strategy": "canary", "alarms": ["a"],
+     "autoscaling": {**SCALING, "min_instances": 2}},
+])
+def test_autoscaling_on_a_serverless_endpoint_is_refused_before_anything_runs(
+        endpoint: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError) as err:
+        build_config({"endpoint": endpoint})
+    message = str(err.value)
+    assert "endpoint.autoscaling and endpoint.serverless are both set" in message
+    assert "a serverless endpoint has no instances" in message
+    assert "Remove one of the two" in message
+    assert "instance_count 2 with endpoint.serverless" not in message
+    build_config({"endpoint": {"autoscaling": SCALING}})  # each alone is fine
+    build_config({"endpoint": {"serverless": {}}})
 
-    class WithServerless(EndpointSettings):
-        serverless: dict[str, int] | None = None
 
-    WithServerless(autoscaling=AutoscalingSettings(**SCALING))  # real-time: fine
-    with pytest.raises(ValueError, match="a serverless endpoint scales itself"):
-        WithServerless(serverless={"memory_mb": 2048, "max_concurrency": 5},
-                       autoscaling=AutoscalingSettings(**SCALING))
+def test_plan_with_autoscaling_and_serverless_exits_2_with_the_reason() -> None:
+    result = CliRunner().invoke(app, [
+        "plan", "--env", "aws", "--set", "endpoint.serverless.memory_mb=2048",
+        "--set", "endpoint.autoscaling.max_instances=3",
+        "--set", "endpoint.autoscaling.target_invocations_per_instance=200"])
+    assert result.exit_code == 2, result.output
+    assert "endpoint.autoscaling and endpoint.serverless are both set" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_the_plan_shows_the_scaling_requests_after_each_deploy_to_production() -> None:
