@@ -394,6 +394,9 @@ def data_push(file: Path = typer.Argument(None, help="a CSV (, ; tab |, optional
               example: bool = typer.Option(False, help="push the example breast-cancer data"),
               if_missing: bool = typer.Option(False, help="do nothing if the dataset exists"),
               dataset: str | None = DatasetOption,
+              trigger: bool = typer.Option(
+                  True, help="announce the new version, as S3 does on AWS: with a Prefect "
+                  "server and the sagepipe-data-arrived deployment, a run starts on it"),
               env: str | None = EnvOption, set_: list[str] = SetOption) -> None:
     """Store a new version of the dataset (checked first; bad data is refused).
 
@@ -422,6 +425,8 @@ def data_push(file: Path = typer.Argument(None, help="a CSV (, ; tab |, optional
         except PipelineError as exc:
             _fail(f"Refused: {exc}", 2)
     typer.echo(f"Stored {config.dataset_uri} version {pushed.version_id}")
+    if config.runtime.kind == "local" and trigger and config.triggers.on_data:
+        _announce(config, pushed.version_id)
     if pushed.report is not None:
         typer.echo(f"Data: {pushed.report.describe()}")
         typer.echo(f"Rows: {pushed.rows if pushed.rows is not None else '-'}; schema digest: "
@@ -433,6 +438,52 @@ def data_push(file: Path = typer.Argument(None, help="a CSV (, ; tab |, optional
                 config.settings_for(pushed.report.problem, exact=True)
             except PipelineError as exc:
                 typer.secho(f"Before you run: {exc}", fg=typer.colors.YELLOW, err=True)
+
+
+def _announce(config: PipelineConfig, version_id: str) -> None:
+    """The local stand-in for S3 -> EventBridge -> relay: announce the pushed version to
+    the Prefect API, then name the run the sagepipe-data-arrived deployment starts."""
+    from sagepipe.flows.arrivals import current_versions, dataset_run_name
+    from sagepipe.flows.server import running
+    from sagepipe.tasks.local.events import announce_object
+
+    api = os.environ.get("PREFECT_API_URL") or None
+    if api is None:
+        server = running(Path(config.runtime.state_dir) / "prefect")
+        api = server.api_url if server is not None else None
+    if api is None:  # nothing to announce to: runs start by hand (`sagepipe run`)
+        return
+    bucket, key = parse_s3_uri(config.dataset_uri)
+    try:
+        arrivals = httpx.get(f"{api.rstrip('/')}/deployments/name/sagepipe-data-arrived/local",
+                             timeout=10)
+        if arrivals.status_code == 404:
+            typer.echo("(To have a push start a run: README, Retrain when new data arrives.)")
+            return
+        relayed = announce_object(get_clients(config.runtime).s3, bucket, key, version_id,
+                                  api_url=api, region=config.runtime.region)
+    except (httpx.HTTPError, PipelineError, OSError) as exc:
+        typer.secho(f"Stored, but could not announce it to {api}: {exc}", err=True,
+                    fg=typer.colors.YELLOW)
+        return
+    if not relayed.get("relayed"):
+        typer.echo(f"Not announced: {relayed.get('reason')}")
+        return
+    quiet = config.triggers.quiet_seconds
+    typer.echo(f"Announced: a run of ml-pipeline/local starts on it once the dataset has been "
+               f"quiet for {quiet:g} s (--no-trigger: don't)")
+    name = dataset_run_name(current_versions(config))
+    deadline = time.monotonic() + quiet + 60
+    while time.monotonic() < deadline:
+        found = httpx.post(f"{api.rstrip('/')}/flow_runs/filter", timeout=10, json={
+            "flow_runs": {"name": {"any_": [name]}}, "limit": 1}).json()
+        if found:
+            ui = api.rstrip("/").removesuffix("/api")
+            typer.echo(f"Started {name}: {ui}/runs/flow-run/{found[0]['id']}")
+            return
+        time.sleep(1)
+    typer.echo(f"No run {name} yet (another push may have followed this one, or no worker "
+               "is running: `sagepipe server up`); see the Prefect UI.")
 
 
 @data_app.command("example")

@@ -101,6 +101,22 @@ class NotificationSettings(BaseModel):
     topic_arn: str | None = Field(None, description="SNS topic; the local runtime makes one")
 
 
+class TriggerSettings(BaseModel):
+    """What starts a run besides a push or a person: a new version of the dataset."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    on_data: bool = Field(True, description="a new dataset version (S3 Object Created under "
+                          "datasets/, or `sagepipe data push`) starts a run of the deployment "
+                          "on exactly that version; false: new data waits for the next run")
+    quiet_seconds: float = Field(
+        60.0, ge=0, le=3600, description="a multi-file upload: the run starts once no new "
+        "object has arrived for this long, on all of them")
+    max_wait_seconds: float = Field(
+        900.0, ge=0, le=24 * 3600, description="an upload that never goes quiet: the run "
+        "starts on what arrived by then")
+
+
 def _default_hyperparameters() -> dict[str, str | int | float | bool | None]:
     return {"model": "hist_gradient_boosting"}
 
@@ -142,6 +158,7 @@ class PipelineConfig(BaseModel):
     gate: GateSettings = GateSettings()
     endpoint: EndpointSettings = EndpointSettings()
     notifications: NotificationSettings = NotificationSettings()
+    triggers: TriggerSettings = TriggerSettings()
     # cost: what the estimate assumes, and the limits a run must fit (flows/estimate.py)
     pricing: PricingSettings = Field(
         PricingSettings(), description="price overrides by key and the usage the estimate "

@@ -136,8 +136,14 @@ def _run_id() -> tuple[str, str | None, str | None]:
 @flow(name="ml-pipeline", on_cancellation=[_stop_jobs_of_run], on_crashed=[_stop_jobs_of_run],
       log_prints=True)
 def ml_pipeline(config: PipelineConfig = PipelineConfig(),
-                commit: str | None = None, force: bool = False) -> dict[str, Any]:
-    """Train, judge and (maybe) deploy a model; returns the run record."""
+                commit: str | None = None, force: bool = False,
+                dataset_versions: dict[str, str] | None = None,
+                trigger: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train, judge and (maybe) deploy a model; returns the run record.
+
+    ``dataset_versions`` ({key: S3 version id}): pin exactly these objects of the dataset
+    (a run started by new data), not the latest. ``trigger``: what started the run
+    (``{"kind": "data", ...}`` from sagepipe-data-arrived); else a commit means a push."""
     log = get_run_logger()
     run_id, run_name, run_url = _run_id()
     if config.jobs.wait == "suspend" and not _in_deployment():
@@ -149,7 +155,9 @@ def ml_pipeline(config: PipelineConfig = PipelineConfig(),
     record: dict[str, Any] = {"run_id": run_id, "run_name": run_name, "commit": commit,
                               "project": config.project, "runtime": runtime.kind,
                               "flow_run_url": run_url, "started": time.time(), "steps": {},
-                              "outcome": "running", "forced": force}
+                              "outcome": "running", "forced": force,
+                              "trigger": trigger or ({"kind": "push", "commit": commit}
+                                                     if commit else {"kind": "hand"})}
     topic = config.notifications.topic_arn
     try:
         if runtime.kind == "local":
@@ -166,7 +174,8 @@ def ml_pipeline(config: PipelineConfig = PipelineConfig(),
         for name in filter(None, (config.endpoint.staging_name, config.endpoint.name)):
             check_endpoint_kind(get_clients(runtime), name, config.endpoint.serverless)
 
-        pin = pin_data(runtime, config.dataset_uri, config.artifacts_uri, config.data_rules())
+        pin = pin_data(runtime, config.dataset_uri, config.artifacts_uri, config.data_rules(),
+                       dataset_versions)
         record["data"] = pin.model_dump()
         sampled = pin.report.problem if pin.report else "auto"
         if config.problem == "auto" and sampled != "auto":  # the settings must fit the data
@@ -450,8 +459,10 @@ def _finish(config: PipelineConfig, record: dict[str, Any], topic: str | None,
     record["summary"] = summary
     publish_outcome(record, config.endpoint.name)  # what CI reads: sagepipe trigger, the Lambda
     notify(config.runtime, topic, outcome, project=config.project, summary=summary,
-           details={k: record.get(k) for k in ("run_id", "commit", "decision", "model_package",
-                                               "endpoint", "error", "links")})
+           details={**{k: record.get(k) for k in ("run_id", "commit", "trigger", "decision",
+                                                  "model_package", "endpoint", "error",
+                                                  "links")},
+                    "dataset": _dataset_versions(record)})
     return record
 
 
@@ -466,6 +477,15 @@ def _warm_pools_now(config: PipelineConfig, record: dict[str, Any]) -> None:
             except Exception as exc:  # the time read when the job ended stands
                 get_run_logger().warning("Could not read the warm pool of %s: %s",
                                          info["job"], exc)
+
+
+def _dataset_versions(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The dataset the run pinned: its URI, digest and each object's version."""
+    data = record.get("data")
+    if not data:
+        return None
+    return {"uri": data.get("source_uri"), "digest": data.get("digest"),
+            "versions": {o["key"]: o["version_id"] for o in data.get("objects") or []}}
 
 
 def _summary(record: dict[str, Any]) -> str:

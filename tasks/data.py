@@ -215,6 +215,31 @@ def resolve_versions(clients: Clients, uri: str, dataset: str | None = None
     return bucket, sorted(objects, key=lambda o: o.key)
 
 
+def exact_versions(clients: Clients, uri: str, versions: dict[str, str]
+                   ) -> tuple[str, list[PinnedObject]]:
+    """The given object versions of the dataset at ``uri`` (what a run started by new data
+    pins: exactly the versions that arrived, not whatever is latest when it starts)."""
+    bucket, key = parse_s3_uri(uri)
+    prefix = key if not key or key.endswith("/") else key + "/"
+    objects: list[PinnedObject] = []
+    for name, version in sorted(versions.items()):
+        if name != key and not name.startswith(prefix):
+            raise DataError(f"s3://{bucket}/{name} is not part of the dataset {uri}; a run "
+                            "pins only that dataset's objects (check dataset_uri).")
+        try:
+            head = clients.s3.head_object(Bucket=bucket, Key=name, VersionId=version)
+        except ClientError as exc:
+            if _code(exc) in ("404", "NoSuchKey", "NoSuchVersion", "400", "InvalidArgument"):
+                raise DataError(f"Version {version} of s3://{bucket}/{name}, which this run "
+                                "was started for, no longer exists (deleted?). Start a run "
+                                "on the current data instead (sagepipe run).") from exc
+            raise
+        objects.append(_pinned(name, head))
+    if not objects:
+        raise DataError(f"No object versions given for {uri}.")
+    return bucket, objects
+
+
 def _pinned(key: str, head: dict[str, Any]) -> PinnedObject:
     version = head.get("VersionId")
     if not version or version == "null":
@@ -483,9 +508,10 @@ def _column_kinds(path: Path, report: DatasetReport, rules: DataRules) -> list[s
 
 
 def pin_dataset(clients: Clients, dataset_uri: str, artifacts_uri: str,
-                rules: DataRules | str) -> DataPin:
+                rules: DataRules | str, versions: dict[str, str] | None = None) -> DataPin:
     rules = _rules(rules)
-    bucket, objects = resolve_versions(clients, dataset_uri, rules.dataset)
+    bucket, objects = exact_versions(clients, dataset_uri, versions) if versions else \
+        resolve_versions(clients, dataset_uri, rules.dataset)
     first: DatasetReport | None = None
     for obj in objects:
         report = inspect_object(clients, bucket, obj, rules)
@@ -566,9 +592,10 @@ def _already_copied(clients: Clients, bucket: str, key: str, obj: PinnedObject) 
 
 @task(name="pin-data", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient)
 def pin_data(runtime: RuntimeSettings, dataset_uri: str, artifacts_uri: str,
-             rules: DataRules) -> DataPin:
-    """Resolve, check and snapshot the dataset; never cached, so a new version is seen."""
-    pin = pin_dataset(get_clients(runtime), dataset_uri, artifacts_uri, rules)
+             rules: DataRules, versions: dict[str, str] | None = None) -> DataPin:
+    """Resolve, check and snapshot the dataset; never cached, so a new version is seen.
+    ``versions`` ({key: version id}): exactly these, not the latest."""
+    pin = pin_dataset(get_clients(runtime), dataset_uri, artifacts_uri, rules, versions)
     log = get_run_logger()
     log.info("Pinned %d object(s) of %s as %s", len(pin.objects), dataset_uri,
              pin.snapshot_uri)

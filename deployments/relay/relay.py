@@ -27,10 +27,19 @@ bounded retries of dropped connections, timeouts and 429/502/503/504 answers, an
 never past the deadline: the invocation fails, Lambda retries it and then leaves it
 in the dead-letter queue. The API key is never logged.
 
+New data: an S3 "Object Created" event (the bucket sends its events to EventBridge;
+the stack's rule passes only keys under ``datasets/``) becomes the Prefect event
+``sagepipe.dataset.object-created`` on the resource ``aws.s3.object.<bucket>/<key>``
+with the object's version id, size and etag - the event the ``sagepipe-data-arrived``
+deployment's trigger waits for. Its id is derived from bucket, key and version, so a
+duplicate is stored once. A key outside ``DATASET_PREFIX`` is ignored here too (the
+pipeline's own writes, under ``pipeline/``, must never start a run). No AWS call.
+
 Environment (Lambda):
     PREFECT_API_SECRET_ARN  Secrets Manager secret whose SecretString is JSON
                             {"api_url": "...", "api_key": "..."} (api_key may be empty)
     HTTP_TIMEOUT_SECONDS    per Prefect API request (default 10)
+    DATASET_PREFIX          the keys whose new versions are announced (default datasets/)
 
 AWS calls: secretsmanager:GetSecretValue, sagemaker:ListTags.
 """
@@ -179,6 +188,73 @@ def prefect_event(event: dict[str, Any], flow_run_id: str | None) -> dict[str, A
     }
 
 
+DATASET_EVENT = "sagepipe.dataset.object-created"
+DEFAULT_DATASET_PREFIX = "datasets/"
+
+
+def object_of(event: dict[str, Any]) -> dict[str, Any] | None:
+    """{bucket, key, version_id, size, etag} of an S3 "Object Created" event; None if not
+    one (AWS's example: S3 user guide, "EventBridge event message structure")."""
+    if not isinstance(event, dict) or event.get("source") != "aws.s3" \
+            or event.get("detail-type") != "Object Created":
+        return None
+    detail = event.get("detail")
+    if not isinstance(detail, dict):
+        return None
+    holder = detail.get("bucket")
+    bucket = holder.get("name") if isinstance(holder, dict) else None
+    found = detail.get("object")
+    obj: dict[str, Any] = found if isinstance(found, dict) else {}
+    key = obj.get("key")
+    if not isinstance(bucket, str) or not bucket or not isinstance(key, str) or not key:
+        return None
+    version = obj.get("version-id")
+    size = obj.get("size")
+    return {"bucket": bucket, "key": key,
+            "version_id": version if isinstance(version, str) and version else None,
+            "size": int(size) if isinstance(size, (int, float)) else None,
+            "etag": str(obj.get("etag") or "").strip('"') or None,
+            "reason": str(detail.get("reason") or "")}
+
+
+def dataset_event(event: dict[str, Any]) -> dict[str, Any]:
+    """The Prefect event for a new object version (labels are strings)."""
+    found = object_of(event)
+    if found is None:
+        raise ValueError("not an S3 Object Created event")
+    where = f"{found['bucket']}/{found['key']}"
+    version = found["version_id"] or "null"  # an unversioned bucket: S3's own word
+    resource = {"prefect.resource.id": f"aws.s3.object.{where}",
+                "prefect.resource.name": found["key"], "s3.bucket": found["bucket"],
+                "s3.key": found["key"], "s3.version-id": version,
+                "s3.size": str(found["size"] if found["size"] is not None else ""),
+                "s3.etag": found["etag"] or ""}
+    return {"id": str(uuid.uuid5(_ID_NAMESPACE, json.dumps(["s3", where, version]))),
+            "occurred": _occurred(event), "event": DATASET_EVENT, "resource": resource,
+            "related": [], "payload": {"detail-type": "Object Created", **found}}
+
+
+def _relay_dataset(event: dict[str, Any], *, api_url: str, api_key: str | None,
+                   timeout: float, deadline: float | None,
+                   prefix: str | None) -> dict[str, Any]:
+    found = object_of(event)
+    assert found is not None
+    prefix = DEFAULT_DATASET_PREFIX if prefix is None else prefix
+    summary: dict[str, Any] = {"relayed": False, "object": f"s3://{found['bucket']}/"
+                               f"{found['key']}", "version_id": found["version_id"],
+                               "reason": ""}
+    if not found["key"].startswith(prefix):
+        summary["reason"] = f"{found['key']} is not under {prefix}: not a dataset's"
+        return summary
+    if deadline is None:
+        deadline = time.monotonic() + 2 * ATTEMPTS * timeout
+    api = _PrefectAPI(api_url.rstrip("/"), api_key or "", timeout, deadline)
+    api.request("POST", "/events", [dataset_event(event)])
+    summary.update(relayed=True, reason=f"event posted: {DATASET_EVENT}")
+    log.info("New version %s of %s -> Prefect", found["version_id"], summary["object"])
+    return summary
+
+
 def _tag_value(tags: Any) -> str | None:
     """The flow run tag from SageMaker's list form [{"Key", "Value"}] or the event's map."""
     if isinstance(tags, dict):
@@ -197,12 +273,17 @@ def _tag_value(tags: Any) -> str | None:
 
 def handle(event: dict[str, Any], *, api_url: str, api_key: str | None = None,
            list_tags: Callable[[str], list[dict[str, Any]]] | None = None,
-           timeout: float = 10.0, deadline: float | None = None) -> dict[str, Any]:
-    """Relay one event to Prefect: its event, and a resume for a terminal job status.
+           timeout: float = 10.0, deadline: float | None = None,
+           dataset_prefix: str | None = None) -> dict[str, Any]:
+    """Relay one event to Prefect: its event, and a resume for a terminal job status
+    (or, for a new object version under ``dataset_prefix``, the dataset event).
 
     ``deadline`` is on time.monotonic()'s clock: no request starts after it (default:
     room for the three requests and their retries). Raises RelayError only when the
     Prefect API cannot be reached or answers an error."""
+    if object_of(event) is not None:
+        return _relay_dataset(event, api_url=api_url, api_key=api_key, timeout=timeout,
+                              deadline=deadline, prefix=dataset_prefix)
     job = job_of(event)
     if job is None:
         return {"relayed": False, "job": None, "status": None, "flow_run_id": None,
@@ -413,13 +494,14 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
     span = remaining() / 1000.0 - 1.0 if callable(remaining) else \
         AWS_CALL_SECONDS + 4 * ATTEMPTS * timeout
     deadline = time.monotonic() + max(span, 1.0)
-    if job_of(event) is None:
+    if job_of(event) is None and object_of(event) is None:
         log.warning("Not a SageMaker job or endpoint state change (detail-type %r); ignored",
                     event.get("detail-type") if isinstance(event, dict) else None)
         return {"relayed": False, "job": None, "status": None, "flow_run_id": None,
                 "resumed": False, "reason": "not a SageMaker job or endpoint state change"}
     api_url, api_key = prefect_settings()
     summary = handle(event, api_url=api_url, api_key=api_key, list_tags=list_tags,
-                     timeout=timeout, deadline=deadline)
+                     timeout=timeout, deadline=deadline,
+                     dataset_prefix=os.environ.get("DATASET_PREFIX"))
     log.info("Relay: %s", json.dumps(summary))
     return summary

@@ -20,7 +20,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-__all__ = ["API_ENV", "prefect_api_url", "publish", "state_change_event"]
+__all__ = ["API_ENV", "announce_object", "object_created_event", "prefect_api_url", "publish",
+           "state_change_event"]
 
 API_ENV = "SAGEPIPE_PREFECT_API_URL"
 _DETAIL_TYPE = {"training": "SageMaker Training Job State Change",
@@ -92,3 +93,31 @@ def publish_quietly(root: Path, kind: str, name: str) -> None:
               file=sys.stderr, flush=True)
         return
     print(f"announced: {result}", file=sys.stderr, flush=True)
+
+
+def object_created_event(bucket: str, key: str, head: dict[str, Any], *,
+                         region: str = "us-east-1", account: str = "000000000000",
+                         reason: str = "PutObject") -> dict[str, Any]:
+    """The EventBridge event S3 sends for a new object version (S3 user guide,
+    "EventBridge event message structure", Object created), from its HeadObject."""
+    return {"version": "0", "id": str(uuid.uuid4()), "detail-type": "Object Created",
+            "source": "aws.s3", "account": account,
+            "time": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "region": region,
+            "resources": [f"arn:aws:s3:::{bucket}"],
+            "detail": {"version": "0", "bucket": {"name": bucket},
+                       "object": {"key": key, "size": int(head.get("ContentLength") or 0),
+                                  "etag": str(head.get("ETag") or "").strip('"'),
+                                  "version-id": head.get("VersionId"),
+                                  "sequencer": f"{time.time_ns():016X}"},
+                       "request-id": uuid.uuid4().hex[:16].upper(), "requester": account,
+                       "source-ip-address": "127.0.0.1", "reason": reason}}
+
+
+def announce_object(s3: Any, bucket: str, key: str, version_id: str, *, api_url: str,
+                    region: str = "us-east-1") -> dict[str, Any]:
+    """What S3 + EventBridge + the relay do for a new object version on AWS: the same
+    event, through the same relay code (which drops keys outside datasets/)."""
+    from sagepipe.deployments.relay.relay import handle
+
+    head = s3.head_object(Bucket=bucket, Key=key, VersionId=version_id)
+    return handle(object_created_event(bucket, key, head, region=region), api_url=api_url)

@@ -468,3 +468,74 @@ def test_zip_holds_only_the_relay_and_it_imports_only_stdlib_and_boto3(
     spec = importlib.util.find_spec("sagepipe.deployments.relay.relay")
     assert spec is not None and spec.origin is not None
     assert Path(spec.origin).resolve() == (RELAY / "relay.py").resolve()
+
+
+# AWS's "Object Created" example (S3 user guide, "EventBridge event message structure";
+# AWS_RULES.md), the bucket and key made this project's
+OBJECT_CREATED: dict[str, Any] = {
+    "version": "0", "id": "17793124-05d4-b198-2fde-7ededc63b103",
+    "detail-type": "Object Created", "source": "aws.s3", "account": "111122223333",
+    "time": "2021-11-12T00:00:00Z", "region": "ca-central-1",
+    "resources": ["arn:aws:s3:::amzn-s3-demo-bucket1"],
+    "detail": {"version": "0", "bucket": {"name": "amzn-s3-demo-bucket1"},
+               "object": {"key": "datasets/churn/part-1.csv", "size": 5,
+                          "etag": "b1946ac92492d2347c6235b4d2611184",
+                          "version-id": "IYV3p45BT0ac8hjHg1houSdS1a.Mro8e",
+                          "sequencer": "617f08299329d189"},
+               "request-id": "N4N7GDK58NMKJ12R", "requester": "123456789012",
+               "source-ip-address": "1.2.3.4", "reason": "PutObject"}}
+
+
+def test_a_new_dataset_version_becomes_a_prefect_event_once(
+        api: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    event = copy.deepcopy(OBJECT_CREATED)
+    event["detail"]["object"]["version-id"] = uuid.uuid4().hex  # new to this server
+    event["time"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")  # in the feed's window
+    # the Lambda handler: the secret once, and no other AWS call (no SageMaker client)
+    kwargs: dict[str, Any] = {"region_name": REGION, "aws_access_key_id": "testing",
+                              "aws_secret_access_key": "testing"}
+    secrets = boto3.client("secretsmanager", **kwargs)
+    monkeypatch.setenv("PREFECT_API_SECRET_ARN", SECRET_ARN)
+    monkeypatch.setattr(relay, "_SECRETS", {})
+    monkeypatch.setattr(relay, "_AWS", {"secretsmanager": secrets})
+    context = SimpleNamespace(get_remaining_time_in_millis=lambda: 30_000)
+    with Stubber(secrets) as stub:
+        stub.add_response("get_secret_value", {"ARN": SECRET_ARN, "SecretString": json.dumps(
+            {"api_url": api_url(api), "api_key": ""})}, {"SecretId": SECRET_ARN})
+        first = relay.handler(event, context)
+        again = relay.handler(copy.deepcopy(event), context)  # at-least-once delivery
+        stub.assert_no_pending_responses()
+    assert set(relay._AWS) == {"secretsmanager"}  # nothing else was called
+    where = "s3://amzn-s3-demo-bucket1/datasets/churn/part-1.csv"
+    assert first == again == {"relayed": True, "object": where,
+                              "version_id": event["detail"]["object"]["version-id"],
+                              "reason": "event posted: sagepipe.dataset.object-created"}
+    stored = stored_events(api, ids=[relay.dataset_event(event)["id"]])
+    time.sleep(1)
+    stored = stored_events(api, ids=[relay.dataset_event(event)["id"]])
+    [one] = stored  # the duplicate is stored once
+    assert one["event"] == "sagepipe.dataset.object-created"
+    assert one["resource"] == {
+        "prefect.resource.id": "aws.s3.object.amzn-s3-demo-bucket1/datasets/churn/part-1.csv",
+        "prefect.resource.name": "datasets/churn/part-1.csv",
+        "s3.bucket": "amzn-s3-demo-bucket1", "s3.key": "datasets/churn/part-1.csv",
+        "s3.version-id": event["detail"]["object"]["version-id"], "s3.size": "5",
+        "s3.etag": "b1946ac92492d2347c6235b4d2611184"}
+    assert one["payload"]["reason"] == "PutObject"
+
+
+def test_the_pipelines_own_writes_are_never_announced() -> None:
+    """The rule passes only datasets/; the relay drops anything else too (a rule edited by
+    hand must not let a run's snapshot start the next run). No Prefect call is made: the
+    API URL leads nowhere."""
+    for key in ("pipeline/data/0123abcd/part-1.csv", "pipeline/runs/x/record.json",
+                "datasetsX/a.csv"):
+        event = copy.deepcopy(OBJECT_CREATED)
+        event["detail"]["object"]["key"] = key
+        summary = relay.handle(event, api_url="http://127.0.0.1:9/api")
+        assert summary["relayed"] is False
+        assert summary["reason"] == f"{key} is not under datasets/: not a dataset's"
+    # another prefix, as DATASET_PREFIX sets it
+    event = copy.deepcopy(OBJECT_CREATED)
+    assert relay.handle(event, api_url="http://127.0.0.1:9/api",
+                        dataset_prefix="incoming/")["relayed"] is False
