@@ -412,6 +412,19 @@ def test_relay_role_grants_exactly_the_relay_calls(
                            ("endpoint", project), ("endpoint", f"{project}-staging")):
             summary = relay.handler(state_change(kind, name), None)
             assert summary["relayed"] and summary["flow_run_id"] == run_id, summary
+        # and what DatasetRule lets through: a new dataset version (no AWS call of its own)
+        bucket = stack.outputs["BucketName"]
+        created = {"version": "0", "id": str(uuid.uuid4()), "detail-type": "Object Created",
+                   "source": "aws.s3", "time": "2030-01-01T00:00:00Z",
+                   "resources": [f"arn:aws:s3:::{bucket}"],
+                   "detail": {"version": "0", "bucket": {"name": bucket},
+                              "object": {"key": "datasets/breast-cancer/data.csv", "size": 5,
+                                         "etag": "b1946ac92492d2347c6235b4d2611184",
+                                         "version-id": "IYV3p45BT0ac8hjHg1houSdS1a.Mro8e"},
+                              "reason": "PutObject"}}
+        calls_before = len(recorder.requests)
+        assert relay.handler(created, None)["relayed"]
+        assert len(recorder.requests) == calls_before  # the secret is read once per container
     finally:
         server.shutdown()
 
