@@ -160,7 +160,14 @@ def test_flow_role_and_execution_role_grant_exactly_what_the_flow_uses(
     # production's fleet kept and its autoscaling applied again
     strong = autoscaled(config_from_outputs(stack, dataset_uri=stack.outputs[
         "DatasetUri"].rsplit("/", 1)[0] + "/"))
-    second = ml_pipeline(config=strong)
+    # ... started as new data starts it: the sagepipe-data-arrived flow (same role) lists
+    # the dataset's versions, the run pins exactly those (HeadObject/CopyObject of them)
+    from sagepipe.flows.arrivals import current_versions
+
+    versions = current_versions(strong)
+    second = ml_pipeline(config=strong, dataset_versions=versions,
+                         trigger={"kind": "data", "versions": versions})
+    assert {o["key"]: o["version_id"] for o in second["data"]["objects"]} == versions
     assert second["outcome"] == "deployed", second.get("error") or second.get("decision")
     assert second["endpoint"]["action"] == "updated"
     assert second["endpoint"]["autoscaling"]["max_instances"] == 3
