@@ -24,9 +24,14 @@ run: $(STAMP)
 	$(BIN)/sagepipe data push --example --if-missing
 	$(BIN)/sagepipe run
 
-## test: install and run every test
+## test: install and run every test, TEST_WORKERS files at a time (TEST_WORKERS=0: serially)
+# Most of the suite waits on subprocesses and servers, so more workers than cores pays.
+# Each worker has its own temporary Prefect server; --dist loadfile keeps a file's tests
+# together and in order (module fixtures, tests that build on each other); the slowest
+# files go first (tests/conftest.py), which --no-loadscope-reorder keeps.
+TEST_WORKERS ?= 3
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

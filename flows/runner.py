@@ -107,6 +107,17 @@ def stop_temporary(directory: Path) -> bool:
     return stopped
 
 
+def send_pending_to_api() -> None:
+    """Send the run's last logs and events while the server still answers: left queued
+    until the process exits, Prefect's workers would find a temporary server stopped and
+    retry for a minute before giving up ("Error logging to API")."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=30)
+    EventsWorker.drain_all(timeout=30)
+
+
 class Interrupts:
     """SIGINT/SIGTERM become KeyboardInterrupt once; the second one exits at once."""
 
@@ -164,6 +175,8 @@ def run_pipeline(config: PipelineConfig, *, commit: str | None, force: bool, ver
         if api.directory is not None:
             stack.callback(stop_temporary, api.directory)
         stack.enter_context(temporary_settings(updates=updates))
+        if api.directory is not None:  # (callbacks run last-in first-out)
+            stack.callback(send_pending_to_api)
         stack.enter_context(interrupts)
         with view.attached():
             try:

@@ -9,7 +9,7 @@ adds a worker for the ``sagepipe-local`` pool (what ``prefect deployment run``
 needs). ``down`` stops both: SIGTERM to each process group, SIGKILL after a grace
 period. The state file names the processes by pid; a stale one (dead pid, or a pid
 recycled by another program) is noticed and replaced, and a port in use by anything
-else moves the server to the next free port.
+else (even one taken while the server starts) moves the server to the next free port.
 """
 
 from __future__ import annotations
@@ -42,10 +42,15 @@ LOCAL_POOL = "sagepipe-local"
 STATE_FILE = "server.json"
 DEFAULT_PORT = 4200
 PORTS_TRIED = 50  # DEFAULT_PORT .. DEFAULT_PORT + 49
+PORT_RACES = 3  # a port taken while the server started: tried again on the next free one
 
 
 class ServerError(PipelineError):
     pass
+
+
+class PortTaken(ServerError):
+    """The server could not bind its port: something else took it after the check."""
 
 
 @dataclass(frozen=True)
@@ -106,19 +111,43 @@ def ensure_server(directory: Path = DEFAULT_DIR, *, port: int | None = None, ui:
             down(directory, grace=5)  # alive but not answering: start afresh
         else:
             _forget(directory)
-        chosen = _check_port_free(port) if port else _free_port(DEFAULT_PORT)
-        api_url = f"http://127.0.0.1:{chosen}/api"
-        server = _start(_server_command(chosen), directory / "server.log",
-                        _server_env(directory, chosen, ui))
-        try:
-            _wait(lambda: _get(f"{api_url}/health") is not None, timeout, server,
-                  directory / "server.log", "the Prefect server to answer")
-        except BaseException:
-            _stop_group(server.pid, grace=5)
-            raise
+        first = DEFAULT_PORT
+        for attempt in range(PORT_RACES + 1):
+            chosen = _check_port_free(port) if port else _free_port(first)
+            try:
+                server, api_url = _start_server(directory, chosen, ui, timeout)
+                break
+            except PortTaken:
+                # another program bound the port while this server started (another
+                # `sagepipe run` in another project, say): on to the next free one
+                if port or attempt == PORT_RACES:
+                    raise
+                first = chosen + 1
         result = LocalServer(api_url, LOCAL_POOL, server.pid, 0, str(directory))
         _write(directory, result)
         return result, True
+
+
+def _start_server(directory: Path, port: int, ui: bool,
+                  timeout: float) -> tuple[subprocess.Popen[bytes], str]:
+    """The server process on ``port`` once its API answers, and the API's URL."""
+    api_url = f"http://127.0.0.1:{port}/api"
+    server = _start(_server_command(port), directory / "server.log",
+                    _server_env(directory, port, ui))
+    try:
+        _wait(lambda: _get(f"{api_url}/health") is not None, timeout, server,
+              directory / "server.log", "the Prefect server to answer")
+    except ServerError as exc:
+        exited = server.poll() is not None  # on its own: not stopped by us
+        _stop_group(server.pid, grace=5)
+        if exited and not _port_free(port):
+            raise PortTaken(f"{exc}\n(port {port} was taken while the server started)") \
+                from None
+        raise
+    except BaseException:
+        _stop_group(server.pid, grace=5)
+        raise
+    return server, api_url
 
 
 def up(directory: Path = DEFAULT_DIR, *, port: int | None = None, pool: str = LOCAL_POOL,

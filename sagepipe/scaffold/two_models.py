@@ -15,8 +15,10 @@ import math
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 
 from sagepipe.flows.config import PipelineConfig, load_config
+from sagepipe.flows.pipeline import run_tags
 from sagepipe.tasks import (
     LOWER_IS_BETTER,
     build_images,
@@ -48,7 +50,9 @@ def two_models(config: PipelineConfig | None = None,
     candidates = candidates or CANDIDATES
     log = get_run_logger()
     runtime, clients = config.runtime, get_clients(config.runtime)
-    tags = {"sagepipe:project": config.project}
+    # the flow run's id on every job: a job's end event finds this run by it (and wakes
+    # its wait at once, instead of at the next jobs.safety_poll_seconds)
+    tags = run_tags(flow_run.id, config.project, None)
 
     pin = pin_data(runtime, config.dataset_uri, config.artifacts_uri, config.data_rules())
     folders = {step: str(path) for step, path in config.step_folders().items()}

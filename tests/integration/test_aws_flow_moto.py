@@ -181,10 +181,12 @@ def test_an_unversioned_bucket_is_refused_before_any_job(aws: None) -> None:
     clients = get_clients(make_config("arn:aws:sns:us-east-1:123456789012:t").runtime)
     clients.s3.create_bucket(Bucket=BUCKET)
     clients.s3.put_object(Bucket=BUCKET, Key="datasets/cancer/data.csv", Body=b"a,target\n1,0\n")
+    # a topic that exists: the failure's notification is sent, not retried for 10 s
+    topic = clients.sns.create_topic(Name="moto-demo-events")["TopicArn"]
     from sagepipe.tasks.errors import DataError
 
     with pytest.raises(DataError, match="put-bucket-versioning"):
-        ml_pipeline(config=make_config("arn:aws:sns:us-east-1:123456789012:t"))
+        ml_pipeline(config=make_config(topic))
     assert clients.sagemaker.list_processing_jobs()["ProcessingJobSummaries"] == []
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prefect.client.orchestration import get_client
 
 from sagepipe.flows.config import load_config
 from sagepipe.flows.examples import write_example
@@ -19,9 +20,10 @@ from sagepipe.flows.scaffold import init_project
 from sagepipe.tasks import get_clients
 from sagepipe.tasks.data import push_dataset
 from sagepipe.tasks.local import teardown
+from sagepipe.tasks.steps import FLOW_RUN_TAG
 from sagepipe.tasks.storage import ensure_local_resources
 
-pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_server")]
+pytestmark = [pytest.mark.flow, pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 
 
 def load_flow(path: Path) -> Any:
@@ -52,6 +54,13 @@ def test_the_example_flow_trains_two_candidates_and_deploys_the_better(
         assert first["chosen"] == best
         jobs = clients.sagemaker.list_training_jobs(MaxResults=100)["TrainingJobSummaries"]
         assert len({j["TrainingJobName"] for j in jobs}) == 2  # one job per candidate
+        # tagged with the flow run, as sagepipe's own flow tags its jobs: a job's end event
+        # finds the run by it and wakes the wait (untagged, each wait sat out a safety poll)
+        runs = {t["Value"] for j in jobs for t in clients.sagemaker.list_tags(
+            ResourceArn=j["TrainingJobArn"])["Tags"] if t["Key"] == FLOW_RUN_TAG}
+        assert len(runs) == 1, runs
+        with get_client(sync_client=True) as client:
+            assert client.read_flow_run(runs.pop()).name
         endpoint = clients.sagemaker.describe_endpoint(EndpointName="two-cand")
         assert endpoint["EndpointStatus"] == "InService"
 

@@ -28,7 +28,7 @@ from sagepipe.tasks.endpoints import invoke
 from sagepipe.tasks.local import teardown
 from sagepipe.tasks.runtime import Clients, get_clients
 
-pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_server")]
+pytestmark = [pytest.mark.flow, pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = REPO / "deployments" / "settings" / "local.yaml"

@@ -44,7 +44,7 @@ from sagepipe.tasks.local.common import pid_alive
 from sagepipe.tasks.runtime import get_clients
 from sagepipe.tasks.storage import ensure_local_resources
 
-pytestmark = pytest.mark.flow
+pytestmark = [pytest.mark.flow, pytest.mark.slow]
 PROJECT = Path(__file__).resolve().parents[2]
 SAGEPIPE = Path(sys.executable).with_name("sagepipe")
 ENDPOINT = "trigger-endpoint"

@@ -172,9 +172,11 @@ def test_a_missing_named_dataset_says_how_to_make_it(local: Clients) -> None:
         "FILE --dataset nope`, or see the data sets there are with `sagepipe data list`.")
 
 
-def test_plan_with_a_dataset_names_its_key() -> None:
+def test_plan_with_a_dataset_names_its_key(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from sagepipe.flows.plan import build_plan
 
+    monkeypatch.chdir(tmp_path)  # the local state dir (.sagepipe) is relative: not the checkout
     calls = build_plan(load_config("local", {"dataset": "churn-2024"}))
     head = next(c for c in calls if c.operation == "HeadObject")
     assert head.params == {"Bucket": "sagepipe-local", "Key": "datasets/churn-2024/data.csv"}

@@ -20,6 +20,8 @@ from container_runs import EVALUATE, PREPROCESS, SERVE, TRAIN, run, train_env
 
 from sagepipe.flows.examples import write_example
 
+# the session fixtures run every model on every dataset through the containers first
+pytestmark = pytest.mark.slow
 MODELS = ("linear", "random_forest", "hist_gradient_boosting", "xgboost")
 DATASETS = {  # example -> (label, problem, gate metric, a fair bar for every model)
     "iris": ("species", "multiclass", "macro_f1", 0.8),
