@@ -144,14 +144,22 @@ def pipeline_run(config: PipelineConfig, state: dict[str, Any]) -> str:
 
     with httpx.Client(base_url=str(get_current_settings().api.url).rstrip("/"),
                       timeout=30) as api:
-        flow = api.post("/flows/", json={"name": "ml-pipeline"}).json()
-        deployment = api.post("/deployments/", json={
-            "name": f"reconcile-{time.monotonic_ns()}", "flow_id": flow["id"]}).json()
-        run = api.post(f"/deployments/{deployment['id']}/create_flow_run", json={
-            "parameters": {"config": config.model_dump(mode="json")}}).json()
+        def post(path: str, body: dict[str, Any]) -> Any:
+            for attempt in range(6):  # a busy server's SQLite answers 503 now and then
+                answer = api.post(path, json=body)
+                if answer.status_code != 503:
+                    break
+                time.sleep(1 + attempt)
+            answer.raise_for_status()
+            return answer.json()
+
+        flow = post("/flows/", {"name": "ml-pipeline"})
+        deployment = post("/deployments/", {
+            "name": f"reconcile-{time.monotonic_ns()}", "flow_id": flow["id"]})
+        run = post(f"/deployments/{deployment['id']}/create_flow_run", {
+            "parameters": {"config": config.model_dump(mode="json")}})
         for step in ({"type": "RUNNING", "name": "Running"}, state):
-            answer = api.post(f"/flow_runs/{run['id']}/set_state",
-                              json={"state": step, "force": True}).json()
+            answer = post(f"/flow_runs/{run['id']}/set_state", {"state": step, "force": True})
             assert answer["status"] == "ACCEPT", answer
         return str(run["id"])
 
