@@ -129,6 +129,17 @@ class _Runner:
             doc["modified"] = now()
         self.state.update(f"{self.kind}-job", self.name, change)
 
+    def register(self) -> bool:
+        """Record this runner's pid in the job (with the status, in one transaction);
+        False if the job already ended. A stop requested before any process knew the pid
+        (the creator interrupted between creating the job and recording it) is honoured
+        here: the stopper could signal no one."""
+        doc = self.state.update(f"{self.kind}-job", self.name, lambda d: d.update(
+            pid=os.getpid()) if d["status"] in ("InProgress", "Stopping") else None)
+        if doc is not None and doc["status"] == "Stopping":
+            raise _Stopped()
+        return doc is not None and doc["status"] == "InProgress"
+
     def on_sigterm(self, signum: int, frame: Any) -> None:
         self.stopping.set()
         if self.child is not None and self.child.poll() is None:
@@ -271,6 +282,8 @@ class _Runner:
         signal.signal(signal.SIGTERM, self.on_sigterm)
         max_runtime = self.request.get("StoppingCondition", {}).get("MaxRuntimeInSeconds")
         try:
+            if not self.register():
+                return
             prepare = self.prepare_training if self.kind == "training" else self.prepare_processing
             command, extra_env = prepare()
             if self.stopping.is_set():

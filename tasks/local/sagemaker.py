@@ -24,6 +24,8 @@ from .warmpools import check_request, claim_pool, warm_pool_status
 __all__ = ["LocalSageMaker"]
 
 _TERMINAL = ("Completed", "Failed", "Stopped")
+# a job stopped before its runner registered: Stopped if no runner registers by then
+_UNREGISTERED_STOP_SECONDS = 10.0
 
 
 class LocalSageMaker(LocalClient):
@@ -70,6 +72,12 @@ class LocalSageMaker(LocalClient):
         doc = self.state.get(f"{kind}-job", name)
         if doc is None:
             raise client_error(operation, "ValidationException", "Requested resource not found.")
+        if doc["status"] == "Stopping" and not doc["pid"] and \
+                now() - doc.get("stop_requested", now()) > _UNREGISTERED_STOP_SECONDS:
+            # stopped before any runner registered, and none did since: nothing runs it
+            doc = self.state.update(f"{kind}-job", name, lambda d: d.update(
+                status="Stopped", secondary="Stopped", ended=now())
+                if d["status"] == "Stopping" and not d["pid"] else None) or doc
         if doc["status"] in ("InProgress", "Stopping") and doc["pid"] and runner_died(doc["pid"]):
             # the runner may have written its final status just before exiting
             doc = self.state.get(f"{kind}-job", name) or doc
@@ -158,9 +166,12 @@ class LocalSageMaker(LocalClient):
             raise client_error(operation, "ValidationException",
                                f"The request was rejected because the {kind} job is in "
                                f"status {doc['status']}.")
-        self.state.update(f"{kind}-job", name, lambda d: d.update(status="Stopping",
-                                                                   secondary="Stopping"))
-        stop_runner(doc["pid"])
+        stopping = self.state.update(f"{kind}-job", name, lambda d: d.update(
+            status="Stopping", secondary="Stopping", stop_requested=now()))
+        # the pid as stored with the stop: one the runner recorded in the meantime counts.
+        # None: no runner has registered yet (its creator was interrupted between creating
+        # the job and recording the pid); the runner stops at registration (jobs._Runner)
+        stop_runner((stopping or doc)["pid"])
 
     def delete_training_job(self, **params: Any) -> dict[str, Any]:
         self._validate("DeleteTrainingJob", params)

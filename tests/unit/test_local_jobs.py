@@ -106,6 +106,52 @@ def test_stop_moves_a_running_job_to_stopped_and_kills_it(env: dict[str, Any]) -
     assert err.value.response["Error"]["Code"] == "ValidationException"
 
 
+def test_a_stop_before_the_runner_was_recorded_still_stops_it(
+        env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The creating process interrupted between starting the runner and recording its pid
+    (a flow run cancelled at that moment): no pid to signal, so the runner honours the
+    stop when it registers, and nothing is left running."""
+    import sagepipe.tasks.local.sagemaker as local_sagemaker
+    from sagepipe.tasks.local.common import pid_alive
+    from sagepipe.tasks.local.jobs import spawn_runner
+
+    started: list[int] = []
+
+    def interrupted(root: Any, kind: str, name: str) -> int:
+        started.append(spawn_runner(root, kind, name))
+        raise KeyboardInterrupt  # before the pid is stored
+
+    monkeypatch.setattr(local_sagemaker, "spawn_runner", interrupted)
+    sm = env["sm"]
+    with pytest.raises(KeyboardInterrupt):
+        sm.create_training_job(**training_request(env, "early-1", sleep="60"))
+    sm.stop_training_job(TrainingJobName="early-1")
+    assert wait(sm, "early-1", timeout=30)["TrainingJobStatus"] == "Stopped"
+    deadline = time.monotonic() + 10
+    while pid_alive(started[0]):
+        assert time.monotonic() < deadline, "the runner outlived its stopped job"
+        time.sleep(0.1)
+
+
+def test_a_stopped_job_whose_runner_never_started_ends_stopped(
+        env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    import sagepipe.tasks.local.sagemaker as local_sagemaker
+
+    def interrupted(root: Any, kind: str, name: str) -> int:
+        raise KeyboardInterrupt  # after the job was stored, before any runner
+
+    monkeypatch.setattr(local_sagemaker, "spawn_runner", interrupted)
+    monkeypatch.setattr(local_sagemaker, "_UNREGISTERED_STOP_SECONDS", 0.5)
+    sm = env["sm"]
+    with pytest.raises(KeyboardInterrupt):
+        sm.create_training_job(**training_request(env, "never-1"))
+    sm.stop_training_job(TrainingJobName="never-1")
+    assert sm.describe_training_job(TrainingJobName="never-1")["TrainingJobStatus"] == (
+        "Stopping")  # a runner may still register and stop itself
+    final = wait(sm, "never-1", timeout=10)
+    assert (final["TrainingJobStatus"], final["SecondaryStatus"]) == ("Stopped", "Stopped")
+
+
 def test_max_runtime_stops_the_job(env: dict[str, Any]) -> None:
     sm = env["sm"]
     request = training_request(env, "late-1", sleep="30")
