@@ -117,8 +117,8 @@ def test_a_stop_before_the_runner_was_recorded_still_stops_it(
 
     started: list[int] = []
 
-    def interrupted(root: Any, kind: str, name: str) -> int:
-        started.append(spawn_runner(root, kind, name))
+    def interrupted(root: Any, kind: str, name: str, **spawn: Any) -> int:
+        started.append(spawn_runner(root, kind, name, **spawn))
         raise KeyboardInterrupt  # before the pid is stored
 
     monkeypatch.setattr(local_sagemaker, "spawn_runner", interrupted)
@@ -137,7 +137,7 @@ def test_a_stopped_job_whose_runner_never_started_ends_stopped(
         env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     import sagepipe.tasks.local.sagemaker as local_sagemaker
 
-    def interrupted(root: Any, kind: str, name: str) -> int:
+    def interrupted(root: Any, kind: str, name: str, **spawn: Any) -> int:
         raise KeyboardInterrupt  # after the job was stored, before any runner
 
     monkeypatch.setattr(local_sagemaker, "spawn_runner", interrupted)
