@@ -13,6 +13,7 @@
     sagepipe data list                         sagepipe data versions [--dataset NAME]
     sagepipe data example <name> [-o file]
     sagepipe logs <job>
+    sagepipe up                                 local endpoints back after a machine restart
     sagepipe down
     sagepipe trigger [ml-pipeline/local] [--set key=value] [--commit SHA] [--idempotency-key K]
     sagepipe server up [--port 4200] | down
@@ -220,7 +221,13 @@ def status(env: str | None = EnvOption, set_: list[str] = SetOption,
     typer.secho(f"\nModel versions ({config.model_package_group})", bold=True)
     _table(model_rows(clients, config.model_package_group), "no model registered yet")
     typer.secho("\nEndpoints", bold=True)
-    _table(endpoint_rows(clients), "no endpoints")
+    endpoints = endpoint_rows(clients)
+    _table(endpoints, "no endpoints")
+    down = [row["endpoint"] for row in endpoints if row["status"] == "OutOfService"]
+    if down:
+        typer.secho(f"\nDown (their processes are gone, e.g. after a machine restart): "
+                    f"{', '.join(down)}. `{_me()} up` starts them again.",
+                    fg=typer.colors.YELLOW)
 
 
 VersionArgument = typer.Argument(..., help="the version number (see `sagepipe models`) or a "
@@ -355,6 +362,39 @@ def logs(job: str, env: str | None = EnvOption, set_: list[str] = SetOption) -> 
         _fail(f"No logs for job {job!r}. `sagepipe status` shows the jobs of recent runs.")
     for line in lines:
         typer.echo(line)
+
+
+@app.command()
+def up(env: str | None = EnvOption, set_: list[str] = SetOption) -> None:
+    """Start the local endpoints again after a machine restart (each on the config it
+    served), and any whose server kept exiting. Exit 1 if one does not come back."""
+    config = _config(env, set_)
+    if config.runtime.kind != "local":
+        typer.echo("Endpoints on AWS are kept running by SageMaker: nothing to start.")
+        return
+    root = Path(config.runtime.state_dir).resolve()
+    if not (root / "state.db").exists():
+        typer.echo("No local endpoints here (nothing under "
+                   f"{config.runtime.state_dir}).")
+        return
+    from sagepipe.tasks.local import bring_up
+
+    rows = bring_up(root)
+    if not rows:
+        typer.echo("No local endpoints.")
+    failed = False
+    for row in rows:
+        if row["before"] == row["after"] == "InService":
+            typer.echo(f"{row['endpoint']}: InService (was running)")
+        elif row["after"] == "InService":
+            typer.echo(f"{row['endpoint']}: {row['before']} -> InService on {row['config']}")
+        else:
+            failed = True
+            typer.secho(f"{row['endpoint']}: {row['before']} -> {row['after']}"
+                        + (f": {row['reason']}" if row["reason"] else ""),
+                        fg=typer.colors.RED, err=True)
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()

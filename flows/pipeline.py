@@ -28,7 +28,13 @@ from sagepipe.flows.report import collect_plots, publish_artifacts
 from sagepipe.flows.trigger import publish_outcome
 from sagepipe.tasks.costs import usd
 from sagepipe.tasks.data import DataPin, pin_data
-from sagepipe.tasks.endpoints import check_endpoint_kind, deploy_model, retire_staging_endpoint
+from sagepipe.tasks.endpoints import (
+    check_endpoint_in_service,
+    check_endpoint_kind,
+    deploy_model,
+    retire_staging_endpoint,
+    settle_endpoint,
+)
 from sagepipe.tasks.errors import DataError, DeployRolledBack, JobFailed, PipelineError
 from sagepipe.tasks.gate import GateDecision, decide
 from sagepipe.tasks.images import build_images
@@ -173,6 +179,7 @@ def ml_pipeline(config: PipelineConfig = PipelineConfig(),
         # endpoint.serverless on an instance-based endpoint: refused before any job runs
         for name in filter(None, (config.endpoint.staging_name, config.endpoint.name)):
             check_endpoint_kind(get_clients(runtime), name, config.endpoint.serverless)
+            check_endpoint_in_service(get_clients(runtime), name)  # down: `sagepipe up`
 
         pin = pin_data(runtime, config.dataset_uri, config.artifacts_uri, config.data_rules(),
                        dataset_versions)
@@ -215,6 +222,11 @@ def ml_pipeline(config: PipelineConfig = PipelineConfig(),
         model_uri = trained.outputs["model"]
 
         champion = get_champion(runtime, config.endpoint.name)
+        if champion is not None and champion.model_data_url == model_uri and settle_endpoint(
+                get_clients(runtime), config.endpoint, log=log):
+            # the endpoint named this model while a deploy was still under way (one carried
+            # on after its run was killed): "unchanged" only if that deploy took
+            champion = get_champion(runtime, config.endpoint.name)
         record["champion"] = champion.model_dump() if champion else None
         if champion is not None and champion.model_data_url == model_uri:
             record.update(outcome="unchanged", decision={

@@ -35,8 +35,9 @@ from .runtime import (
 from .scaling import AutoscalingSettings, EndpointScaling
 
 __all__ = ["DeployResult", "EndpointSettings", "ServerlessSettings", "StagingRetired",
-           "check_endpoint_kind", "deploy_model", "deploy_package", "deployment_config",
-           "endpoint_status", "invoke", "retire_staging", "retire_staging_endpoint"]
+           "check_endpoint_in_service", "check_endpoint_kind", "deploy_model", "deploy_package",
+           "deployment_config", "endpoint_status", "invoke", "out_of_service",
+           "retire_staging", "retire_staging_endpoint", "settle_endpoint"]
 
 _TRANSITIONAL = ("Creating", "Updating", "SystemUpdating", "RollingBack")
 _LOG = logging.getLogger(__name__)
@@ -411,6 +412,56 @@ def deploy_requests(*, endpoint: str, package_arn: str, role_arn: str, instance_
     return model, config
 
 
+def settle_endpoint(clients: Clients, settings: EndpointSettings, *,
+                    log: logging.Logger | logging.LoggerAdapter[Any] = _LOG) -> bool:
+    """Wait until no change of the endpoint is under way (Creating, Updating, ...; up to
+    ``endpoint.timeout_seconds``); True if there was one. DeployFailed if it then cannot
+    serve (Failed, OutOfService). What a run asks before calling itself unchanged because
+    the endpoint already names its model: a deploy carried on after its run was killed may
+    still be going, and may yet fail."""
+    try:
+        described = clients.sagemaker.describe_endpoint(EndpointName=settings.name)
+    except ClientError as exc:
+        if is_not_found(exc):
+            return False
+        raise
+    waited = described["EndpointStatus"] in _TRANSITIONAL
+    if waited:
+        log.info("Endpoint %s is %s: waiting for that to end", settings.name,
+                 described["EndpointStatus"])
+        described = wait_endpoint(clients, settings.name, timeout=settings.timeout_seconds,
+                                  first_poll=settings.poll_first_seconds,
+                                  max_poll=settings.poll_max_seconds, log=log)
+    if described["EndpointStatus"] == "OutOfService":
+        raise DeployFailed(settings.name, out_of_service(settings.name, described))
+    if described["EndpointStatus"] == "Failed":
+        raise DeployFailed(settings.name, (
+            f"Endpoint {settings.name} is Failed "
+            f"({described.get('FailureReason', 'no reason given')}); it serves nothing and "
+            "cannot be updated. Delete it (sagepipe down) and run again."))
+    return waited
+
+
+def out_of_service(name: str, described: dict[str, Any]) -> str:
+    return (f"Endpoint {name} is OutOfService: "
+            f"{described.get('FailureReason') or 'it takes no requests'}. Nothing can be "
+            "deployed to it until it serves again: on the local runtime `sagepipe up` starts "
+            "it on the config it served; then run again.")
+
+
+def check_endpoint_in_service(clients: Clients, name: str) -> None:
+    """EndpointError before anything runs when ``name`` is OutOfService (the local runtime
+    after a machine restart): a deploy could not update it, so no job is worth starting."""
+    try:
+        described = clients.sagemaker.describe_endpoint(EndpointName=name)
+    except ClientError as exc:
+        if is_not_found(exc):
+            return
+        raise
+    if described["EndpointStatus"] == "OutOfService":
+        raise EndpointError(name, out_of_service(name, described))
+
+
 def check_endpoint_kind(clients: Clients, name: str,
                         serverless: ServerlessSettings | None) -> None:
     """ConfigError when the settings want ``name`` serverless and it is instance-based.
@@ -505,6 +556,8 @@ def deploy_package(clients: Clients, *, endpoint: str, package_arn: str, role_ar
         previous = current["EndpointConfigName"]
         if previous == config_name and current["EndpointStatus"] == "InService":
             action = "unchanged"
+        elif current["EndpointStatus"] == "OutOfService":
+            raise DeployFailed(endpoint, out_of_service(endpoint, current))
         elif current["EndpointStatus"] == "Failed":
             raise DeployFailed(endpoint, f"Endpoint {endpoint} is Failed "
                                f"({current.get('FailureReason', 'no reason given')}); it cannot "

@@ -16,6 +16,7 @@ errors on top of botocore: throttling and 5xx only, for the long Describe waits.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -124,10 +125,27 @@ def runtime_identity(settings: RuntimeSettings) -> str:
     if settings.kind == "local":
         marker = Path(settings.state_dir).resolve() / "instance-id"
         marker.parent.mkdir(parents=True, exist_ok=True)
-        if not marker.exists():
-            marker.write_text(uuid.uuid4().hex)
-        return f"local:{marker.read_text().strip()}"
+        ident = marker.read_text().strip() if marker.exists() else ""
+        if not ident:
+            ident = _write_once(marker, uuid.uuid4().hex)
+        return f"local:{ident}"
     return f"aws:{settings.region}"
+
+
+def _write_once(path: Path, text: str) -> str:
+    """Give ``path`` the content ``text`` unless another process gave it one first; the
+    content it has. Written whole to a temporary file, then renamed: a kill leaves it
+    absent or complete, never empty (an empty id would name every wiped state alike)."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    tmp.write_text(text)
+    try:
+        os.link(tmp, path)  # atomic, and fails if a whole one is already there
+    except FileExistsError:
+        if not path.read_text().strip():  # an empty one, left by a version before this
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.read_text().strip()
 
 
 def is_not_found(exc: BaseException) -> bool:

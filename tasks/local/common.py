@@ -75,10 +75,17 @@ class LocalClient:
 
     def _validate(self, operation: str, params: dict[str, Any]) -> None:
         validate_request(self.service, operation, params)
-        trail = os.environ.get(CALL_LOG_ENV)
-        if trail:
-            named = next((str(params[k]) for k in _NAMED if k in params), "")
-            program = Path(sys.argv[0]).name if sys.argv else ""
-            with open(trail, "a", encoding="utf-8") as out:  # one short line: atomic append
-                out.write(f"{time.time():.3f}\t{os.getpid()}\t{program}\t{self.service}\t"
-                          f"{operation}\t{named}\n")
+        log_call(self.service, operation, params)
+
+
+def log_call(service: str, operation: str, params: dict[str, Any]) -> None:
+    """Append the call to the CALL_LOG_ENV file, if one is set (before the call is made)."""
+    trail = os.environ.get(CALL_LOG_ENV)
+    if trail:
+        named = next((str(params[k]) for k in _NAMED if k in params), "")
+        if "Key" in params:  # S3: the object too
+            named = f"{named}/{params['Key']}"
+        program = Path(sys.argv[0]).name if sys.argv else ""
+        with open(trail, "a", encoding="utf-8") as out:  # one short line: atomic append
+            out.write(f"{time.time():.3f}\t{os.getpid()}\t{program}\t{service}\t"
+                      f"{operation}\t{named}\n")

@@ -7,9 +7,14 @@ blue one is stopped. If green dies or never becomes healthy, it is removed and
 the endpoint stays ``InService`` on the old config with ``FailureReason`` set,
 which is what DescribeEndpoint reports after a failed SageMaker update.
 
-Transitions happen when somebody looks (``describe``/``invoke``), so no
-background thread has to outlive the process that created the endpoint: any
-process of the project can drive them through the shared state.
+The requests only record what is wanted; the endpoint's *supervisor*, a detached
+process (:mod:`.supervisor`), carries it out and keeps it up, so creation and updates
+go on when the caller is killed, and a server that exits is replaced. Whoever looks
+(describe, invoke) makes sure a supervisor is there when one is needed, and reports
+what is true: an endpoint whose server exited is ``SystemUpdating`` until the new one
+answers, never ``InService`` with nothing listening. After a machine restart nothing
+is started by a look: the endpoint is ``OutOfService`` until :meth:`EndpointManager.start`
+(``sagepipe up``) brings it back on the config it served.
 
 A serverless endpoint (a config whose variant has ``ServerlessConfig``) keeps no
 server while idle: see :mod:`.serverless` for its cold starts, idle stop and
@@ -19,25 +24,29 @@ concurrency limit.
 from __future__ import annotations
 
 import shutil
-import tarfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 from .autoscaling import deregister_endpoint, registered_variants
 from .common import arn, now, to_datetime
-from .containers import container_command, job_environment
 from .images import resolve_image
-from .pyenv import interpreter
-from .s3 import LocalS3, parse_s3_uri
+from .processes import alive_as, kill_group, sweep, this_boot
+from .s3 import LocalS3
 from .serverless import Lease, Serverless, idle_seconds
-from .servers import alive, ping, start_server, stop_process_group, tail
+from .servers import stop_process_group
 from .state import StateStore
+from .supervisor import needs_supervisor, spawn_supervisor, supervisor_alive
 from .validation import client_error
 
 __all__ = ["EndpointManager", "stop_process_group"]
 
 _DEFAULT_HEALTH_TIMEOUT = 120
+# InvokeEndpoint: "A customer's model containers must respond to requests within 60 seconds";
+# an invocation waits at most this long for a server being replaced to answer /ping
+_INVOCATION_SECONDS = 60.0
+_DELETE_WAIT = 2.0  # for the supervisor to see Deleting and exit before it is killed
 
 
 class EndpointManager:
@@ -45,29 +54,31 @@ class EndpointManager:
         self.root, self.state, self.s3, self.region = root, state, s3, region
         self.serverless = Serverless(root, state)
 
-    # -- requests
+    # -- requests: record what is wanted; the supervisor carries it out
     def create(self, params: dict[str, Any]) -> str:
         name, config_name = params["EndpointName"], params["EndpointConfigName"]
-        self._config(config_name, "CreateEndpoint")
+        config = self._config(config_name, "CreateEndpoint")
         endpoint_arn = arn(self.region, "sagemaker", f"endpoint/{name.lower()}")
         created = now()
         doc = {"EndpointName": name, "EndpointArn": endpoint_arn,
                "EndpointConfigName": config_name, "status": "Creating", "reason": None,
                "created": created, "modified": created, "tags": params.get("Tags", []),
-               "current": None, "pending": None, "DeploymentConfig": None}
+               "current": None, "pending": None, "DeploymentConfig": None,
+               "supervisor": None}
+        try:
+            doc["pending"] = self._deployment(name, config_name, config, {})
+        except (LookupError, ValueError) as exc:
+            doc.update(status="Failed", reason=f"Failed to start the model container: {exc}")
         if not self.state.create("endpoint", name, doc):
             raise client_error("CreateEndpoint", "ValidationException",
                                f'Cannot create already existing endpoint "{endpoint_arn}".')
-        self._start_pending(name, config_name)
+        self._ensure_supervisor(name)
         return endpoint_arn
 
     def update(self, params: dict[str, Any]) -> str:
         name, config_name = params["EndpointName"], params["EndpointConfigName"]
         doc = self.describe_doc(name, "UpdateEndpoint")
         config = self._config(config_name, "UpdateEndpoint")
-        if doc["status"] != "InService":
-            raise client_error("UpdateEndpoint", "ValidationException",
-                               f'Cannot update in-progress endpoint "{doc["EndpointArn"]}".')
         live = self.state.get("endpoint-config", doc["EndpointConfigName"]) or {}
         if _serverless(config) and live and not _serverless(live):
             # Serverless Inference, Feature exclusions: "If you try to update your real-time
@@ -78,15 +89,24 @@ class EndpointManager:
                 f'configuration "{config_name}": an instance-based endpoint cannot be '
                 "converted to a serverless one.")
         self._scaled_variants_kept(doc, config)
-        current = doc.get("current") or {}
-        # RetainAllVariantProperties: a variant of the same name keeps its instance count
-        # (the one autoscaling set) instead of the new config's InitialInstanceCount
-        retain = ({current["variant"]: int(current.get("instances", 1))}
-                  if params.get("RetainAllVariantProperties") and current else {})
-        self.state.update("endpoint", name, lambda d: d.update(
-            status="Updating", modified=now(), DeploymentConfig=params.get("DeploymentConfig"),
-            pending_config=config_name))
-        self._start_pending(name, config_name, retain)
+
+        def change(d: dict[str, Any]) -> None:
+            if d["status"] != "InService":  # checked where it is changed: one update at once
+                raise client_error("UpdateEndpoint", "ValidationException",
+                                   f'Cannot update in-progress endpoint "{d["EndpointArn"]}".')
+            current = d.get("current") or {}
+            # RetainAllVariantProperties: a variant of the same name keeps its instance count
+            # (the one autoscaling set) instead of the new config's InitialInstanceCount
+            retain = ({current["variant"]: int(current.get("instances", 1))}
+                      if params.get("RetainAllVariantProperties") and current else {})
+            d.update(modified=now(), DeploymentConfig=params.get("DeploymentConfig"))
+            try:
+                d.update(status="Updating",
+                         pending=self._deployment(name, config_name, config, retain))
+            except (LookupError, ValueError) as exc:  # as SageMaker: the update fails
+                d.update(reason=f"Failed to start the model container: {exc}")
+        self.state.update("endpoint", name, change)
+        self._ensure_supervisor(name)
         return str(doc["EndpointArn"])
 
     def _scaled_variants_kept(self, doc: dict[str, Any], config: dict[str, Any]) -> None:
@@ -110,16 +130,55 @@ class EndpointManager:
                     "first (DeregisterScalableTarget), then update the endpoint.")
 
     def delete(self, name: str) -> None:
-        doc = self.state.get("endpoint", name)
+        doc = self.state.update("endpoint", name, lambda d: d.update(status="Deleting",
+                                                                     modified=now()))
         if doc is None:
             raise self._not_found(name, "DeleteEndpoint")
+        supervisor = doc.get("supervisor") or {}
+        deadline = time.monotonic() + _DELETE_WAIT
+        while supervisor_alive(doc) and time.monotonic() < deadline:
+            time.sleep(0.05)  # it sees Deleting between two steps and exits
+        if supervisor_alive(doc):
+            stop_process_group(supervisor.get("pid"), grace=1.0)
+        doc = self.state.get("endpoint", name) or doc
         for deployment in (doc.get("pending"), doc.get("current")):
             if deployment:
                 stop_process_group(deployment.get("reaper"), grace=1.0)
-                stop_process_group(deployment["pid"])
-                shutil.rmtree(deployment["dir"], ignore_errors=True)
+                if deployment.get("pid") and alive_as(deployment["pid"],
+                                                      deployment.get("ident")):
+                    stop_process_group(deployment["pid"])
+                kill_group(deployment.get("pid"))  # workers of a server that died before
+        # a server started by a supervisor killed before it could record it
+        sweep([self.root / "endpoints" / name])
+        shutil.rmtree(self.root / "endpoints" / name, ignore_errors=True)
         deregister_endpoint(self.state, name)
         self.state.delete("endpoint", name)
+
+    def start(self, name: str) -> str:
+        """Local extra (``sagepipe up``): bring back an endpoint whose servers are not
+        running (the machine restarted, or it Failed after its server kept exiting) on the
+        config it served; returns the status it is in now. Nothing else is changed."""
+        doc = self.describe_doc(name, "DescribeEndpoint")
+
+        def change(d: dict[str, Any]) -> None:
+            current, pending = d.get("current"), d.get("pending")
+            down = d["status"] == "OutOfService" or (
+                d["status"] == "Failed" and current and not current.get("serverless"))
+            if not down:
+                return
+            for deployment in (current, pending):
+                if deployment and not deployment.get("serverless"):
+                    deployment.update(pid=None, port=None, ident=None, ready=False,
+                                      restarts=[])
+                elif deployment:  # serverless: the next request cold-starts it
+                    deployment.update(pid=None, port=None, ready=False, reaper=None)
+            status = ("Updating" if current and pending else "Creating" if pending
+                      else "SystemUpdating" if current and not current.get("serverless")
+                      else "InService")
+            d.update(status=status, reason=None, modified=now())
+        doc = self.state.update("endpoint", name, change) or doc
+        self._ensure_supervisor(name)
+        return str(doc["status"])
 
     def describe(self, name: str) -> dict[str, Any]:
         doc = self.describe_doc(name, "DescribeEndpoint")
@@ -162,7 +221,8 @@ class EndpointManager:
 
     def acquire(self, name: str, operation: str) -> Lease:
         """Where one invocation goes; :meth:`release` it when answered. A serverless
-        endpoint counts it, and starts its server first if it has none (a cold start)."""
+        endpoint counts it, and starts its server first if it has none (a cold start); a
+        server being replaced is waited for (up to the invocation's 60 s)."""
         for _ in range(3):  # a deployment replaced meanwhile: look again
             current = self._serving(name, operation)
             if not current.get("serverless"):
@@ -179,93 +239,74 @@ class EndpointManager:
         self.serverless.release(lease)
 
     def _serving(self, name: str, operation: str) -> dict[str, Any]:
-        doc = self.describe_doc(name, operation)
-        current = doc.get("current")
-        if doc["status"] not in ("InService", "Updating") or not current:
-            raise client_error(operation, "ValidationError",
-                               f"Endpoint {name} of account 000000000000 is not in service "
-                               f"(status {doc['status']}).")
-        return dict(current)
+        deadline = time.monotonic() + _INVOCATION_SECONDS
+        while True:
+            doc = self.describe_doc(name, operation)
+            current = doc.get("current")
+            if doc["status"] not in ("InService", "Updating", "SystemUpdating") or not current:
+                hint = (" Start it again with `sagepipe up`." if doc["status"] in (
+                    "OutOfService", "Failed") and current else "")
+                raise client_error(operation, "ValidationError",
+                                   f"Endpoint {name} of account 000000000000 is not in service "
+                                   f"(status {doc['status']}).{hint}")
+            if current.get("serverless") or (current.get("pid") and current.get("ready", True)):
+                return dict(current)
+            if time.monotonic() > deadline:  # its server is being replaced
+                raise client_error(operation, "ServiceUnavailable",
+                                   f"Endpoint {name}'s server is being replaced and has not "
+                                   f"answered /ping within {_INVOCATION_SECONDS:.0f} s; try "
+                                   "again.", status=503)
+            time.sleep(0.1)
 
-    # -- the state machine
+    # -- what is true now
     def describe_doc(self, name: str, operation: str) -> dict[str, Any]:
+        """The endpoint as stored, after making it tell the truth: a server that exited is
+        being replaced (SystemUpdating), a missing supervisor is started again, and after a
+        machine restart the endpoint is OutOfService until ``start``."""
         doc = self.state.get("endpoint", name)
         if doc is None:
             raise self._not_found(name, operation)
-        pending, current = doc.get("pending"), doc.get("current")
-        if pending:
-            healthy = alive(pending["pid"]) and ping(pending["port"])
-            if healthy:
-                return self._promote(name, pending["id"])
-            died = not alive(pending["pid"])
-            too_slow = now() - pending["started"] > pending["health_timeout"]
-            if died or too_slow:
-                return self._abandon(name, pending["id"], died=died)
-        elif current and current.get("serverless"):
+        current = doc.get("current") or {}
+        if current.get("serverless"):
             self.serverless.forget_dead(name, current)  # next request: a cold start
-        elif current and doc["status"] == "InService" and not alive(current["pid"]):
-            reason = (f"The serving process for variant {current['variant']} (pid "
-                      f"{current['pid']}) exited. Log: {tail(Path(current['dir']))}")
-            return self.state.update("endpoint", name, lambda d: d.update(
-                status="Failed", reason=reason, modified=now())) or doc
-        return doc
+        if doc["status"] == "Deleting" or not needs_supervisor(doc):
+            return doc
+        if _started_before_this_boot(doc):
+            return self._out_of_service(name) or doc
+        if not supervisor_alive(doc):
+            self._ensure_supervisor(name)
+        if doc["status"] == "InService" and not current.get("serverless") and not alive_as(
+                current.get("pid"), current.get("ident")):
+            doc = self.state.update("endpoint", name, _replacing(current["id"])) or doc
+        return self.state.get("endpoint", name) or doc
 
-    def _promote(self, name: str, deployment_id: str) -> dict[str, Any]:
-        old: dict[str, Any] | None = None
-
+    def _ensure_supervisor(self, name: str) -> None:
+        """Start the endpoint's supervisor if it needs one and has none (a check and a spawn
+        in one transaction: two callers never start two)."""
         def change(doc: dict[str, Any]) -> None:
-            nonlocal old
-            if not doc.get("pending") or doc["pending"]["id"] != deployment_id:
+            if doc["status"] == "Deleting" or not needs_supervisor(doc) \
+                    or supervisor_alive(doc) or _started_before_this_boot(doc):
                 return
-            old = doc.get("current")
-            doc.update(current=doc["pending"], pending=None, status="InService", reason=None,
-                       EndpointConfigName=doc["pending"]["config"], modified=now())
-        doc = self.state.update("endpoint", name, change)
-        if old:  # traffic has moved: now the blue fleet goes
-            stop_process_group(old.get("reaper"), grace=1.0)
-            stop_process_group(old["pid"])
-            shutil.rmtree(old["dir"], ignore_errors=True)
-        current = (doc or {}).get("current") or {}
-        if current.get("serverless") and current.get("id") == deployment_id:
-            self.serverless.warmed(name, deployment_id)  # idle from now: scale to zero later
-        return self.state.get("endpoint", name) or doc or {}
+            doc["supervisor"] = {"pid": spawn_supervisor(self.root, name), "ident": None,
+                                 "boot": this_boot(), "spawned": now()}
+        self.state.update("endpoint", name, change)
 
-    def _abandon(self, name: str, deployment_id: str, *, died: bool) -> dict[str, Any]:
-        pending: dict[str, Any] | None = None
-
+    def _out_of_service(self, name: str) -> dict[str, Any] | None:
         def change(doc: dict[str, Any]) -> None:
-            nonlocal pending
-            if not doc.get("pending") or doc["pending"]["id"] != deployment_id:
+            if doc["status"] in ("Deleting", "OutOfService", "Failed") \
+                    or not _started_before_this_boot(doc):
                 return
-            pending = doc["pending"]
-            why = ("exited before it answered /ping" if died else
-                   f"did not pass the /ping health check within "
-                   f"{pending['health_timeout']} seconds")
-            reason = (f"The primary container for production variant {pending['variant']} "
-                      f"{why}. Log: {tail(Path(pending['dir']))}")[:1024]
-            updating = doc["current"] is not None
-            # a failed update rolls back: InService on the old config, FailureReason set
-            doc.update(pending=None, status="InService" if updating else "Failed",
-                       reason=reason, modified=now())
-        doc = self.state.update("endpoint", name, change)
-        if pending:
-            stop_process_group(pending["pid"])
-        return doc or {}
+            was = doc["status"]
+            doc.update(status="OutOfService", modified=now(), reason=(
+                f"The machine restarted since this endpoint's processes were started "
+                f"(it was {was}); nothing serves it. Start it again with `sagepipe up`."))
+            doc["supervisor"] = None
+        return self.state.update("endpoint", name, change)
 
-    def _start_pending(self, name: str, config_name: str,
-                       retain: dict[str, int] | None = None) -> None:
-        try:
-            deployment = self._launch(name, config_name, retain or {})
-        except (LookupError, OSError, tarfile.TarError, ValueError) as exc:
-            reason = f"Failed to start the model container: {exc}"
-            self.state.update("endpoint", name, lambda d: d.update(
-                status="InService" if d.get("current") else "Failed", reason=reason,
-                modified=now()))
-            return
-        self.state.update("endpoint", name, lambda d: d.update(pending=deployment))
-
-    def _launch(self, name: str, config_name: str, retain: dict[str, int]) -> dict[str, Any]:
-        config = self._config(config_name, "CreateEndpoint")
+    def _deployment(self, name: str, config_name: str, config: dict[str, Any],
+                    retain: dict[str, int]) -> dict[str, Any]:
+        """What the supervisor launches: the deployment of ``config`` (checked here, so an
+        impossible one fails the request's endpoint at once)."""
         variants = config["ProductionVariants"]
         if len(variants) != 1:
             raise ValueError("the local runtime serves endpoint configs with exactly one "
@@ -275,28 +316,16 @@ class EndpointManager:
         if model is None:
             raise LookupError(f"model {variant['ModelName']} no longer exists")
         container = model["PrimaryContainer"]
-        folder = resolve_image(self.state, container["Image"])
+        resolve_image(self.state, container["Image"])
         deployment_id = uuid.uuid4().hex[:12]
-        workdir = self.root / "endpoints" / name / deployment_id
-        base = workdir / "opt" / "ml"
-        model_dir = base / "model"
-        model_dir.mkdir(parents=True, exist_ok=True)
-        if container.get("ModelDataUrl"):
-            bucket, key = parse_s3_uri(container["ModelDataUrl"])
-            with tarfile.open(self.s3.path_of(bucket, key), "r:gz") as archive:
-                archive.extractall(model_dir, filter="data")
-        command = container_command(folder, base, mode="serve",
-                                    python=interpreter(folder, self.root), root=self.root)
-        env = job_environment(base, dict(container.get("Environment", {})))
-        pid, port = start_server(command, env, workdir)
-        deployment = {
-            "id": deployment_id, "config": config_name, "pid": pid, "port": port,
-            "dir": str(workdir), "started": now(), "variant": variant["VariantName"],
-            "image": container["Image"],
+        deployment: dict[str, Any] = {
+            "id": deployment_id, "config": config_name, "pid": None, "port": None,
+            "ident": None, "dir": str(self.root / "endpoints" / name / deployment_id),
+            "started": now(), "variant": variant["VariantName"], "image": container["Image"],
             "health_timeout": variant.get("ContainerStartupHealthCheckTimeoutInSeconds",
-                                          _DEFAULT_HEALTH_TIMEOUT)}
+                                          _DEFAULT_HEALTH_TIMEOUT), "restarts": []}
         if variant.get("ServerlessConfig"):  # what a cold start runs again
-            deployment.update(serverless=variant["ServerlessConfig"], command=command, env=env,
+            deployment.update(serverless=variant["ServerlessConfig"],
                               idle_seconds=idle_seconds(), inflight={}, cold_starts=0,
                               ready=False, reaper=None)
         else:  # one server process serves the variant; the count is what SageMaker would run
@@ -316,6 +345,31 @@ class EndpointManager:
     def _not_found(self, name: str, operation: str) -> Exception:
         return client_error(operation, "ValidationException", 'Could not find endpoint "'
                             + arn(self.region, "sagemaker", f"endpoint/{name.lower()}") + '".')
+
+
+def _started_before_this_boot(doc: dict[str, Any]) -> bool:
+    """Whether the endpoint's processes were started in an earlier boot of the machine."""
+    boot = this_boot()
+    if boot is None:
+        return False
+    parts = [doc.get("supervisor"), doc.get("current"), doc.get("pending")]
+    boots = {p.get("boot") for p in parts if isinstance(p, dict) and p.get("pid")}
+    return bool(boots) and boot not in boots
+
+
+def _replacing(deployment_id: str) -> Any:
+    """The change that says the current server is gone: SystemUpdating until the supervisor
+    has a new one answering."""
+    def change(doc: dict[str, Any]) -> None:
+        current = doc.get("current") or {}
+        if current.get("id") != deployment_id or doc["status"] != "InService" or alive_as(
+                current.get("pid"), current.get("ident")):
+            return
+        current["ready"] = False
+        doc.update(status="SystemUpdating", modified=now(), reason=(
+            f"Replacing the serving process of variant {current['variant']}"
+            + (f" (pid {current['pid']} exited)" if current.get("pid") else "")))
+    return change
 
 
 def _serverless(config: dict[str, Any]) -> bool:

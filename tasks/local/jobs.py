@@ -9,7 +9,9 @@ from ``/opt/ml/output/failure`` as SageMaker does. Because the status lives in
 the shared state database, any process can describe or stop the job.
 
 A runner that dies without writing a status (killed, machine reboot) is noticed
-by ``describe``: the job then fails with a reason saying so.
+by ``describe``: the job then fails with a reason saying so, and what the runner ran
+is stopped. A job whose creator was killed before it could start the runner gets one
+from the next ``describe``: on SageMaker a created job runs whoever created it.
 """
 
 from __future__ import annotations
@@ -32,11 +34,13 @@ from .common import now, pid_alive
 from .containers import container_command, job_environment, remap
 from .events import API_ENV, prefect_api_url, publish_quietly
 from .images import resolve_image
+from .processes import kill_group
 from .pyenv import interpreter
 from .s3 import LocalS3, parse_s3_uri
 from .state import StateStore
 
-__all__ = ["JOB_KINDS", "log_path", "runner_died", "spawn_runner", "stop_runner"]
+__all__ = ["JOB_KINDS", "log_path", "reap_job_processes", "runner_died", "spawn_runner",
+           "stop_runner"]
 
 JOB_KINDS = {"training": "TrainingJobs", "processing": "ProcessingJobs"}
 _STOP_GRACE_SECONDS = 10.0
@@ -55,7 +59,7 @@ def spawn_runner(root: Path, kind: str, name: str, *, announce: bool = True) -> 
         proc = subprocess.Popen(
             [sys.executable, "-m", "sagepipe.tasks.local.runner", str(root), kind, name],
             stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True,
-            cwd=str(root), env=_runner_env(announce),
+            cwd=str(runner_log.parent), env=_runner_env(announce),
         )
     _CHILDREN[proc.pid] = proc
     return proc.pid
@@ -87,6 +91,12 @@ def runner_died(pid: int | None) -> bool:
         _CHILDREN.pop(child.pid, None)
         return True
     return not pid_alive(pid)
+
+
+def reap_job_processes(pid: int | None) -> None:
+    """A runner that died leaves its container running (same process group, no one reading
+    its output): the job has ended, so that goes too, as SageMaker's instance would."""
+    kill_group(pid)
 
 
 def stop_runner(pid: int | None) -> None:
@@ -131,11 +141,24 @@ class _Runner:
 
     def register(self) -> bool:
         """Record this runner's pid in the job (with the status, in one transaction);
-        False if the job already ended. A stop requested before any process knew the pid
-        (the creator interrupted between creating the job and recording it) is honoured
-        here: the stopper could signal no one."""
-        doc = self.state.update(f"{self.kind}-job", self.name, lambda d: d.update(
-            pid=os.getpid()) if d["status"] in ("InProgress", "Stopping") else None)
+        False if the job already ended, or another runner has it (a job whose creator was
+        killed before its runner started gets one from whoever looks at it next, and the
+        first runner that registers runs it). A stop requested before any process knew the
+        pid (the creator interrupted between creating the job and recording it) is
+        honoured here: the stopper could signal no one."""
+        me = os.getpid()
+        taken: dict[str, int] = {}
+
+        def claim(d: dict[str, Any]) -> None:
+            if d["status"] not in ("InProgress", "Stopping"):
+                return
+            if d.get("pid") not in (None, me) and d.get("registered") and pid_alive(d["pid"]):
+                taken["by"] = d["pid"]
+                return
+            d.update(pid=me, registered=now())
+        doc = self.state.update(f"{self.kind}-job", self.name, claim)
+        if taken:
+            return False
         if doc is not None and doc["status"] == "Stopping":
             raise _Stopped()
         return doc is not None and doc["status"] == "InProgress"

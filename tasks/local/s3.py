@@ -36,6 +36,7 @@ from botocore.exceptions import ClientError
 from botocore.handlers import handle_copy_source_param, validate_bucket_name
 from botocore.response import StreamingBody
 
+from sagepipe.tasks.local.common import log_call
 from sagepipe.tasks.local.state import StateStore
 from sagepipe.tasks.local.validation import client_error, service_model, validate_request
 
@@ -442,6 +443,7 @@ class LocalS3:
         if operation in ("CopyObject", "UploadPartCopy"):
             handle_copy_source_param(params)
         validate_request("s3", operation, params)
+        log_call("s3", operation, params)
         metadata = params.get("Metadata") or {}
         if sum(len(k.encode()) + len(v.encode()) for k, v in metadata.items()) > METADATA_LIMIT:
             raise self._error(operation, "MetadataTooLarge", MaxSizeAllowed=str(METADATA_LIMIT))

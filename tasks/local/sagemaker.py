@@ -15,7 +15,7 @@ from typing import Any
 
 from .common import LocalClient, arn, metadata, now, to_datetime
 from .endpoints import EndpointManager
-from .jobs import JOB_KINDS, runner_died, spawn_runner, stop_runner
+from .jobs import JOB_KINDS, reap_job_processes, runner_died, spawn_runner, stop_runner
 from .s3 import LocalS3
 from .state import StateStore
 from .validation import check_endpoint_config, client_error
@@ -26,6 +26,10 @@ __all__ = ["LocalSageMaker"]
 _TERMINAL = ("Completed", "Failed", "Stopped")
 # a job stopped before its runner registered: Stopped if no runner registers by then
 _UNREGISTERED_STOP_SECONDS = 10.0
+# a job whose creator was killed before it started the runner: a runner is started for it
+# by whoever looks once it has had this long to appear (a second one would find the job
+# taken and exit)
+_UNSTARTED_SECONDS = 15.0
 
 
 class LocalSageMaker(LocalClient):
@@ -78,7 +82,14 @@ class LocalSageMaker(LocalClient):
             doc = self.state.update(f"{kind}-job", name, lambda d: d.update(
                 status="Stopped", secondary="Stopped", ended=now())
                 if d["status"] == "Stopping" and not d["pid"] else None) or doc
+        if doc["status"] == "InProgress" and not doc["pid"] and \
+                now() - doc["created"] > _UNSTARTED_SECONDS:
+            doc = self.state.update(f"{kind}-job", name, lambda d: d.update(
+                pid=spawn_runner(self.root, kind, name, announce=self.job_events),
+                respawned=now()) if d["status"] == "InProgress" and not d["pid"] else None
+            ) or doc
         if doc["status"] in ("InProgress", "Stopping") and doc["pid"] and runner_died(doc["pid"]):
+            reap_job_processes(doc["pid"])  # its container, if it outlived the runner
             # the runner may have written its final status just before exiting
             doc = self.state.get(f"{kind}-job", name) or doc
             if doc["status"] in ("InProgress", "Stopping"):

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import now, pid_alive
+from .processes import alive_as, identity, this_boot
 from .servers import alive, ping, start_server, stop_process_group, tail
 from .state import StateStore
 from .validation import client_error
@@ -104,11 +105,12 @@ class Serverless:
                 return
             inflight[token] = inflight.get(token, 0) + 1
             current.update(inflight=inflight, last_active=now())
-            if not current.get("pid") or not alive(current["pid"]):
+            if not current.get("pid") or not _running(current):
                 pid, port = start_server(current["command"], current["env"],
                                          Path(current["dir"]))
                 seen["started"] = pid
-                current.update(pid=pid, port=port, ready=False, cold_start_at=now(),
+                current.update(pid=pid, port=port, ident=identity(pid), boot=this_boot(),
+                               ready=False, cold_start_at=now(),
                                cold_starts=int(current.get("cold_starts") or 0) + 1)
             seen["current"] = dict(current)
 
@@ -205,7 +207,7 @@ class Serverless:
         """A warm server that exited on its own is no endpoint failure here: SageMaker
         replaces serverless compute, so the next request starts a new one (a cold start)."""
         pid = current.get("pid")
-        if pid and not alive(pid):
+        if pid and not _running(current):
             self._update(name, current["id"], pid, pid=None, port=None, ready=False)
 
     def _update(self, name: str, deployment: str, server: int | None, **fields: Any) -> None:
@@ -217,6 +219,13 @@ class Serverless:
         self.state.update("endpoint", name, change)
 
 
+def _running(deployment: dict[str, Any]) -> bool:
+    """The deployment's server runs: its pid is alive (reaped if it is our child) and is
+    the process that was started (not a pid reused after a kill or a machine restart)."""
+    return alive(deployment.get("pid")) and alive_as(deployment.get("pid"),
+                                                     deployment.get("ident"))
+
+
 def _spawn_watcher(root: Path, name: str, deployment: str) -> int:
     from .jobs import _project_path  # the job runners' way of making sagepipe importable
 
@@ -226,7 +235,7 @@ def _spawn_watcher(root: Path, name: str, deployment: str) -> int:
         proc = subprocess.Popen(
             [sys.executable, "-m", "sagepipe.tasks.local.idle", str(root), name, deployment],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
-            cwd=str(root), env={**os.environ, "PYTHONPATH": _project_path()})
+            cwd=str(log.parent), env={**os.environ, "PYTHONPATH": _project_path()})
     return proc.pid
 
 

@@ -25,6 +25,7 @@ import joblib
 import pandas as pd
 import pytest
 import yaml
+from restarts import simulate_machine_restart
 from sklearn.datasets import load_breast_cancer
 from typer.testing import CliRunner, Result
 
@@ -577,6 +578,40 @@ def test_down_deletes_the_endpoint_and_stops_its_server(
     assert again.stdout == "Deleted endpoints: none; stopped jobs: none.\n"
 
 
+def test_status_names_an_endpoint_down_after_a_restart_and_up_brings_it_back(
+        env: Env, model_dir: Path, sample_row: str) -> None:
+    """Issue 19: after a machine restart `sagepipe status` says which endpoints are down,
+    and one command, `sagepipe up`, brings them back on the config they served."""
+    start_endpoint(env, model_dir)
+    simulate_machine_restart(env.state.resolve())
+
+    status = env.cli("status")
+
+    assert status.exit_code == 0, status.output
+    row = status.stdout.split("Endpoints\n", 1)[1].splitlines()[1].split()
+    assert row[:3] == [env.endpoint, "OutOfService", f"{env.endpoint}-cfg"]
+    assert f"Down (their processes are gone, e.g. after a machine restart): {env.endpoint}. " \
+        in status.stdout
+    assert "up` starts them again." in status.stdout
+    refused = env.cli("invoke", env.endpoint, "-", input=sample_row)
+    assert refused.exit_code == 1
+    assert "status OutOfService" in refused.stderr and "sagepipe up" in refused.stderr
+
+    up = env.cli("up")
+
+    assert up.exit_code == 0, up.output
+    assert up.stdout == f"{env.endpoint}: OutOfService -> InService on {env.endpoint}-cfg\n"
+    assert env.cli("invoke", env.endpoint, "-", input=sample_row).exit_code == 0
+    again = env.cli("up")
+    assert again.stdout == f"{env.endpoint}: InService (was running)\n"
+
+
+def test_up_with_no_local_state_has_nothing_to_start(env: Env) -> None:
+    result = env.cli("up")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("No local endpoints here")
+
+
 def test_run_with_a_prefect_api_that_does_not_answer_exits_4_before_any_job(
         env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     good = tmp_path / "good.csv"
@@ -612,7 +647,8 @@ def test_every_command_that_reads_settings_takes_env_and_set_alike(env: Env) -> 
         if options & {"--env", "--set"} and name != "trigger":
             assert {"--env", "--set"} <= options, name
             readers.add(name)
-    assert readers >= {"run", "status", "logs", "invoke", "down", "plan", "config", "models",
+    assert readers >= {"run", "status", "logs", "invoke", "up", "down", "plan", "config",
+                       "models",
                        "approve", "reject", "deploy", "promote", "data push",
                        "data versions", "data list"}
     # and --set means the same everywhere: here, another project's registry

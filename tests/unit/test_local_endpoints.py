@@ -1,9 +1,14 @@
-"""Local endpoints: create, invoke, blue/green update, rollback, delete, registry links."""
+"""Local endpoints: create, invoke, blue/green update, rollback, delete, registry links; and
+what the endpoint's supervisor keeps true when processes die (issue 19)."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -11,18 +16,22 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
+from restarts import simulate_machine_restart
 
-from sagepipe.tasks.local import local_clients, teardown
+from sagepipe.tasks.local import bring_up, local_clients, teardown
 from sagepipe.tasks.local.common import pid_alive
 from sagepipe.tasks.local.images import registry_host
+from sagepipe.tasks.local.supervisor import MAX_RESTARTS
 
 SERVE = r'''
-import json, os, pathlib, sys
+import json, os, pathlib, sys, threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 base = pathlib.Path(os.environ["SAGEMAKER_BASE_DIR"])
 if os.environ.get("BREAK"):
     print("model_fn failed: cannot load", flush=True)
     sys.exit(1)
+if os.environ.get("DIE_AFTER"):  # a server that keeps crashing
+    threading.Timer(float(os.environ["DIE_AFTER"]), lambda: os._exit(3)).start()
 answer = json.loads((base / "model" / "model.json").read_text())["answer"]
 class H(BaseHTTPRequestHandler):
     def log_message(self, *a): pass
@@ -220,3 +229,157 @@ def test_registry_packages_approval_and_model_from_package(env: Any) -> None:
     sm.add_tags(ResourceArn=described["ModelPackageArn"], Tags=[{"Key": "k", "Value": "v"}])
     assert sm.list_tags(ResourceArn=described["ModelPackageArn"])["Tags"] == [
         {"Key": "k", "Value": "v"}]
+
+
+# -- the supervisor: an endpoint keeps its promises when processes die (issue 19) -----------
+
+
+def doc_of(sm: Any, name: str) -> dict[str, Any]:
+    """The stored endpoint, read without describing it (a describe may act)."""
+    return dict(sm.state.get("endpoint", name) or {})
+
+
+def stored_status_becomes(sm: Any, name: str, status: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while doc_of(sm, name).get("status") != status:
+        assert time.monotonic() < deadline, f"{name} is {doc_of(sm, name).get('status')}"
+        time.sleep(0.05)
+
+
+def gone(pid: int, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def killed_caller(root: Path, call: str) -> None:
+    """Make one local SageMaker call in a process that is SIGKILLed right after it returns
+    (a `sagepipe run` killed at that moment)."""
+    code = (f"import os, signal\nfrom sagepipe.tasks.local import local_clients\n"
+            f"sm = local_clients({str(root)!r})['sagemaker']\nsm.{call}\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()
+
+
+def test_creation_goes_on_after_its_caller_is_killed(env: Any) -> None:
+    """SageMaker: an endpoint being created keeps being created whoever asked for it. The
+    supervisor takes it to InService with nobody looking (the state is only read here)."""
+    sm, rt = env["sm"], env["rt"]
+    config = env["config"]("a", "blue")
+    killed_caller(env["root"], f"create_endpoint(EndpointName='ep', EndpointConfigName={config!r})")
+    stored_status_becomes(sm, "ep", "InService")
+    assert ask(rt, "ep")["answer"] == "blue"
+
+
+def test_a_blue_green_update_goes_on_after_its_caller_is_killed(env: Any) -> None:
+    sm, rt = env["sm"], env["rt"]
+    sm.create_endpoint(EndpointName="ep", EndpointConfigName=env["config"]("a", "blue"))
+    settle(sm, "ep")
+    blue = doc_of(sm, "ep")["current"]["pid"]
+    green = env["config"]("b", "green")
+    killed_caller(env["root"], f"update_endpoint(EndpointName='ep', EndpointConfigName={green!r})")
+    deadline = time.monotonic() + 30
+    while doc_of(sm, "ep")["EndpointConfigName"] != "c-b":
+        assert time.monotonic() < deadline, doc_of(sm, "ep")
+        time.sleep(0.05)
+    assert doc_of(sm, "ep")["status"] == "InService"
+    assert ask(rt, "ep")["answer"] == "green"
+    assert gone(blue), "the blue server outlived the update"
+
+
+def test_a_killed_server_is_replaced_and_the_endpoint_never_claims_it_serves(env: Any) -> None:
+    """SageMaker replaces a failed instance (SystemUpdating meanwhile); locally the
+    supervisor starts the server again. No describe says InService while nothing listens."""
+    sm, rt = env["sm"], env["rt"]
+    sm.create_endpoint(EndpointName="ep", EndpointConfigName=env["config"]("a", "blue"))
+    settle(sm, "ep")
+    old = doc_of(sm, "ep")["current"]["pid"]
+    os.kill(old, signal.SIGKILL)
+    assert gone(old)
+    described = sm.describe_endpoint(EndpointName="ep")
+    if described["EndpointStatus"] == "InService":  # already replaced: by a new process
+        assert doc_of(sm, "ep")["current"]["pid"] != old
+    else:
+        assert described["EndpointStatus"] == "SystemUpdating"
+        assert "Replacing the serving process" in described["FailureReason"]
+    assert ask(rt, "ep")["answer"] == "blue"  # waits for the new server, then answers
+    described = settle(sm, "ep")
+    assert described["EndpointStatus"] == "InService"
+    assert "FailureReason" not in described
+    assert doc_of(sm, "ep")["current"]["restarts"]  # counted against the restart budget
+
+
+def test_a_server_that_keeps_exiting_fails_the_endpoint_with_its_log(env: Any) -> None:
+    """A bounded restart rate: after MAX_RESTARTS replacements within the window the endpoint
+    is Failed with the reason, not restarted forever nor InService."""
+    sm = env["sm"]
+    sm.create_endpoint(EndpointName="ep",
+                       EndpointConfigName=env["config"]("crash", "blue", DIE_AFTER="0.3"))
+    stored_status_becomes(sm, "ep", "Failed", timeout=60)
+    described = sm.describe_endpoint(EndpointName="ep")
+    assert f"exited {MAX_RESTARTS + 1} times" in described["FailureReason"]
+    assert len(doc_of(sm, "ep")["current"]["restarts"]) == MAX_RESTARTS
+    assert not pid_alive(doc_of(sm, "ep")["current"]["pid"])
+
+
+def test_a_killed_supervisor_is_started_again_by_the_next_look(env: Any) -> None:
+    sm, rt = env["sm"], env["rt"]
+    sm.create_endpoint(EndpointName="ep", EndpointConfigName=env["config"]("a", "blue"))
+    settle(sm, "ep")
+    first = doc_of(sm, "ep")["supervisor"]["pid"]
+    os.kill(first, signal.SIGKILL)
+    assert gone(first)
+    sm.describe_endpoint(EndpointName="ep")
+    second = doc_of(sm, "ep")["supervisor"]["pid"]
+    assert second != first and pid_alive(second)
+    server = doc_of(sm, "ep")["current"]["pid"]
+    os.kill(server, signal.SIGKILL)  # the new supervisor watches the server too
+    deadline = time.monotonic() + 30
+    while doc_of(sm, "ep")["current"]["pid"] == server or doc_of(sm, "ep")["status"] != (
+            "InService"):
+        assert time.monotonic() < deadline, doc_of(sm, "ep")
+        time.sleep(0.05)
+    assert ask(rt, "ep")["answer"] == "blue"
+
+
+def test_after_a_machine_restart_an_endpoint_is_out_of_service_until_brought_up(
+        env: Any) -> None:
+    """Endpoints are durable on AWS. Locally, after a restart, a look does not start servers
+    by itself: the endpoint says it is down and why; bring_up (`sagepipe up`) brings it back
+    on the config it served."""
+    sm, rt = env["sm"], env["rt"]
+    sm.create_endpoint(EndpointName="ep", EndpointConfigName=env["config"]("a", "blue"))
+    settle(sm, "ep")
+    simulate_machine_restart(env["root"])
+    described = sm.describe_endpoint(EndpointName="ep")
+    assert described["EndpointStatus"] == "OutOfService"
+    assert "sagepipe up" in described["FailureReason"]
+    assert not doc_of(sm, "ep")["supervisor"]  # nothing was started by the look
+    with pytest.raises(ClientError) as err:
+        ask(rt, "ep")
+    assert "not in service (status OutOfService)" in err.value.response["Error"]["Message"]
+    assert "sagepipe up" in err.value.response["Error"]["Message"]
+    [row] = bring_up(env["root"], timeout=60)
+    assert (row["endpoint"], row["before"], row["after"], row["config"]) == (
+        "ep", "OutOfService", "InService", "c-a")
+    assert ask(rt, "ep")["answer"] == "blue"
+
+
+def test_delete_stops_the_supervisor_and_a_server_nobody_recorded(env: Any) -> None:
+    sm = env["sm"]
+    sm.create_endpoint(EndpointName="ep", EndpointConfigName=env["config"]("a", "blue"))
+    settle(sm, "ep")
+    supervisor = doc_of(sm, "ep")["supervisor"]["pid"]
+    # a server started by a supervisor killed before it could write the pid down
+    stray_dir = env["root"] / "endpoints" / "ep" / "unrecorded"
+    stray_dir.mkdir(parents=True)
+    stray = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                             cwd=stray_dir, start_new_session=True)
+    sm.delete_endpoint(EndpointName="ep")
+    assert gone(supervisor) and gone(stray.pid)
+    stray.wait(timeout=5)
+    assert not (env["root"] / "endpoints" / "ep").exists()

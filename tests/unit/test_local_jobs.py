@@ -293,3 +293,88 @@ def test_a_failed_processing_job_reports_as_aws_does(env: dict[str, Any], tmp_pa
     else:
         assert described["ExitMessage"].startswith(exit_message)
         assert len(described["ExitMessage"].encode()) == 1024  # the first 1 KB only
+
+
+def test_a_job_whose_caller_was_killed_before_its_runner_started_still_runs(
+        env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """SageMaker runs a job it accepted whoever asked for it. The creator killed between
+    storing the job and starting its runner: the next look starts one."""
+    import sagepipe.tasks.local.sagemaker as local_sagemaker
+    from sagepipe.tasks.local.jobs import spawn_runner
+
+    calls: list[str] = []
+
+    def first_call_interrupted(root: Any, kind: str, name: str, **spawn: Any) -> int:
+        calls.append(name)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # the job is stored, no runner started
+        return spawn_runner(root, kind, name, **spawn)
+
+    monkeypatch.setattr(local_sagemaker, "spawn_runner", first_call_interrupted)
+    monkeypatch.setattr(local_sagemaker, "_UNSTARTED_SECONDS", 0.5)
+    sm = env["sm"]
+    with pytest.raises(KeyboardInterrupt):
+        sm.create_training_job(**training_request(env, "unstarted-1"))
+    assert sm.describe_training_job(TrainingJobName="unstarted-1")["TrainingJobStatus"] == (
+        "InProgress")
+    time.sleep(0.6)
+    assert wait(sm, "unstarted-1")["TrainingJobStatus"] == "Completed"
+    assert calls == ["unstarted-1", "unstarted-1"]  # one runner started by the look, once
+
+
+def test_a_second_runner_for_a_job_leaves_it_to_the_first(env: dict[str, Any]) -> None:
+    from sagepipe.tasks.local.common import pid_alive
+    from sagepipe.tasks.local.jobs import spawn_runner
+
+    sm = env["sm"]
+    sm.create_training_job(**training_request(env, "twice-1", sleep="2"))
+    deadline = time.monotonic() + 20
+    while not sm.state.get("training-job", "twice-1").get("registered"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    first = sm.state.get("training-job", "twice-1")["pid"]
+    second = spawn_runner(env["root"], "training", "twice-1")
+    assert wait(sm, "twice-1")["TrainingJobStatus"] == "Completed"
+    assert sm.state.get("training-job", "twice-1")["pid"] == first
+    logs = (env["root"] / "logs" / "aws" / "sagemaker" / "TrainingJobs").rglob("*.log")
+    assert sum(p.read_text().count("Invoking: ") for p in logs) == 1  # the job ran once
+    deadline = time.monotonic() + 10
+    while pid_alive(second):
+        assert time.monotonic() < deadline, "the second runner did not exit"
+        time.sleep(0.05)
+
+
+def test_a_killed_runner_takes_its_container_with_it(env: dict[str, Any]) -> None:
+    """The runner SIGKILLed alone (not its group): the job fails, and the container it was
+    running does not go on as an orphan (SageMaker's instance would be gone too)."""
+    import os
+    import signal
+    from pathlib import Path
+
+    from sagepipe.tasks.local.common import pid_alive
+
+    sm = env["sm"]
+    sm.create_training_job(**training_request(env, "orphan-2", sleep="60"))
+    deadline = time.monotonic() + 20
+    while sm.describe_training_job(TrainingJobName="orphan-2")["SecondaryStatus"] != "Training":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    runner = sm.state.get("training-job", "orphan-2")["pid"]
+    container = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+                 and p.name != str(runner) and _pgrp(int(p.name)) == runner]
+    assert container, "the container is in the runner's process group"
+    os.kill(runner, signal.SIGKILL)
+    final = wait(sm, "orphan-2", timeout=20)
+    assert final["TrainingJobStatus"] == "Failed"
+    deadline = time.monotonic() + 10
+    while any(pid_alive(pid) for pid in container):
+        assert time.monotonic() < deadline, "the container outlived its runner"
+        time.sleep(0.05)
+
+
+def _pgrp(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[2])
+    except (OSError, IndexError, ValueError):
+        return None
