@@ -108,6 +108,18 @@ screenshot: $(STAMP)
 	SAGEPIPE_SCREENSHOT=1 timeout --kill-after=30 $(SCREENSHOT_TIMEOUT) \
 		$(BIN)/python -m pytest -q tests/ui
 
+## faults: the fault-injection suite (issue 19, README "When a process dies"): SIGKILL the
+## CLI, a job runner, an endpoint's server or supervisor, or every process at FAULTS_POINTS
+## points from a run's own boundaries (seed FAULTS_SEED), run again, check the invariants;
+## prints the table, writes bench/results/faults.json. FAULTS_CI=1: the 8-point CI subset
+## (faults-ci.json). Runs under nice: it is long, and the machine is shared.
+FAULTS_POINTS ?= 30
+FAULTS_SEED ?= 19
+.PHONY: faults
+faults: $(STAMP)
+	nice -n 10 $(BIN)/python tests/faults/fault_suite.py --points $(FAULTS_POINTS) \
+		--seed $(FAULTS_SEED) $(if $(FAULTS_CI),--ci)
+
 ## down: stop local endpoints and jobs
 down: $(STAMP)
 	$(BIN)/sagepipe down

@@ -273,12 +273,15 @@ class EndpointManager:
             return doc
         if _started_before_this_boot(doc):
             return self._out_of_service(name) or doc
+        changed = False
         if not supervisor_alive(doc):
             self._ensure_supervisor(name)
+            changed = True
         if doc["status"] == "InService" and not current.get("serverless") and not alive_as(
                 current.get("pid"), current.get("ident")):
-            doc = self.state.update("endpoint", name, _replacing(current["id"])) or doc
-        return self.state.get("endpoint", name) or doc
+            self.state.update("endpoint", name, _replacing(current["id"]))
+            changed = True
+        return (self.state.get("endpoint", name) or doc) if changed else doc
 
     def _ensure_supervisor(self, name: str) -> None:
         """Start the endpoint's supervisor if it needs one and has none (a check and a spawn

@@ -15,6 +15,7 @@ killed job runner no longer waits for, a server whose pid was never recorded. Li
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import time
@@ -27,8 +28,10 @@ __all__ = ["alive_as", "identity", "kill_group", "sweep", "this_boot"]
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
+@functools.cache
 def this_boot() -> str | None:
-    """The kernel's id of the current boot (None where there is none to read)."""
+    """The kernel's id of the current boot (None where there is none to read); read once:
+    a process does not outlive its boot."""
     try:
         return _BOOT_ID.read_text().strip() or None
     except OSError:

@@ -146,12 +146,8 @@ def boundaries(calls: list[Call], *, started: float, ended: float) -> list[Bound
     return out
 
 
-def _first(timeline: list[Boundary], actor: str, op: str, *, last: bool = False
-           ) -> Boundary | None:
-    found = [b for b in timeline if b.anchor.actor == actor and b.anchor.op == op]
-    if not found:
-        return None
-    return found[-1] if last else found[0]
+def _first(timeline: list[Boundary], actor: str, op: str) -> Boundary | None:
+    return next((b for b in timeline if b.anchor.actor == actor and b.anchor.op == op), None)
 
 
 def _valid_for(target: str, kind: str, boundary: Boundary, timeline: list[Boundary]) -> bool:
@@ -168,8 +164,9 @@ def _valid_for(target: str, kind: str, boundary: Boundary, timeline: list[Bounda
 
 def _point(kind: str, target: str, boundary: Boundary, fraction: float, why: str,
            **extra: Any) -> KillPoint:
+    fraction = round(fraction, 3)
     return KillPoint(id="", kind=kind, target=target, anchor=boundary.anchor,
-                     fraction=round(fraction, 3), delay=round(fraction * boundary.span, 3),
+                     fraction=fraction, delay=round(fraction * boundary.span, 3),
                      why=why, extra=extra)
 
 
@@ -185,8 +182,9 @@ def named_points(timelines: dict[str, list[Boundary]]) -> list[KillPoint]:
          "named by the issue: CLI killed during the blue/green update"),
         ("update", "cli", _first(update, "cli", "CreateModelPackage"), 0.0,
          "named by the issue: CLI killed during a registration"),
-        ("update", "runner", _first(update, "runner", "PutObject", last=True), 0.0,
-         "named by the issue: job runner killed during its output upload"),
+        ("update", "runner", _first(update, "runner", "PutObject"), 0.0,
+         "named by the issue: job runner killed during its output upload (the first of "
+         "the preprocess job's files)"),
         ("update", "push", _first(push, "cli", "PutObject"), 0.0,
          "named by the issue: CLI killed during data push"),
         ("update", "server", _first(update, "cli", "UpdateEndpoint"), 0.4,
@@ -218,8 +216,10 @@ def ci_points(timelines: dict[str, list[Boundary]]) -> list[KillPoint]:
 def seeded_points(timelines: dict[str, list[Boundary]], count: int, seed: int,
                   *, creates: int) -> list[KillPoint]:
     """``count`` points drawn from ``seed``: a target (mostly the CLI), a kind (``creates``
-    of them create the endpoint), one of the run's boundaries where that target can be
-    hit, and a fraction of its span (0: at the boundary itself, a third of the time)."""
+    of them create the endpoint), and where: a third of them at one of the run's boundaries
+    where that target can be hit, the others at a moment drawn evenly over the run's time
+    (so long steps - training, the deploy's wait - get most), named as the boundary before
+    it plus that fraction of its span."""
     rng = random.Random(seed)
     weights = {"cli": 10, "runner": 4, "server": 3, "supervisor": 2, "restart": 1}
     kinds = ["create"] * creates + ["update"] * (count - creates)
@@ -228,10 +228,13 @@ def seeded_points(timelines: dict[str, list[Boundary]], count: int, seed: int,
         timeline = timelines[kind]
         target = rng.choices(list(weights), weights=list(weights.values()))[0]
         choices = [b for b in timeline if _valid_for(target, kind, b, timeline)]
-        boundary = rng.choice(choices)
-        fraction = 0.0 if rng.random() < 1 / 3 else rng.uniform(0.05, 0.95)
-        if target == "runner":  # the job may end within its span: aim at its first half
-            fraction = min(fraction, 0.5)
+        if rng.random() < 1 / 3:
+            boundary, fraction = rng.choice(choices), 0.0
+        else:  # a moment inside a step, evenly over the time the valid boundaries span
+            boundary = rng.choices(choices, weights=[max(b.span, 1e-3) for b in choices])[0]
+            fraction = rng.uniform(0.02, 0.98)
+            if target == "runner":  # the job may end within its span: aim at its first half
+                fraction = min(fraction, 0.5)
         points.append(_point(kind, target, boundary, fraction,
                              "seeded: at a boundary" if fraction == 0 else
                              "seeded: inside a step"))

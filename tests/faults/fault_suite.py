@@ -62,8 +62,11 @@ from sagepipe.tasks.storage import ensure_local_resources
 PROJECT = Path(__file__).resolve().parents[2]
 SAGEPIPE = str(Path(sys.executable).with_name("sagepipe"))
 # every run of a lane: a data version whose columns differ from the live model's is judged
-# on the threshold alone, so each update deploys whatever its metric (a deterministic lane)
-RUN_ARGS = ["--set", "gate.on_schema_change=threshold_only"]
+# on the threshold alone, so each update deploys whatever its metric (a deterministic lane);
+# a job whose runner was killed announces no end, so its run learns of it at the next
+# safety poll: 5 s (the least allowed) instead of the example's 30 s keeps the suite short
+RUN_ARGS = ["--set", "gate.on_schema_change=threshold_only",
+            "--set", "jobs.safety_poll_seconds=5"]
 RUN_TIMEOUT = 400.0  # the bug of issue 19: a re-run that waits 120 s on a dead endpoint
 INVARIANTS = ("rerun", "one_job_per_key", "artifacts", "endpoint", "registry", "truthful",
               "processes")

@@ -132,7 +132,7 @@ def test_blue_green_update_moves_traffic_and_stops_blue(env: Any) -> None:
     assert described["EndpointConfigName"] == "c-b"
     assert "FailureReason" not in described
     assert ask(rt, "ep")["answer"] == "green"
-    assert not pid_alive(blue_pid)
+    assert gone(blue_pid), "the blue server outlived the update"  # stopped once traffic moved
 
 
 def test_failed_update_rolls_back_to_the_old_config(env: Any) -> None:

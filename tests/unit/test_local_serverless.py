@@ -112,7 +112,9 @@ def test_a_serverless_endpoint_is_updated_blue_green(served: Any, quick_idle: fl
     assert (described["EndpointStatus"], described["EndpointConfigName"]) == ("InService", "c-b")
     assert described["ProductionVariants"][0]["CurrentServerlessConfig"] == bigger
     assert ask(rt, "ep")["answer"] == "green"
-    assert not pid_alive(blue["pid"]) and not pid_alive(blue["reaper"])
+    # the supervisor stops the blue deployment once traffic has moved
+    wait_for(lambda: not pid_alive(blue["pid"]) and not pid_alive(blue["reaper"]),
+             what="the blue server and its watcher to exit")
     # and the green one scales to zero and cold-starts like the first
     wait_for(lambda: deployment(served)["pid"] is None, what="scale to zero")
     assert ask(rt, "ep")["answer"] == "green"
