@@ -208,8 +208,9 @@ class Supervisor:
             return
         try:
             launch = self._prepare(pending)
-        except (LookupError, OSError, tarfile.TarError, ValueError, KeyError) as exc:
-            self._fail_launch(deployment_id, f"Failed to start the model container: {exc}")
+        except Exception as exc:  # what SageMaker says of a container it cannot start
+            self._fail_launch(deployment_id, f"Failed to start the model container: "
+                              f"{type(exc).__name__}: {exc}")
             return
         started: dict[str, int] = {}
 
@@ -224,6 +225,9 @@ class Supervisor:
                         launched=now(), ready=False)
         try:
             self.state.update("endpoint", self.name, record)
+        except OSError as exc:  # the server could not even be started (no fd, no memory)
+            stop_process_group(started.get("pid"))
+            self._fail_launch(deployment_id, f"Failed to start the model container: {exc}")
         except BaseException:
             stop_process_group(started.get("pid"))
             raise

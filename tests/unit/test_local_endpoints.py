@@ -383,3 +383,33 @@ def test_delete_stops_the_supervisor_and_a_server_nobody_recorded(env: Any) -> N
     assert gone(supervisor) and gone(stray.pid)
     stray.wait(timeout=5)
     assert not (env["root"] / "endpoints" / "ep").exists()
+
+
+def test_a_run_calls_its_model_live_only_once_the_deploy_under_way_took(env: Any) -> None:
+    """The bug of issue 19: a run killed while its endpoint was being created left the
+    endpoint naming the new model, and the next run called itself "unchanged" (exit 0)
+    while nothing served. settle_endpoint waits for a change under way and refuses an
+    endpoint that cannot serve."""
+    from sagepipe.tasks.endpoints import EndpointSettings, settle_endpoint
+    from sagepipe.tasks.errors import DeployFailed
+    from sagepipe.tasks.runtime import Clients
+
+    raw = env["clients"]
+    clients = Clients(s3=raw["s3"], sagemaker=raw["sagemaker"],
+                      sagemaker_runtime=raw["sagemaker-runtime"], sns=raw["sns"],
+                      logs=raw["logs"], ecr=raw["ecr"], codebuild=raw["codebuild"])
+    sm = env["sm"]
+
+    def settings(name: str) -> EndpointSettings:
+        return EndpointSettings(name=name, timeout_seconds=60, poll_first_seconds=0.05,
+                                poll_max_seconds=0.2)
+
+    assert settle_endpoint(clients, settings("nothing-yet")) is False
+    sm.create_endpoint(EndpointName="ep", EndpointConfigName=env["config"]("a", "blue"))
+    assert settle_endpoint(clients, settings("ep")) is True  # it waited for Creating
+    assert sm.describe_endpoint(EndpointName="ep")["EndpointStatus"] == "InService"
+    assert settle_endpoint(clients, settings("ep")) is False  # nothing under way
+    sm.create_endpoint(EndpointName="bad", EndpointConfigName=env["config"]("x", "blue",
+                                                                             BREAK="1"))
+    with pytest.raises(DeployFailed, match="cannot load"):
+        settle_endpoint(clients, settings("bad"))
