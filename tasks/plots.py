@@ -105,6 +105,15 @@ def _metric_of(clients: Clients, package: dict[str, Any], metric: str) -> float 
 
 def history_png(points: list[VersionPoint], *, metric: str, threshold: float,
                 live_arn: str | None, current_arn: str | None) -> bytes:
+    """The metric history (:func:`history_figure`) as a PNG."""
+    out = io.BytesIO()
+    FigureCanvasAgg(history_figure(points, metric=metric, threshold=threshold,
+                                   live_arn=live_arn, current_arn=current_arn)).print_png(out)
+    return out.getvalue()
+
+
+def history_figure(points: list[VersionPoint], *, metric: str, threshold: float,
+                   live_arn: str | None, current_arn: str | None) -> Figure:
     """Approved versions as a line, the others as crosses, the live one starred."""
     figure = Figure(figsize=(6.4, 3.8), dpi=110, layout="constrained")
     ax = figure.subplots()
@@ -134,9 +143,7 @@ def history_png(points: list[VersionPoint], *, metric: str, threshold: float,
            title=f"{metric} of the registered model versions")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    out = io.BytesIO()
-    FigureCanvasAgg(figure).print_png(out)
-    return out.getvalue()
+    return figure
 
 
 def data_uri(png: bytes, max_width: int = MAX_WIDTH) -> str:

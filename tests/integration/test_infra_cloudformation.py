@@ -157,13 +157,28 @@ def test_one_immutable_repository_per_step(stack: DeployedStack,
         assert rules[0]["selection"]["countNumber"] == 30
 
 
-def test_log_groups_are_encrypted_and_expire(stack: DeployedStack) -> None:
+def test_log_groups_are_encrypted_and_expire(stack: DeployedStack,
+                                             template: dict[str, Any]) -> None:
     groups = {g["logGroupName"]: g for g in client("logs").describe_log_groups()["logGroups"]}
+    key_arn = stack.outputs["KmsKeyArn"]
+    key_policy = client("kms").get_key_policy(KeyId=key_arn, PolicyName="default")["Policy"]
+    key_policy = json.loads(key_policy) if isinstance(key_policy, str) else key_policy
+    logs_may_use = next(s for s in key_policy["Statement"]
+                        if s["Sid"] == "LogsEncryptsTheStackLogGroups")["Condition"][
+        "ArnLike"]["kms:EncryptionContext:aws:logs:arn"]
     for logical in ("ImageBuildLogGroup", "TestsBuildLogGroup", "TriggerLogGroup",
                     "RelayLogGroup"):
         group = groups[stack.physical(logical)]
         assert group["retentionInDays"] == 365
-        assert group.get("kmsKeyId", stack.outputs["KmsKeyArn"]) == stack.outputs["KmsKeyArn"]
+        # moto's CloudFormation drops KmsKeyId (the group it creates has none): the
+        # template must ask for the stack's key, and moto's answer, if any, must be it
+        assert props(template, logical).get("KmsKeyId") == {
+            "Fn::GetAtt": ["EncryptionKey", "Arn"]}, f"{logical} is not encrypted"
+        if "kmsKeyId" in group:
+            assert group["kmsKeyId"] == key_arn
+        # CloudWatch Logs can use the key only for groups its policy names
+        arn = f"arn:aws:logs:{REGION}:123456789012:log-group:{stack.physical(logical)}"
+        assert arn in logs_may_use, f"the key policy does not let Logs encrypt {logical}"
 
 
 def test_job_state_changes_reach_the_encrypted_topic(stack: DeployedStack,
