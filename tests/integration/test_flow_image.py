@@ -25,6 +25,8 @@ from aws_helpers import ACCOUNT, PROJECT, REGION, DeployedStack, deploy_stack, l
 from iam_model import Need, compare, format_table
 from moto import mock_aws
 
+from sagepipe.flows.scaffold import init_project
+
 BUILDSPEC = PROJECT / "buildspecs" / "flow-image.yml"
 REPOSITORY = "sagepipe-flow"
 REGISTRY = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com"
@@ -300,6 +302,29 @@ def test_an_exclude_list_that_leaves_out_the_dockerfile_is_refused(
     run = codebuild.run(source)
     assert run.returncode != 0 and "leaves out deployments/flow-image/Dockerfile" in run.output
     assert not [c for c in run.calls if c.startswith("docker")]
+
+
+def test_a_project_made_by_sagepipe_init_builds_its_flow_image_the_same_way(
+        tmp_path: Path, codebuild: CodeBuild) -> None:
+    """The user's repository: `sagepipe init` writes the Dockerfile, the exclude list and
+    the buildspec the stack's Build stage runs."""
+    project = tmp_path / "credit-model"
+    init_project(project)
+    (project / ".sagepipe" / "step-code").mkdir(parents=True)  # local state: left out
+    (project / ".sagepipe" / "step-code" / "x.txt").write_text("local\n")
+    first = codebuild.run(project)
+    assert first.returncode == 0, first.output
+    [context] = first.contexts
+    assert (context / "steps" / "train" / "train.py").is_file()
+    assert (context / "sagepipe.aws.yaml").is_file() and (context / "prefect.yaml").is_file()
+    assert not (context / ".sagepipe").exists()
+    assert code_hash(context) == first.exported["FLOW_CODE_HASH"]
+
+    (project / "steps" / "train" / "train.py").write_text("print('my model')\n")
+    second = codebuild.run(project)
+    assert second.returncode == 0, second.output
+    assert second.exported["FLOW_CODE_HASH"] != first.exported["FLOW_CODE_HASH"]
+    assert len(builds(second)) == 1
 
 
 # ---------------------------------------------------------------- the project's role
