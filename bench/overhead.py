@@ -7,6 +7,11 @@ run of the benchmark.
 
 * ``server``: ``sagepipe run`` with ``PREFECT_API_URL`` at a running ``prefect
   server start`` (started and stopped by the benchmark).
+* ``managed``: ``sagepipe run`` as a new user runs it the second time: no
+  ``PREFECT_API_URL``, so sagepipe uses the local server it started on the first run and
+  kept (``<state_dir>/prefect/``). The state directory is kept across this variant's runs
+  for that server; everything else in it is cleared before each run, so nothing is a
+  cache hit. The server is started once before the first timed run.
 * ``ephemeral``: ``sagepipe run --no-server``: a temporary Prefect server is started
   for the run and stopped at its end (without ``--no-server`` sagepipe keeps a local
   server between runs, which is the ``server`` case after the first run).
@@ -36,10 +41,11 @@ from typing import Any
 
 from .proc import median, run_timed
 
-__all__ = ["Bench", "measure_overhead"]
+__all__ = ["Bench", "measure_overhead", "run_pipeline", "stop_managed"]
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("server", "ephemeral", "bare", "metaflow")
+VARIANTS = ("server", "managed", "ephemeral", "bare", "metaflow")
+PIPELINES = ("server", "managed", "ephemeral")
 _STAMP = re.compile(r"(\d\d):(\d\d):(\d\d\.\d+) \| ")
 
 
@@ -114,7 +120,9 @@ def run_pipeline(bench: Bench, variant: str, data_csv: Path, tag: str, *,
                  rerun: bool = False, keep: bool = False,
                  extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """One timed ``sagepipe run`` on a fresh state (and an untimed push before it)."""
-    state = bench.work / "states" / tag
+    state = bench.work / "states" / ("managed" if variant == "managed" else tag)
+    if variant == "managed":
+        _clear_for_managed(state)
     home = bench.work / f"prefect-home-{variant}"
     env = bench.prefect_env(variant, home)
     logs = bench.work / "logs"
@@ -143,10 +151,34 @@ def run_pipeline(bench: Bench, variant: str, data_csv: Path, tag: str, *,
     finally:
         if keep:
             bench.kept_states.append(state)
-        else:
+        elif variant != "managed":  # its server stays: the state is cleared before a run
             _teardown(state)
             shutil.rmtree(state, ignore_errors=True)
     return result
+
+
+def _clear_for_managed(state: Path) -> None:
+    """Everything of the last run gone but the kept Prefect server, which is started
+    (untimed) if it is not running yet: the "second run" of a new user."""
+    from sagepipe.flows.server import ensure_server
+
+    _teardown(state)
+    if state.exists():
+        for child in state.iterdir():
+            if child.name != "prefect":
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    ensure_server(state / "prefect")  # the server keeps a home of its own in there
+
+
+def stop_managed(bench: Bench) -> None:
+    """Stop the kept server of the ``managed`` variant and clear its state."""
+    from sagepipe.flows.server import down
+
+    state = bench.work / "states" / "managed"
+    if (state / "prefect").exists():
+        _teardown(state)
+        down(state / "prefect")
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def run_bare(bench: Bench, data_dir: Path, tag: str) -> dict[str, Any]:
@@ -195,7 +227,7 @@ def measure_overhead(bench: Bench, name: str, data_csv: Path, rounds: int, *,
         order = variants[r % len(variants):] + variants[:r % len(variants)]
         for variant in order:
             tag = f"{name}-{variant}-{r}"
-            if variant in ("server", "ephemeral"):
+            if variant in PIPELINES:
                 keep = keep_last and variant == "server" and r == rounds - 1
                 outcome = run_pipeline(bench, variant, data_csv, tag,
                                        rerun=variant == "server", keep=keep)
@@ -216,7 +248,7 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     if bare:
         out["ratio_to_bare"] = {v: round(s / bare, 3) for v, s in wall.items()}
         out["seconds_over_bare"] = {v: round(s - bare, 3) for v, s in wall.items()}
-    for variant in ("server", "ephemeral"):
+    for variant in PIPELINES:
         phased = [r["phases"] for r in runs.get(variant, []) if r.get("phases")]
         if phased:
             out.setdefault("phases", {})[variant] = {

@@ -14,13 +14,23 @@ for the same rows, one request at a time:
 
 Each is timed per request; the figures are medians over interleaved rounds of
 throughput (rows/s), p50 and p99 latency, at batch 1 and batch 100.
+
+Then the serving container's scaling: ``serve.py`` started on the deployed model with
+1 and with 2 worker processes (``SAGEMAKER_MODEL_SERVER_WORKERS``), each under 4
+concurrent keep-alive clients (``bench/load.py``, one process each, raw sockets) sending
+batches of 100 rows for a fixed time; throughput of 2 workers over that of 1, median
+over interleaved rounds.
 """
 
 from __future__ import annotations
 
 import http.client
 import importlib.util
+import json
+import os
+import signal
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -30,11 +40,13 @@ from typing import Any
 
 import numpy as np
 
-from .proc import median
+from .proc import free_port, median
 
 __all__ = ["measure_serving"]
 
 SERVE = Path(__file__).resolve().parents[1] / "containers" / "serve"
+LOAD = Path(__file__).resolve().parent / "load.py"
+CLIENTS = 4
 
 
 def _inference() -> ModuleType:
@@ -95,7 +107,8 @@ class _KeepAlive:
 
 
 def measure_serving(state: Path, endpoint: str, csv_path: Path, label: str, *,
-                    requests: dict[int, int], rounds: int) -> dict[str, Any]:
+                    requests: dict[int, int], rounds: int, work: Path, python: Path,
+                    load_seconds: float) -> dict[str, Any]:
     """``requests`` maps batch size -> timed requests per round."""
     from sagepipe.tasks.local import local_clients
 
@@ -138,4 +151,65 @@ def measure_serving(state: Path, endpoint: str, csv_path: Path, label: str, *,
             figures[way]["share_of_in_process"] = round(
                 figures[way]["rows_per_second"] / limit, 3)
         out["batches"][str(size)] = figures
+    load_body = work / "serving-body-100.csv"
+    load_body.write_bytes(_batches(rows, 100, 1)[0])
+    out["workers"] = measure_workers(Path(deployment["dir"]) / "opt" / "ml", load_body, python,
+                                     rounds=rounds, seconds=load_seconds, logs=work / "logs")
     return out
+
+
+def _serve(base: Path, workers: int, python: Path, log: Path) -> tuple[subprocess.Popen[bytes],
+                                                                      int]:
+    """serve.py on the model in ``base``/model with ``workers`` workers, answering /ping."""
+    port = free_port()
+    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "SAGEMAKER_BIND_TO_PORT": str(port),
+           "SAGEMAKER_BIND_HOST": "127.0.0.1", "SAGEMAKER_MODEL_SERVER_WORKERS": str(workers)}
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        server = subprocess.Popen([str(python), str(SERVE / "serve.py"), "serve"], env=env,
+                                  stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and server.poll() is None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+        try:
+            conn.request("GET", "/ping")
+            if conn.getresponse().status == 200:
+                return server, port
+        except OSError:
+            time.sleep(0.05)
+        finally:
+            conn.close()
+    server.kill()
+    raise RuntimeError(f"serve.py with {workers} worker(s) did not answer /ping; see {log}")
+
+
+def _load(port: int, body: Path, python: Path, seconds: float) -> tuple[int, int]:
+    """(requests answered, errors) of CLIENTS concurrent clients over ``seconds``."""
+    start = time.time() + 1.0  # every client connected and started before the clock runs
+    clients = [subprocess.Popen([str(python), str(LOAD), str(port), str(body), str(start),
+                                 str(start + seconds)], stdout=subprocess.PIPE)
+               for _ in range(CLIENTS)]
+    answers = [json.loads(c.communicate(timeout=seconds + 60)[0]) for c in clients]
+    return sum(a["requests"] for a in answers), sum(a["errors"] for a in answers)
+
+
+def measure_workers(base: Path, body: Path, python: Path, *, rounds: int, seconds: float,
+                    logs: Path) -> dict[str, Any]:
+    """Rows/s of serve.py with 1 and 2 workers under CLIENTS concurrent clients."""
+    rows = len(body.read_bytes().splitlines())
+    samples: dict[int, list[float]] = {1: [], 2: []}
+    errors = 0
+    for r in range(rounds):
+        for workers in ((1, 2) if r % 2 == 0 else (2, 1)):
+            server, port = _serve(base, workers, python, logs / f"serve-{workers}.log")
+            try:
+                done, failed = _load(port, body, python, seconds)
+            finally:
+                server.send_signal(signal.SIGTERM)
+                server.wait(timeout=30)
+            errors += failed
+            samples[workers].append(done * rows / seconds)
+    one, two = median(samples[1]), median(samples[2])
+    return {"clients": CLIENTS, "batch": rows, "seconds_per_round": seconds,
+            "rows_per_second": {"1": round(one), "2": round(two)},
+            "speedup": round(two / one, 3), "errors": errors}

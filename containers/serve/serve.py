@@ -294,6 +294,14 @@ def worker(listen_fd: int, ready_fd: int, go_fd: int) -> int:
     return 0
 
 
+def _close(proc: subprocess.Popen[bytes], pipe: str) -> None:
+    """Close a worker's pipe end once (the attribute becomes -1: fds are reused)."""
+    fd = getattr(proc, pipe, -1)
+    if fd >= 0:
+        os.close(fd)
+        setattr(proc, pipe, -1)
+
+
 class Workers:
     """The worker processes sharing one listening socket."""
 
@@ -304,6 +312,10 @@ class Workers:
 
     def spawn(self, timeout: float) -> subprocess.Popen[bytes] | None:
         """Start one worker and wait until its model is loaded (None if it failed)."""
+        return self.ready(self.start(), timeout)
+
+    def start(self) -> subprocess.Popen[bytes]:
+        """Start one worker process; it loads its model while the caller goes on."""
         ready_r, ready_w = os.pipe()
         go_r, go_w = os.pipe()
         fds = (self.listener.fileno(), ready_w, go_r)
@@ -313,21 +325,28 @@ class Workers:
         os.close(ready_w)
         os.close(go_r)
         proc.go = go_w  # type: ignore[attr-defined]
-        ready, _, _ = select.select([ready_r], [], [], timeout)
+        proc.ready_fd = ready_r  # type: ignore[attr-defined]
+        return proc
+
+    @staticmethod
+    def ready(proc: subprocess.Popen[bytes], timeout: float) -> subprocess.Popen[bytes] | None:
+        """``proc`` once it says its model is loaded; None (and killed) if it fails or
+        takes longer than ``timeout`` seconds."""
+        ready_r = proc.ready_fd  # type: ignore[attr-defined]
+        ready, _, _ = select.select([ready_r], [], [], max(0.0, timeout))
         ok = bool(ready) and os.read(ready_r, 1) == b"1"
-        os.close(ready_r)
+        _close(proc, "ready_fd")
         if not ok:
             proc.kill()
             proc.wait()
-            os.close(go_w)
+            _close(proc, "go")
             return None
         return proc
 
     @staticmethod
     def go(proc: subprocess.Popen[bytes]) -> None:
-        fd = proc.go  # type: ignore[attr-defined]
-        os.write(fd, b"1")
-        os.close(fd)
+        os.write(proc.go, b"1")  # type: ignore[attr-defined]
+        _close(proc, "go")
 
     def supervise(self, stopping: threading.Event, timeout: float) -> int:
         """Replace workers that die, within RESTARTS_PER_MINUTE; 1 if that is exceeded."""
@@ -395,12 +414,20 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    for _ in range(count):  # every worker has its model before the port opens
-        proc = workers.spawn(load_timeout)
-        if proc is None or stopping.is_set():
+    # the workers load their models side by side (one per vCPU, so loading takes about as
+    # long as one worker's); every worker has its model before the port opens
+    started = [workers.start() for _ in range(count)]
+    deadline = time.monotonic() + load_timeout
+    for proc in started:
+        loaded = None if stopping.is_set() else workers.ready(proc, deadline - time.monotonic())
+        if loaded is None:  # the others never get the go: closing it ends them at once
+            for other in started:
+                _close(other, "ready_fd")
+                _close(other, "go")
+            workers.procs = [p for p in started if p.poll() is None]
             workers.stop()
-            return 1 if proc is None else 0
-        workers.procs.append(proc)
+            return 0 if stopping.is_set() else 1
+        workers.procs.append(loaded)
     listener.listen(InferenceServer.request_queue_size)
     for proc in workers.procs:
         workers.go(proc)

@@ -380,3 +380,71 @@ def test_predictions_run_with_assume_finite_in_every_request_thread(base: Path) 
     thread.start()
     thread.join()
     assert seen == [True]
+
+
+# A handler module whose model_fn returns only once `expected` workers are loading at the
+# same time (each leaves a file named by its pid), or fails after `wait` seconds: workers
+# loaded one after another can never pass it.
+_RENDEZVOUS = '''
+import os, time
+from pathlib import Path
+
+def model_fn(model_dir):
+    here = Path(model_dir)
+    (here / f"loading-{os.getpid()}").touch()
+    deadline = time.monotonic() + float(os.environ["RENDEZVOUS_WAIT"])
+    while len(list(here.glob("loading-*"))) < int(os.environ["RENDEZVOUS_WORKERS"]):
+        if time.monotonic() > deadline:
+            raise RuntimeError("loaded alone: the other workers had not started")
+        time.sleep(0.05)
+    return "model"
+
+def input_fn(body, content_type):
+    return body
+
+def predict_fn(data, model):
+    return data
+
+def output_fn(prediction, accept):
+    return prediction, "text/plain"
+'''
+
+
+def test_workers_load_their_models_side_by_side(tmp_path: Path) -> None:
+    """Start-up takes one model load, not one per worker: each worker is started before
+    any has finished loading."""
+    (tmp_path / "model").mkdir()
+    handler = tmp_path / "rendezvous.py"
+    handler.write_text(_RENDEZVOUS)
+    server = start(tmp_path, SAGEMAKER_PROGRAM=str(handler), SAGEMAKER_MODEL_SERVER_WORKERS="3",
+                   RENDEZVOUS_WORKERS="3", RENDEZVOUS_WAIT="20")
+    try:
+        assert len(list((tmp_path / "model").glob("loading-*"))) == 3
+        assert server.invoke("ping", Content_Type="text/plain") == (200, b"ping")
+    finally:
+        server.process.terminate()
+        server.process.wait(timeout=20)
+
+
+def test_one_worker_failing_to_load_stops_the_others_and_the_server(tmp_path: Path) -> None:
+    """Two workers load; one fails: the server exits 1 without opening the port, and the
+    worker that loaded is not left behind."""
+    (tmp_path / "model").mkdir()
+    handler = tmp_path / "rendezvous.py"
+    handler.write_text(_RENDEZVOUS)
+    port = free_port()
+    # three workers wanted at once but only two start: each fails after its wait
+    result = subprocess.run(
+        [sys.executable, str(SERVE), "serve"],
+        env=clean_env(tmp_path, SAGEMAKER_BIND_TO_PORT=str(port), SAGEMAKER_PROGRAM=str(handler),
+                      SAGEMAKER_MODEL_SERVER_WORKERS="2", RENDEZVOUS_WORKERS="3",
+                      RENDEZVOUS_WAIT="1"),
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "loaded alone" in result.stderr
+    assert "serving on" not in result.stdout
+    pids = [int(p.name.split("-")[1]) for p in (tmp_path / "model").glob("loading-*")]
+    assert len(pids) == 2
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or \
+            Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
