@@ -1,7 +1,7 @@
 """The flow image's buildspec (buildspecs/flow-image.yml), run as CodeBuild runs it.
 
 The buildspec's commands run under bash, phase by phase, in a copy of this repository as
-CodePipeline hands it over (the files git tracks), with stand-ins for ``aws`` and
+CodePipeline hands it over (what git tracks), with stand-ins for ``aws`` and
 ``docker`` that keep a registry in a file: a pushed tag is there for the next build, as
 in ECR. What CodeBuild exports at the end (``env: exported-variables``) is read from the
 shell the commands ran in. The last test deploys infra/sagepipe.yaml into moto and proves
@@ -151,22 +151,20 @@ class CodeBuild:
                         sorted(seen.iterdir(), key=lambda p: int(p.name)))
 
 
+# what a checkout holds that git does not: CodePipeline's source zip has none of it (the
+# suite also runs from that zip, without .git, in the pipeline's Build stage)
+_NOT_IN_GIT = shutil.ignore_patterns(".git", ".venv*", ".sagepipe", "build", "dist",
+                                     "__pycache__", "*.pyc", "*.egg-info", ".pytest_cache",
+                                     ".mypy_cache", ".ruff_cache", "results", "*.ipynb",
+                                     ".ipynb_checkpoints")
+
+
 @pytest.fixture()
 def source(tmp_path: Path) -> Path:
-    """The repository as CodePipeline's source action zips it: the files git tracks (and
-    new ones not ignored), symlinks kept."""
-    listed = subprocess.run(["git", "-C", str(PROJECT), "ls-files", "-co", "--exclude-standard",
-                             "-z"], capture_output=True, check=True, timeout=60).stdout
+    """The repository as CodePipeline's source action hands it over: the committed files,
+    symlinks kept."""
     target = tmp_path / "src"
-    for name in filter(None, listed.decode().split("\0")):
-        origin, copy = PROJECT / name, target / name
-        if not os.path.lexists(origin):
-            continue  # deleted in the worktree, not yet in git
-        copy.parent.mkdir(parents=True, exist_ok=True)
-        if origin.is_symlink():
-            copy.symlink_to(os.readlink(origin))
-        else:
-            shutil.copy2(origin, copy)
+    shutil.copytree(PROJECT, target, symlinks=True, ignore=_NOT_IN_GIT)
     return target
 
 
