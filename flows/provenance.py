@@ -62,7 +62,14 @@ def check_running_code(commit: str | None, trigger: Mapping[str, Any] | None,
     code: dict[str, Any] = {"image": image, "image_source": image_source,
                             "digest": image_digest(image), "code_hash": code_hash,
                             "image_commit": image_commit}
-    where = f" ({image}, {_SOURCES.get(image_source or '', 'an image')})" if image else ""
+    # what the run asked for; the environment says what it got
+    asked = f" (asked for: {image}, {_SOURCES.get(image_source or '', 'an image')})" \
+        if image else ""
+    # a per-run image the work pool did not apply (its job template has no `image`
+    # variable, or a fixed task definition) leaves the deployment's image running
+    pool = (" If the run asked for the right image, its work pool does not apply the per-run "
+            "`image` job variable: check the pool's job template.") \
+        if image_source == "run" else ""
     if commit and image_commit and same_commit(commit, image_commit):
         code["check"] = f"runs commit {commit}: the image was built from it"
     elif expected and code_hash and expected == code_hash:
@@ -72,18 +79,17 @@ def check_running_code(commit: str | None, trigger: Mapping[str, Any] | None,
     elif commit and image_commit:
         expects = f" (its code hash is {expected})" if expected else ""
         raise ConfigError(
-            f"This run is for commit {commit}{expects}, but the flow image it runs in{where} "
+            f"This run is for commit {commit}{expects}, but the flow image it runs in{asked} "
             f"was built from commit {image_commit} (code hash {code_hash or 'unknown'}): it "
             f"would run that commit's code. Start the run in the image the pipeline built for "
             f"{commit} (its Build stage exports FLOW_IMAGE and FLOW_CODE_HASH: `sagepipe "
             f"trigger --commit {commit} --image <FLOW_IMAGE> --code-hash <FLOW_CODE_HASH>`), "
-            "or without a commit to run the image's own code. No job was started.")
+            f"or without a commit to run the image's own code.{pool} No job was started.")
     elif expected and code_hash:
         raise ConfigError(
-            f"This run expects the code hash {expected}, but the flow image it runs in{where} "
-            f"has {code_hash}: it is not the image the Build stage built for this run. Check "
-            "that the work pool's job template takes the per-run `image` variable, and start "
-            "the run with that image. No job was started.")
+            f"This run expects the code hash {expected}, but the flow image it runs in{asked} "
+            f"has {code_hash}: it is not the image the Build stage built for this run. Start "
+            f"the run in that image.{pool} No job was started.")
     elif not commit:
         code["check"] = "not checked: the run has no commit (started by hand)"
     else:

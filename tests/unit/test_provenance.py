@@ -55,8 +55,9 @@ def test_an_image_of_another_commit_is_refused_before_anything_runs() -> None:
     message = str(refused.value)
     assert f"This run is for commit {B}" in message
     assert f"was built from commit {A} (code hash {HASH})" in message
-    assert IMAGE in message and "the run's job variables" in message
+    assert f"(asked for: {IMAGE}, the run's job variables)" in message
     assert f"sagepipe trigger --commit {B} --image <FLOW_IMAGE>" in message
+    assert "its work pool does not apply the per-run `image` job variable" in message
     assert message.endswith("No job was started.")
     assert "\n" not in message  # one paragraph for the CLI
 
