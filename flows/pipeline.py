@@ -24,6 +24,7 @@ from prefect.utilities.urls import url_for
 
 from sagepipe.flows.config import PipelineConfig
 from sagepipe.flows.estimate import budget_check, measured_cost, run_estimate
+from sagepipe.flows.provenance import running_code
 from sagepipe.flows.report import collect_plots, publish_artifacts
 from sagepipe.flows.trigger import publish_outcome
 from sagepipe.tasks.costs import usd
@@ -163,6 +164,8 @@ def ml_pipeline(config: PipelineConfig = PipelineConfig(),
         if runtime.kind == "local":
             bucket = config.artifacts_uri[5:].split("/", 1)[0]
             topic = topic or ensure_local_resources(runtime, bucket, f"{config.project}-events")
+        # the image this run runs in, checked against its commit before anything is spent
+        record["code"] = running_code(commit, trigger)
         # the cost: estimated from the settings; over budget, nothing is created
         estimate = run_estimate(config)
         record["cost"] = {"estimate": estimate.as_dict()}

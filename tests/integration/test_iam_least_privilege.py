@@ -328,6 +328,12 @@ def test_trigger_role_grants_exactly_the_trigger_calls(
             "Actions"][0]["Configuration"]["UserParameters"]["Fn::Sub"]
         user_parameters = action.replace("${PrefectDeploymentName}",
                                          stack.parameters["PrefectDeploymentName"])
+        # CodePipeline resolves the Build stage's variables before it invokes the trigger
+        # (the flow image, issue 20): values shaped as buildspecs/flow-image.yml exports them
+        user_parameters = user_parameters.replace(
+            "#{Build.FLOW_IMAGE}",
+            f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/sagepipe-flow@sha256:{'ab' * 32}"
+        ).replace("#{Build.FLOW_CODE_HASH}", "c-" + "0" * 20)
 
         trigger = load_trigger()
         recorder = RequestRecorder()
