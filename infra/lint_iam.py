@@ -71,6 +71,7 @@ SUPPRESSED: dict[tuple[str, str, str], str] = {
         "Scaling's service-linked role; scoped to that role's ARN and iam:AWSServiceName"),
     ("SageMakerExecutionRole", "RegistryLogin", "CREDENTIALS_EXPOSURE"): _LOGIN,
     ("ImageBuildRole", "RegistryLogin", "CREDENTIALS_EXPOSURE"): _LOGIN,
+    ("FlowImageBuildRole", "RegistryLogin", "CREDENTIALS_EXPOSURE"): _LOGIN,
     ("SageMakerExecutionRole", "JobsKeyForVolumesAndOutputs",
      "PERMISSIONS_MANAGEMENT_ACTIONS"): (
         "kms:CreateGrant on the jobs' own key: SageMaker developer guide, 'If you specify a "

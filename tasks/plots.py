@@ -17,18 +17,21 @@ from __future__ import annotations
 import base64
 import io
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from PIL import Image
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from .data import parse_s3_uri
 from .runtime import Clients, RuntimeSettings, get_clients, is_not_found
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+# matplotlib and PIL are imported where a plot is drawn: half a second of every
+# `sagepipe run`'s start-up otherwise, also of runs that draw nothing (bench/, issue 16)
 
 __all__ = ["EVALUATE_PLOTS", "RunPlots", "VersionPoint", "data_uri", "draw_plots",
            "history_png", "model_history"]
@@ -107,6 +110,8 @@ def history_png(points: list[VersionPoint], *, metric: str, threshold: float,
                 live_arn: str | None, current_arn: str | None) -> bytes:
     """The metric history (:func:`history_figure`) as a PNG."""
     out = io.BytesIO()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(history_figure(points, metric=metric, threshold=threshold,
                                    live_arn=live_arn, current_arn=current_arn)).print_png(out)
     return out.getvalue()
@@ -115,6 +120,8 @@ def history_png(points: list[VersionPoint], *, metric: str, threshold: float,
 def history_figure(points: list[VersionPoint], *, metric: str, threshold: float,
                    live_arn: str | None, current_arn: str | None) -> Figure:
     """Approved versions as a line, the others as crosses, the live one starred."""
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(6.4, 3.8), dpi=110, layout="constrained")
     ax = figure.subplots()
     scored = {p.arn: (p.version, p.value) for p in points if p.value is not None}
@@ -148,6 +155,8 @@ def history_figure(points: list[VersionPoint], *, metric: str, threshold: float,
 
 def data_uri(png: bytes, max_width: int = MAX_WIDTH) -> str:
     """``png`` at most ``max_width`` wide, with a 256-colour palette, as a data URI."""
+    from PIL import Image
+
     image: Image.Image = Image.open(io.BytesIO(png))
     image = image.convert("RGB")
     if image.width > max_width:

@@ -8,22 +8,27 @@ the same objects, jobs, images, registry and endpoints.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .autoscaling import LocalApplicationAutoScaling
-from .images import LocalCodeBuild, LocalECR
-from .logs import LocalLogs
-from .runtime import LocalSageMakerRuntime
-from .s3 import LocalS3
-from .sagemaker import LocalSageMaker
-from .sns import LocalSNS
-from .state import StateStore
+# the clients are imported when they are made: a job runner (``python -m
+# sagepipe.tasks.local.runner``) imports this package first and needs none of them
+if TYPE_CHECKING:
+    from .sagemaker import LocalSageMaker
 
 __all__ = ["local_clients", "teardown"]
 
 
 def local_clients(root: Path, *, region: str = "us-east-1",
                   job_events: bool = True) -> dict[str, Any]:
+    from .autoscaling import LocalApplicationAutoScaling
+    from .images import LocalCodeBuild, LocalECR
+    from .logs import LocalLogs
+    from .runtime import LocalSageMakerRuntime
+    from .s3 import LocalS3
+    from .sagemaker import LocalSageMaker
+    from .sns import LocalSNS
+    from .state import StateStore
+
     root = Path(root).resolve()
     state = StateStore(root)
     s3 = LocalS3(root, state)

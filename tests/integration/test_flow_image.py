@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 from aws_helpers import ACCOUNT, PROJECT, REGION, DeployedStack, deploy_stack, load_template
-from iam_model import Need, compare, format_table
+from iam_check import compare, format_table
+from iam_model import CODEBUILD_ROLE_DOC, ECR_PUSH_DOC, HAND, Need
 from moto import mock_aws
 
 from sagepipe.flows.scaffold import init_project
@@ -338,29 +339,39 @@ def stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[DeployedStack]:
         yield deploy_stack()
 
 
+ECR_PULL_DOC = ("https://docs.aws.amazon.com/AmazonECR/latest/userguide/"
+                "security_iam_id-based-policy-examples.html")
+
+
 def needs_of(run: BuildRun, *, repository_arn: str, artifact: str, log_stream: str,
              key_arn: str) -> list[Need]:
     """What IAM checks for the build: CodeBuild's own work (deduced), then each command."""
     via_s3 = (("kms:ViaService", f"s3.{REGION}.amazonaws.com"),)
+
+    def hand(action: str, resource: str, because: str, doc: str,
+             context: tuple[tuple[str, str], ...] = ()) -> Need:
+        return Need(action, resource, because, context, HAND, doc)
+
     needs = [  # CodeBuild downloads the CodePipeline source artifact and writes the log
-        Need("s3:GetObject", artifact, "CodeBuild: source artifact", deduced=True),
-        Need("s3:GetObjectVersion", artifact, "CodeBuild: source artifact", deduced=True),
-        Need("kms:Decrypt", key_arn, "CodeBuild: source artifact (SSE-KMS)", via_s3, True),
-        Need("logs:CreateLogStream", log_stream, "CodeBuild: build log", deduced=True),
-        Need("logs:PutLogEvents", log_stream, "CodeBuild: build log", deduced=True)]
+        hand("s3:GetObject", artifact, "CodeBuild: source artifact", CODEBUILD_ROLE_DOC),
+        hand("s3:GetObjectVersion", artifact, "CodeBuild: source artifact",
+             CODEBUILD_ROLE_DOC),
+        hand("kms:Decrypt", key_arn, "CodeBuild: source artifact (SSE-KMS)",
+             CODEBUILD_ROLE_DOC, via_s3),
+        hand("logs:CreateLogStream", log_stream, "CodeBuild: build log", CODEBUILD_ROLE_DOC),
+        hand("logs:PutLogEvents", log_stream, "CodeBuild: build log", CODEBUILD_ROLE_DOC)]
     # ECR user guide, "IAM permissions for pushing an image" (push) and for pulling (cache)
     push = ("ecr:BatchCheckLayerAvailability", "ecr:InitiateLayerUpload",
-            "ecr:UploadLayerPart", "ecr:CompleteLayerUpload", "ecr:PutImage",
-            "ecr:BatchGetImage")
+            "ecr:UploadLayerPart", "ecr:CompleteLayerUpload", "ecr:PutImage")
     for call in run.calls:
         if call.startswith("aws ecr get-login-password"):
             needs.append(Need("ecr:GetAuthorizationToken", "*", "aws ecr get-login-password"))
         elif call.startswith("aws ecr describe-images"):
             needs.append(Need("ecr:DescribeImages", repository_arn, "aws ecr describe-images"))
         elif call.startswith("docker push"):
-            needs += [Need(a, repository_arn, "docker push", deduced=True) for a in push]
+            needs += [hand(a, repository_arn, "docker push", ECR_PUSH_DOC) for a in push]
         elif call.startswith("docker build") and "--cache-from" in call:
-            needs += [Need(a, repository_arn, "docker build --cache-from", deduced=True)
+            needs += [hand(a, repository_arn, "docker build --cache-from", ECR_PULL_DOC)
                       for a in ("ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer")]
         elif call.startswith("aws "):
             raise AssertionError(f"no IAM mapping for {call}")
@@ -396,3 +407,4 @@ def test_the_flow_image_role_grants_exactly_what_the_build_uses(
     assert not verdict.missing, verdict.missing
     assert not verdict.unused_actions, verdict.unused_actions
     assert not verdict.unused_resources, verdict.unused_resources
+    assert not verdict.problems, verdict.problems
