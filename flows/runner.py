@@ -56,7 +56,10 @@ class NoApi(PipelineError):
 def _answers(url: str) -> str | None:
     """None if the API answers (any HTTP status); else why not."""
     try:
-        httpx.get(f"{url.rstrip('/')}/health", timeout=5.0)
+        # a plain-HTTP URL has no TLS to verify: not loading the CA bundle saves ~70 ms of
+        # every run's start-up; an https URL is verified as always
+        httpx.get(f"{url.rstrip('/')}/health", timeout=5.0,
+                  verify=not url.lower().startswith("http://"))
     except httpx.HTTPError as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
