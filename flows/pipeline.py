@@ -35,6 +35,7 @@ from sagepipe.tasks.gate import GateDecision, decide
 from sagepipe.tasks.images import build_images
 from sagepipe.tasks.jobs import PROCESSING, TRAINING, stop_job
 from sagepipe.tasks.notify import console_links, notify
+from sagepipe.tasks.plots import warm_up as plots_warm_up
 from sagepipe.tasks.registry import get_champion, register_model, update_approval
 from sagepipe.tasks.runtime import get_clients
 from sagepipe.tasks.steps import (
@@ -231,6 +232,7 @@ def ml_pipeline(config: PipelineConfig = PipelineConfig(),
                                   champion_model_uri=champion.model_data_url if champion
                                   else None,
                                   test_uri=pre.outputs["test"], image=images["evaluate"])
+        plots_warm_up()  # the plots' imports, beside the evaluate job (tasks/plots.py)
         evaluated = _step(record, "evaluate", _runner("evaluate", force),
                           runtime, eval_plan, config, tags)
         evaluation_uri = evaluated.outputs["evaluation"]

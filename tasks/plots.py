@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import threading
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
@@ -32,6 +33,30 @@ if TYPE_CHECKING:
 
 # matplotlib and PIL are imported where a plot is drawn: half a second of every
 # `sagepipe run`'s start-up otherwise, also of runs that draw nothing (bench/, issue 16)
+_WARMING: list[threading.Thread] = []
+
+
+def warm_up() -> None:
+    """Import the drawing libraries in a background thread (once per process).
+
+    The pipeline calls it as the evaluate job starts: that job's script keeps one core
+    busy, so on a 2-core machine the half second of imports happens on the other one
+    instead of between the deploy and the run's end. Drawing works the same without it
+    (the import is then paid where the plot is drawn)."""
+    if _WARMING:
+        return
+
+    def load() -> None:
+        try:
+            import matplotlib.backends.backend_agg
+            import matplotlib.figure  # noqa: F401
+            import PIL.Image  # noqa: F401
+        except Exception:  # drawing imports them again and reports the error there
+            pass
+
+    thread = threading.Thread(target=load, name="sagepipe-plots-warm-up", daemon=True)
+    _WARMING.append(thread)
+    thread.start()
 
 __all__ = ["EVALUATE_PLOTS", "RunPlots", "VersionPoint", "data_uri", "draw_plots",
            "history_png", "model_history"]
