@@ -65,8 +65,12 @@ def targets(results: dict[str, Any], big: str) -> list[dict[str, Any]]:
     if wait:
         out.append(_target("<= 60 Describe calls per job-hour (project wait)",
                            wait["describes_per_job_hour"], 60.0))
-        out.append(_target("completion seen within 30 s (project wait, worst case)",
-                           wait["worst_lag_seconds"], 30.0, unit=" s"))
+    # the lag of a real wait, not the simulated worst case: that one is the gap between
+    # two polls, at most the poll cap (30 s) by construction, so it could not miss
+    if "poll" in live:
+        out.append(_target("poll (project wait): completion seen <= 30 s after the job ends "
+                           "(real local job and Prefect server)", live["poll"]["lag_seconds"],
+                           30.0, unit=" s"))
     serving = results.get("serving", {}).get("batches", {})
     if "100" in serving:
         out.append(_target("endpoint >= 50% of in-process throughput, batch 100",
@@ -84,7 +88,8 @@ def targets(results: dict[str, Any], big: str) -> list[dict[str, Any]]:
     labels = [k for k in scale if isinstance(scale[k], dict) and "preprocess" in scale[k]]
     if labels:
         last = scale[labels[-1]]
-        out.append(_target(f"preprocessing >= 50% of pyarrow's read rate, {labels[-1]}",
+        out.append(_target(f"preprocessing >= 50% of pyarrow's read rate, {labels[-1]} "
+                           f"(the faster reader: {last.get('baseline', '?')})",
                            last["preprocess"]["share_of_pyarrow"] * 100, 50.0, unit="%",
                            below=False))
     if "preprocess_rss_growth" in scale:

@@ -16,6 +16,7 @@
     sagepipe up                                 local endpoints back after a machine restart
     sagepipe down
     sagepipe trigger [ml-pipeline/local] [--set key=value] [--commit SHA] [--idempotency-key K]
+                     [--image URI [--code-hash H]]
     sagepipe server up [--port 4200] | down
 """
 
@@ -684,7 +685,14 @@ def trigger(deployment: str = typer.Argument("ml-pipeline/local",
                                                          "seconds (exit 3; the run goes on)"),
             poll: float = typer.Option(5.0, help="seconds between state checks"),
             follow: bool = typer.Option(True, help="wait for the end (else print the run "
-                                                   "and exit 0)")) -> None:
+                                                   "and exit 0)"),
+            image: str = typer.Option(None, help="the flow image to run this commit in (the "
+                                                 "Build stage's FLOW_IMAGE); default: the "
+                                                 "deployment's"),
+            code_hash: str = typer.Option(None, help="the code hash --image was built from "
+                                                     "(FLOW_CODE_HASH): lets an image of an "
+                                                     "earlier commit with the same code run "
+                                                     "--commit")) -> None:
     """Start a deployment's flow run on the Prefect API and follow it: for any CI.
 
     Exit code: 0 completed; 1 failed, crashed or cancelled; 2 bad input or no API; 3 still
@@ -698,13 +706,13 @@ def trigger(deployment: str = typer.Argument("ml-pipeline/local",
     sha = commit or os.environ.get("GITHUB_SHA") or os.environ.get("CI_COMMIT_SHA")
     try:
         run = start_run(deployment, overrides=_overrides(set_), commit=sha, force=force,
-                        idempotency_key=idempotency_key)
+                        idempotency_key=idempotency_key, image=image, code_hash=code_hash)
     except PipelineError as exc:
         _fail(str(exc), 2)
     except httpx.HTTPError as exc:
         _fail(f"Could not reach the Prefect API at {get_current_settings().api.url}: {exc}", 2)
     typer.echo(f"Flow run {run.name} ({run.id}) of {deployment}"
-               + (f" for commit {sha}" if sha else ""))
+               + (f" for commit {sha}" if sha else "") + (f" in {image}" if image else ""))
     if not follow:
         return
 

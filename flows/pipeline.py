@@ -24,6 +24,7 @@ from prefect.utilities.urls import url_for
 
 from sagepipe.flows.config import PipelineConfig
 from sagepipe.flows.estimate import budget_check, measured_cost, run_estimate
+from sagepipe.flows.provenance import running_code
 from sagepipe.flows.report import collect_plots, publish_artifacts
 from sagepipe.flows.trigger import publish_outcome
 from sagepipe.tasks.costs import usd
@@ -40,6 +41,7 @@ from sagepipe.tasks.gate import GateDecision, decide
 from sagepipe.tasks.images import build_images
 from sagepipe.tasks.jobs import PROCESSING, TRAINING, stop_job
 from sagepipe.tasks.notify import console_links, notify
+from sagepipe.tasks.plots import warm_up as plots_warm_up
 from sagepipe.tasks.registry import get_champion, register_model, update_approval
 from sagepipe.tasks.runtime import get_clients
 from sagepipe.tasks.steps import (
@@ -169,6 +171,8 @@ def ml_pipeline(config: PipelineConfig = PipelineConfig(),
         if runtime.kind == "local":
             bucket = config.artifacts_uri[5:].split("/", 1)[0]
             topic = topic or ensure_local_resources(runtime, bucket, f"{config.project}-events")
+        # the image this run runs in, checked against its commit before anything is spent
+        record["code"] = running_code(commit, trigger)
         # the cost: estimated from the settings; over budget, nothing is created
         estimate = run_estimate(config)
         record["cost"] = {"estimate": estimate.as_dict()}
@@ -240,6 +244,7 @@ def ml_pipeline(config: PipelineConfig = PipelineConfig(),
                                   champion_model_uri=champion.model_data_url if champion
                                   else None,
                                   test_uri=pre.outputs["test"], image=images["evaluate"])
+        plots_warm_up()  # the plots' imports, beside the evaluate job (tasks/plots.py)
         evaluated = _step(record, "evaluate", _runner("evaluate", force),
                           runtime, eval_plan, config, tags)
         evaluation_uri = evaluated.outputs["evaluation"]

@@ -94,6 +94,11 @@ def record_markdown(record: dict[str, Any], images: dict[str, str] | None = None
     if record.get("error"):
         lines += ["## Error", "", f"`{record['error']['type']}`: {record['error']['message']}",
                   ""]
+    code = record.get("code") or {}
+    if code.get("image"):  # the flow image the run ran in (flows/provenance.py)
+        lines += ["## Code", "", f"Flow image `{code['image']}`: digest "
+                  f"`{code.get('digest') or '-'}`, code hash `{code.get('code_hash') or '-'}`, "
+                  f"built from commit `{code.get('image_commit') or '-'}`; {code['check']}.", ""]
     problem = record.get("problem")
     if problem:
         lines += ["## Problem", "", f"**{problem['type']}** ({problem['source']}); to "

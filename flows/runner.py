@@ -56,7 +56,10 @@ class NoApi(PipelineError):
 def _answers(url: str) -> str | None:
     """None if the API answers (any HTTP status); else why not."""
     try:
-        httpx.get(f"{url.rstrip('/')}/health", timeout=5.0)
+        # a plain-HTTP URL has no TLS to verify: not loading the CA bundle saves ~70 ms of
+        # every run's start-up; an https URL is verified as always
+        httpx.get(f"{url.rstrip('/')}/health", timeout=5.0,
+                  verify=not url.lower().startswith("http://"))
     except httpx.HTTPError as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
@@ -151,7 +154,12 @@ def run_pipeline(config: PipelineConfig, *, commit: str | None, force: bool, ver
                  no_server: bool, debug: bool, me: str) -> int:
     """Run the flow in this process; returns the exit code."""
     from prefect.exceptions import TerminationSignal
-    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        PREFECT_UI_URL,
+        temporary_settings,
+    )
 
     from sagepipe.flows.pipeline import ml_pipeline
 
@@ -168,6 +176,8 @@ def run_pipeline(config: PipelineConfig, *, commit: str | None, force: bool, ver
     updates: dict[Any, Any] = {PREFECT_API_URL: api.url}
     if api.ui_url:
         updates[PREFECT_UI_URL] = api.ui_url
+    if not _heartbeats_asked_for():
+        updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
     interrupts = Interrupts()
     record: dict[str, Any] | None = None
     failure: BaseException | None = None
@@ -191,6 +201,26 @@ def run_pipeline(config: PipelineConfig, *, commit: str | None, force: bool, ver
             return _failed(config, view, failure, debug)
     assert record is not None
     return _report(config, record, view, me)
+
+
+def _heartbeats_asked_for() -> bool:
+    """Whether the user set PREFECT_FLOWS_HEARTBEAT_FREQUENCY (environment or profile).
+
+    Prefect's default (180 s) emits flow-run heartbeats from a thread that sleeps in 1 s
+    steps and is joined when the run ends: half a second of every run's exit, on average
+    (bench/, issue 16). Heartbeats drive zombie detection for *deployment* runs through an
+    automation ("How to detect and respond to zombie flows", Prefect docs); a run of this
+    command is watched by the command itself (Ctrl-C, crash hooks), so it sends them only
+    when asked to. Deployment runs (a worker's flow process) keep Prefect's default."""
+    if os.environ.get("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "").strip():
+        return True
+    try:
+        from prefect.settings.profiles import load_current_profile
+
+        return any(getattr(setting, "name", str(setting)) == "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
+                   for setting in load_current_profile().settings)
+    except Exception:  # an unreadable profile: Prefect itself reports it
+        return False
 
 
 def _where(view: RunView) -> str:

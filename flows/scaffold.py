@@ -4,8 +4,10 @@ Writes the settings the CLI finds by itself in that folder (``sagepipe.yaml``, a
 ``sagepipe.aws.yaml`` for the AWS runtime), the user's step code copied from sagepipe's
 defaults so it runs as-is (the training script at least), a ``prefect.yaml`` whose
 deployments run the installed flow on this folder's code, an example flow of the user's
-own composed from sagepipe's tasks (``two_models.py``), and a ``.gitignore`` for the
-local state. Files that exist are left untouched: init never overwrites.
+own composed from sagepipe's tasks (``two_models.py``), a ``.gitignore`` for the local
+state, and what the pipeline's Build stage needs from the repository: the flow image's
+Dockerfile and exclude list (``deployments/flow-image/``), its buildspec and a tests
+buildspec (``buildspecs/``). Files that exist are left untouched: init never overwrites.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
+from sagepipe import __version__
 from sagepipe.tasks.errors import ConfigError
 from sagepipe.tasks.stepsource import DEFAULT_CONTAINERS, DEFAULT_ENTRY, STEPS, code_files
 
 __all__ = ["InitResult", "init_project"]
 
 TEMPLATES = Path(__file__).parent.parent / "scaffold"
+BUILDSPECS = Path(__file__).parent.parent / "buildspecs"
 # what a user edits; the Dockerfile stays sagepipe's unless they add their own, and the
 # serve step's HTTP server (serve.py) is sagepipe's: the user writes the handlers
 _SKIP = {"Dockerfile", "serve.py"}
@@ -63,15 +67,23 @@ def init_project(directory: Path, steps: list[str] | None = None,
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,30}[a-z0-9]", name):
         raise ConfigError(f"Project name {name!r}: use 2-32 lower-case letters, digits and "
                           "dashes (it names the jobs, images and model group).")
-    values = {"project": name, "extra_steps": _steps_block(chosen)}
+    # the flow image and the tests install this sagepipe (a checkout's: the latest)
+    requirement = "sagepipe" if "+" in __version__ else f"sagepipe=={__version__}"
+    values = {"project": name, "extra_steps": _steps_block(chosen), "requirement": requirement}
     files: dict[Path, bytes] = {}
     for template, written_as in (("sagepipe.yaml", "sagepipe.yaml"),
                                  ("sagepipe.aws.yaml", "sagepipe.aws.yaml"),
-                                 ("prefect.yaml", "prefect.yaml"), ("gitignore", ".gitignore")):
+                                 ("prefect.yaml", "prefect.yaml"), ("gitignore", ".gitignore"),
+                                 ("flow-image.Dockerfile", "deployments/flow-image/Dockerfile"),
+                                 ("tests.yml", "buildspecs/tests.yml")):
         text = Template((TEMPLATES / template).read_text()).substitute(values)
         files[Path(written_as)] = re.sub(r"\n{3,}", "\n\n", text).encode()
     # an example of a flow of your own from sagepipe's tasks (see sagepipe.tasks)
     files[Path("two_models.py")] = (TEMPLATES / "two_models.py").read_bytes()
+    # the Build stage builds the flow image with sagepipe's own buildspec
+    files[Path("deployments/flow-image/exclude")] = (TEMPLATES / "flow-image.exclude"
+                                                     ).read_bytes()
+    files[Path("buildspecs/flow-image.yml")] = (BUILDSPECS / "flow-image.yml").read_bytes()
     for step in chosen:
         default = DEFAULT_CONTAINERS / step
         for path in code_files(default):

@@ -7,6 +7,9 @@ two agree on these points, and on nothing else:
 * parameters given for a run are merged key by key over the deployment's own,
   so ``--set gate.margin=0.01`` changes one setting and keeps the rest;
 * an idempotency key (the CI job's id) maps a retried job to the same run;
+* a flow image built for the commit (``--image``; the pipeline's ``#{Build.FLOW_IMAGE}``)
+  is the run's own ``image`` job variable, and the ``trigger`` parameter names it and
+  its code hash, which the flow checks against the image it runs in;
 * a finished run's result for CI is its ``<project>-outcome`` table artifact,
   one row written by the flow (:func:`publish_outcome`): outcome, gate decision,
   model package, endpoint. The flow's return value stays on the worker.
@@ -70,11 +73,13 @@ def publish_outcome(record: dict[str, Any], endpoint: str) -> None:
 
 def start_run(deployment: str, *, overrides: dict[str, Any] | None = None,
               commit: str | None = None, force: bool = False,
-              idempotency_key: str | None = None) -> FlowRun:
+              idempotency_key: str | None = None, image: str | None = None,
+              code_hash: str | None = None) -> FlowRun:
     """A flow run of ``deployment`` ("<flow>/<deployment>"); the same run for the same key.
 
     ``overrides`` change the deployment's ``config`` key by key, and the result is
-    validated here, before a run exists.
+    validated here, before a run exists. ``image``: the run's own flow image (its work
+    pool must run images); ``code_hash``: the content hash that image was built from.
     """
     if not get_current_settings().api.url:
         raise ConfigError("PREFECT_API_URL is not set: point it at the Prefect server that has "
@@ -94,9 +99,33 @@ def start_run(deployment: str, *, overrides: dict[str, Any] | None = None,
             parameters["commit"] = commit
         if force:
             parameters["force"] = True
+        job_variables: dict[str, Any] = {}
+        if image:
+            _check_image_pool(client, deployment, found.work_pool_name, image)
+            job_variables["image"] = image
+        if image or code_hash:
+            parameters["trigger"] = {"kind": "push", "commit": commit,
+                                     **({"image": image} if image else {}),
+                                     **({"code_hash": code_hash} if code_hash else {})}
         return client.create_flow_run_from_deployment(
             found.id, parameters=parameters, idempotency_key=idempotency_key,
-            tags=["sagepipe-trigger"])
+            tags=["sagepipe-trigger"], job_variables=job_variables or None)
+
+
+def _check_image_pool(client: Any, deployment: str, pool: str | None, image: str) -> None:
+    """``--image`` needs a work pool whose jobs run an image (ECS, Docker, Kubernetes)."""
+    if any(c.isspace() for c in image) or "#{" in image:
+        raise ConfigError(f"--image {image!r} is not an image URI; give one like "
+                          "<registry>/<repository>@sha256:<digest> (the Build stage's "
+                          "FLOW_IMAGE).")
+    variables: dict[str, Any] = {}
+    if pool:
+        template = client.read_work_pool(pool).base_job_template or {}
+        variables = (template.get("variables") or {}).get("properties") or {}
+    if "image" not in variables:
+        raise ConfigError(f"Deployment {deployment!r} runs on work pool {pool or '(none)'}, "
+                          "whose jobs take no image: --image applies to deployments on an "
+                          "ECS, Docker or Kubernetes work pool (e.g. ml-pipeline/production).")
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,21 @@ folders. The default step code (``containers/``) and the example settings
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("sagepipe")
-except PackageNotFoundError:  # a source checkout that is not installed
-    __version__ = "0+unknown"
+from typing import Any
 
 __all__ = ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    """``__version__`` on first use: importlib.metadata costs every job runner and every
+    command ~50 ms at start-up otherwise (bench/, issue 16)."""
+    if name != "__version__":
+        raise AttributeError(f"module 'sagepipe' has no attribute {name!r}")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version("sagepipe")
+    except PackageNotFoundError:  # a source checkout that is not installed
+        found = "0+unknown"
+    globals()["__version__"] = found
+    return found

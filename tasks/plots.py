@@ -17,18 +17,46 @@ from __future__ import annotations
 import base64
 import io
 import json
-from typing import Any
+import threading
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from PIL import Image
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from .data import parse_s3_uri
 from .runtime import Clients, RuntimeSettings, get_clients, is_not_found
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+# matplotlib and PIL are imported where a plot is drawn: half a second of every
+# `sagepipe run`'s start-up otherwise, also of runs that draw nothing (bench/, issue 16)
+_WARMING: list[threading.Thread] = []
+
+
+def warm_up() -> None:
+    """Import the drawing libraries in a background thread (once per process).
+
+    The pipeline calls it as the evaluate job starts: that job's script keeps one core
+    busy, so on a 2-core machine the half second of imports happens on the other one
+    instead of between the deploy and the run's end. Drawing works the same without it
+    (the import is then paid where the plot is drawn)."""
+    if _WARMING:
+        return
+
+    def load() -> None:
+        try:
+            import matplotlib.backends.backend_agg
+            import matplotlib.figure  # noqa: F401
+            import PIL.Image  # noqa: F401
+        except Exception:  # drawing imports them again and reports the error there
+            pass
+
+    thread = threading.Thread(target=load, name="sagepipe-plots-warm-up", daemon=True)
+    _WARMING.append(thread)
+    thread.start()
 
 __all__ = ["EVALUATE_PLOTS", "RunPlots", "VersionPoint", "data_uri", "draw_plots",
            "history_png", "model_history"]
@@ -105,7 +133,20 @@ def _metric_of(clients: Clients, package: dict[str, Any], metric: str) -> float 
 
 def history_png(points: list[VersionPoint], *, metric: str, threshold: float,
                 live_arn: str | None, current_arn: str | None) -> bytes:
+    """The metric history (:func:`history_figure`) as a PNG."""
+    out = io.BytesIO()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(history_figure(points, metric=metric, threshold=threshold,
+                                   live_arn=live_arn, current_arn=current_arn)).print_png(out)
+    return out.getvalue()
+
+
+def history_figure(points: list[VersionPoint], *, metric: str, threshold: float,
+                   live_arn: str | None, current_arn: str | None) -> Figure:
     """Approved versions as a line, the others as crosses, the live one starred."""
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(6.4, 3.8), dpi=110, layout="constrained")
     ax = figure.subplots()
     scored = {p.arn: (p.version, p.value) for p in points if p.value is not None}
@@ -134,13 +175,13 @@ def history_png(points: list[VersionPoint], *, metric: str, threshold: float,
            title=f"{metric} of the registered model versions")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    out = io.BytesIO()
-    FigureCanvasAgg(figure).print_png(out)
-    return out.getvalue()
+    return figure
 
 
 def data_uri(png: bytes, max_width: int = MAX_WIDTH) -> str:
     """``png`` at most ``max_width`` wide, with a 256-colour palette, as a data URI."""
+    from PIL import Image
+
     image: Image.Image = Image.open(io.BytesIO(png))
     image = image.convert("RGB")
     if image.width > max_width:

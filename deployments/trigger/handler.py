@@ -30,10 +30,16 @@ Environment:
     HTTP_TIMEOUT_SECONDS    per Prefect API request (default 10)
 
 UserParameters (JSON):
-    {"deployment": "ml-pipeline/production", "parameters": {...}}
+    {"deployment": "ml-pipeline/production", "parameters": {...},
+     "image": "#{Build.FLOW_IMAGE}", "code_hash": "#{Build.FLOW_CODE_HASH}"}
 ``parameters`` are flow parameters merged key by key over the deployment's own
 (so ``{"config": {"gate": {"margin": 0.01}}}`` changes one setting). The flow's
-``commit`` is the first input artifact's ``revision``.
+``commit`` is the first input artifact's ``revision``. ``image`` (optional) is the
+flow image the Build stage built for that commit: the run is created with it as its
+``image`` job variable (Prefect takes job variables per run; the deployment's own
+image stays the fallback for runs started by hand), and the flow's ``trigger``
+parameter carries it and ``code_hash``, which the flow checks against the image it
+runs in (sagepipe.flows.provenance).
 
 AWS calls: secretsmanager:GetSecretValue, codepipeline:PutJobSuccessResult,
 codepipeline:PutJobFailureResult.
@@ -78,6 +84,11 @@ GIVE_UP_SECONDS = ACTION_LIMIT_SECONDS - 30 * 60
 # a manual approval must leave the jobs time within that limit
 MAX_APPROVAL_SECONDS = 20 * 3600
 MAX_LOST_ROUNDS = 5  # consecutive continuation rounds without an answer from Prefect
+# an image reference (registry/repository[:tag][@sha256:...]) and a code hash, as the Build
+# stage exports them; anything else (an unresolved "#{Build.FLOW_IMAGE}") is refused
+IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9.:_/-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+                       r"(@sha256:[0-9a-f]{64})?$")
+CODE_HASH = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 ATTEMPTS = 3
 RETRY_BASE_SECONDS = 0.5  # first retry after 0.5-1 s, the second after 1-2 s
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -187,19 +198,27 @@ def run_job(job_id: str, job: dict[str, Any], budget: Budget) -> Result:
     token = data.get("continuationToken")
     if token:
         return follow(parse_token(token), budget)
-    deployment_name, user_parameters = parse_user_parameters(data)
+    asked = parse_user_parameters(data)
     api = PrefectAPI(prefect_settings(budget), budget)
-    deployment = api.deployment(deployment_name)
-    parameters = merge(deployment.get("parameters") or {}, user_parameters)
+    deployment = api.deployment(asked.deployment)
+    parameters = merge(deployment.get("parameters") or {}, asked.parameters)
     check_approval_timeout(parameters)
     commit = commit_of(data)
     if commit:
         parameters["commit"] = commit
     else:
         log.warning("No input artifact carries a revision: the run has no commit")
-    run = api.create_flow_run(deployment["id"], parameters, idempotency_key=job_id)
-    log.info("Job %s: flow run %s (%s) of %s", job_id, run["id"], run.get("name"),
-             deployment_name)
+    job_variables = {"image": asked.image} if asked.image else {}
+    if (asked.image or asked.code_hash) and "trigger" not in parameters and \
+            "trigger" in _parameter_names(deployment):
+        # what started the run, for its record and its check of the image it runs in
+        parameters["trigger"] = {"kind": "push", "commit": commit,
+                                 **({"image": asked.image} if asked.image else {}),
+                                 **({"code_hash": asked.code_hash} if asked.code_hash else {})}
+    run = api.create_flow_run(deployment["id"], parameters, idempotency_key=job_id,
+                              job_variables=job_variables)
+    log.info("Job %s: flow run %s (%s) of %s%s", job_id, run["id"], run.get("name"),
+             asked.deployment, f" in {asked.image}" if asked.image else "")
     # the run's own creation time: a retried invocation (same job, same run) sends the same token
     return check_run(api, run, Token(str(run["id"]), started=created_at(run)))
 
@@ -282,7 +301,24 @@ def check_approval_timeout(parameters: dict[str, Any]) -> None:
             "or in UserParameters.", "ConfigurationError")
 
 
-def parse_user_parameters(data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+@dataclass(frozen=True)
+class Asked:
+    """What the action's UserParameters ask for."""
+
+    deployment: str
+    parameters: dict[str, Any]
+    image: str | None = None
+    code_hash: str | None = None
+
+
+def _parameter_names(deployment: dict[str, Any]) -> set[str]:
+    """The flow's parameters, from the deployment's schema (all of them if it has none)."""
+    schema = deployment.get("parameter_openapi_schema") or {}
+    properties = schema.get("properties") if isinstance(schema, dict) else None
+    return set(properties) if isinstance(properties, dict) else {"trigger"}
+
+
+def parse_user_parameters(data: dict[str, Any]) -> Asked:
     example = '{"deployment": "ml-pipeline/production", "parameters": {}}'
     raw = ((data.get("actionConfiguration") or {}).get("configuration") or {}).get(
         "UserParameters")
@@ -297,10 +333,10 @@ def parse_user_parameters(data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     if not isinstance(value, dict):
         raise TriggerError(f"UserParameters must be a JSON object like {example}",
                            "ConfigurationError")
-    unknown = sorted(set(value) - {"deployment", "parameters"})
+    unknown = sorted(set(value) - {"deployment", "parameters", "image", "code_hash"})
     if unknown:
         raise TriggerError(f"Unknown key(s) in UserParameters: {', '.join(unknown)}; allowed: "
-                           "deployment, parameters", "ConfigurationError")
+                           "deployment, parameters, image, code_hash", "ConfigurationError")
     deployment = value.get("deployment")
     if not isinstance(deployment, str) or deployment.count("/") != 1 or \
             not all(deployment.split("/")):
@@ -311,7 +347,20 @@ def parse_user_parameters(data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     if not isinstance(parameters, dict):
         raise TriggerError("UserParameters.parameters must be a JSON object of flow "
                            "parameters", "ConfigurationError")
-    return deployment, parameters
+    image, code_hash = value.get("image"), value.get("code_hash")
+    if image is not None and (not isinstance(image, str) or not IMAGE_REF.match(image)):
+        raise TriggerError(
+            f"UserParameters.image must be an image URI like <registry>/<repository>@sha256:"
+            f"<digest>; got {image!r}. Set it to \"#{{Build.FLOW_IMAGE}}\": the Build stage's "
+            "flow image action, with the namespace Build, exports FLOW_IMAGE "
+            "(buildspecs/flow-image.yml)", "ConfigurationError")
+    if code_hash is not None and (not isinstance(code_hash, str) or
+                                  not CODE_HASH.match(code_hash)):
+        raise TriggerError(
+            f"UserParameters.code_hash must be the Build stage's code hash (letters, digits, "
+            f"'.', '_', '-'); got {code_hash!r}. Set it to \"#{{Build.FLOW_CODE_HASH}}\"",
+            "ConfigurationError")
+    return Asked(deployment, parameters, image or None, code_hash or None)
 
 
 def commit_of(data: dict[str, Any]) -> str | None:
@@ -442,11 +491,16 @@ class PrefectAPI:
                                "ConfigurationError") from None
 
     def create_flow_run(self, deployment_id: str, parameters: dict[str, Any], *,
-                        idempotency_key: str) -> dict[str, Any]:
-        # the idempotency key makes asking again safe, even after a timeout
-        return self._request("POST", f"/deployments/{deployment_id}/create_flow_run",
-                             {"parameters": parameters, "idempotency_key": idempotency_key,
-                              "tags": ["codepipeline"]}, retry_timeouts=True)
+                        idempotency_key: str,
+                        job_variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        # the idempotency key makes asking again safe, even after a timeout; job variables
+        # given here apply to this run only, over the deployment's (e.g. its image)
+        body: dict[str, Any] = {"parameters": parameters, "idempotency_key": idempotency_key,
+                                "tags": ["codepipeline"]}
+        if job_variables:
+            body["job_variables"] = job_variables
+        return self._request("POST", f"/deployments/{deployment_id}/create_flow_run", body,
+                             retry_timeouts=True)
 
     def cancel(self, run_id: str) -> bool:
         """Ask Prefect to cancel the run (its on_cancellation hook stops its jobs)."""

@@ -9,18 +9,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .autoscaling import LocalApplicationAutoScaling
-from .common import pid_alive
-from .images import LocalCodeBuild, LocalECR
-from .logs import LocalLogs
-from .processes import sweep
-from .runtime import LocalSageMakerRuntime
-from .s3 import LocalS3
-from .sagemaker import LocalSageMaker
-from .sns import LocalSNS
-from .state import StateStore
+# the clients are imported when they are made: a job runner (``python -m
+# sagepipe.tasks.local.runner``) imports this package first and needs none of them
+if TYPE_CHECKING:
+    from .sagemaker import LocalSageMaker
 
 __all__ = ["bring_up", "local_clients", "teardown"]
 
@@ -30,6 +24,15 @@ _RUNNER_GRACE_SECONDS = 12.0  # a stopped job's runner: its container's grace, a
 
 def local_clients(root: Path, *, region: str = "us-east-1",
                   job_events: bool = True) -> dict[str, Any]:
+    from .autoscaling import LocalApplicationAutoScaling
+    from .images import LocalCodeBuild, LocalECR
+    from .logs import LocalLogs
+    from .runtime import LocalSageMakerRuntime
+    from .s3 import LocalS3
+    from .sagemaker import LocalSageMaker
+    from .sns import LocalSNS
+    from .state import StateStore
+
     root = Path(root).resolve()
     state = StateStore(root)
     s3 = LocalS3(root, state)
@@ -52,6 +55,9 @@ def teardown(root: Path) -> dict[str, list[str]]:
 
     Stored objects, images and the registry are kept: only processes go.
     """
+    from .common import pid_alive
+    from .processes import sweep
+
     clients = local_clients(root)
     sm: LocalSageMaker = clients["sagemaker"]
     stopped: dict[str, list[str]] = {"endpoints": [], "jobs": []}

@@ -377,7 +377,8 @@ class DeployedStack:
             document = iam.get_role_policy(RoleName=name, PolicyName=policy)["PolicyDocument"]
             if isinstance(document, str):  # moto keeps CloudFormation's as a Python repr
                 document = ast.literal_eval(document)
-            statements += document["Statement"]
+            # CloudFormation drops an !If's AWS::NoValue from the list; moto leaves a null
+            statements += [s for s in document["Statement"] if s is not None]
         return statements
 
 

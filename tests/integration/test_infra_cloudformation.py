@@ -15,6 +15,7 @@ template instead, where each case says so:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,6 +30,7 @@ from aws_helpers import (
     deploy_stack,
     load_template,
 )
+from lambda_fakes import handler
 from moto import mock_aws
 
 from sagepipe.tasks.stepsource import STEPS
@@ -37,6 +39,7 @@ SERVICE_OF_ROLE = {"FlowRole": "ecs-tasks.amazonaws.com",
                    "SageMakerExecutionRole": "sagemaker.amazonaws.com",
                    "ImageBuildRole": "codebuild.amazonaws.com",
                    "TestsBuildRole": "codebuild.amazonaws.com",
+                   "FlowImageBuildRole": "codebuild.amazonaws.com",
                    "PipelineRole": "codepipeline.amazonaws.com",
                    "TriggerRole": "lambda.amazonaws.com",
                    "RelayRole": "lambda.amazonaws.com"}
@@ -140,15 +143,17 @@ def test_bucket_policy_refuses_plain_http(template: dict[str, Any]) -> None:
                                 {"Fn::Sub": "${ArtifactBucket.Arn}/*"}]
 
 
-def test_one_immutable_repository_per_step(stack: DeployedStack,
-                                           template: dict[str, Any]) -> None:
+def test_one_immutable_repository_per_step_and_one_for_the_flow_image(
+        stack: DeployedStack, template: dict[str, Any]) -> None:
     repositories = client("ecr").describe_repositories()["repositories"]
     assert sorted(r["repositoryName"] for r in repositories) == sorted(
-        f"sagepipe-{step}" for step in STEPS)
+        [f"sagepipe-{step}" for step in STEPS] + ["sagepipe-flow"])
     assert {r["imageTagMutability"] for r in repositories} == {"IMMUTABLE"}
+    flow = next(r for r in repositories if r["repositoryName"] == "sagepipe-flow")
+    assert stack.outputs["FlowImageRepositoryUri"] == flow["repositoryUri"]
     # moto's CloudFormation ignores scanning, encryption and lifecycle: the template
     for logical in ("PreprocessRepository", "TrainRepository", "EvaluateRepository",
-                    "ServeRepository"):
+                    "ServeRepository", "FlowImageRepository"):
         repository = props(template, logical)
         assert repository["ImageScanningConfiguration"] == {"ScanOnPush": True}
         assert repository["EncryptionConfiguration"]["EncryptionType"] == "KMS"
@@ -157,13 +162,28 @@ def test_one_immutable_repository_per_step(stack: DeployedStack,
         assert rules[0]["selection"]["countNumber"] == 30
 
 
-def test_log_groups_are_encrypted_and_expire(stack: DeployedStack) -> None:
+def test_log_groups_are_encrypted_and_expire(stack: DeployedStack,
+                                             template: dict[str, Any]) -> None:
     groups = {g["logGroupName"]: g for g in client("logs").describe_log_groups()["logGroups"]}
-    for logical in ("ImageBuildLogGroup", "TestsBuildLogGroup", "TriggerLogGroup",
-                    "RelayLogGroup"):
+    key_arn = stack.outputs["KmsKeyArn"]
+    key_policy = client("kms").get_key_policy(KeyId=key_arn, PolicyName="default")["Policy"]
+    key_policy = json.loads(key_policy) if isinstance(key_policy, str) else key_policy
+    logs_may_use = next(s for s in key_policy["Statement"]
+                        if s["Sid"] == "LogsEncryptsTheStackLogGroups")["Condition"][
+        "ArnLike"]["kms:EncryptionContext:aws:logs:arn"]
+    for logical in ("ImageBuildLogGroup", "TestsBuildLogGroup", "FlowImageBuildLogGroup",
+                    "TriggerLogGroup", "RelayLogGroup"):
         group = groups[stack.physical(logical)]
         assert group["retentionInDays"] == 365
-        assert group.get("kmsKeyId", stack.outputs["KmsKeyArn"]) == stack.outputs["KmsKeyArn"]
+        # moto's CloudFormation drops KmsKeyId (the group it creates has none): the
+        # template must ask for the stack's key, and moto's answer, if any, must be it
+        assert props(template, logical).get("KmsKeyId") == {
+            "Fn::GetAtt": ["EncryptionKey", "Arn"]}, f"{logical} is not encrypted"
+        if "kmsKeyId" in group:
+            assert group["kmsKeyId"] == key_arn
+        # CloudWatch Logs can use the key only for groups its policy names
+        arn = f"arn:aws:logs:{REGION}:123456789012:log-group:{stack.physical(logical)}"
+        assert arn in logs_may_use, f"the key policy does not let Logs encrypt {logical}"
 
 
 def test_job_state_changes_reach_the_encrypted_topic(stack: DeployedStack,
@@ -245,27 +265,65 @@ def test_trigger_gets_the_secret_by_reference(stack: DeployedStack,
         "LogGroup": {"Ref": "TriggerLogGroup"}}
 
 
-def test_pipeline_runs_source_tests_and_the_trigger(template: dict[str, Any]) -> None:
+def test_pipeline_runs_source_tests_flow_image_and_the_trigger(
+        template: dict[str, Any]) -> None:
     # AWS::CodePipeline::Pipeline and AWS::CodeBuild::Project: skipped by moto
     pipeline = props(template, "Pipeline")
-    stages = {s["Name"]: s["Actions"][0] for s in pipeline["Stages"]}
+    stages = {s["Name"]: {a["Name"]: a for a in s["Actions"]} for s in pipeline["Stages"]}
     assert list(stages) == ["Source", "Build", "Orchestrate"]
-    assert stages["Source"]["ActionTypeId"]["Provider"] == "CodeStarSourceConnection"
-    assert stages["Build"]["Configuration"]["ProjectName"] == {"Ref": "TestsBuildProject"}
-    orchestrate = stages["Orchestrate"]
+    assert stages["Source"]["GitHub"]["ActionTypeId"]["Provider"] == "CodeStarSourceConnection"
+    tests, image = stages["Build"]["Tests"], stages["Build"]["FlowImage"]
+    assert tests["Configuration"]["ProjectName"] == {"Ref": "TestsBuildProject"}
+    assert image["Configuration"]["ProjectName"] == {"Ref": "FlowImageBuildProject"}
+    # the flow image is built once the tests passed (a lower RunOrder runs first)
+    assert tests["RunOrder"] < image["RunOrder"]
+    assert image["InputArtifacts"] == [{"Name": "SourceCode"}]
+    orchestrate = stages["Orchestrate"]["PrefectFlowRun"]
     assert orchestrate["ActionTypeId"]["Provider"] == "Lambda"
     assert orchestrate["Configuration"]["FunctionName"] == {"Ref": "TriggerFunction"}
     # the commit reaches the trigger as the input artifact's revision
     assert orchestrate["InputArtifacts"] == [{"Name": "SourceCode"}]
-    parameters = json.loads(orchestrate["Configuration"]["UserParameters"]["Fn::Sub"].replace(
-        "${PrefectDeploymentName}", template["Parameters"]["PrefectDeploymentName"]["Default"]))
+    user_parameters = orchestrate["Configuration"]["UserParameters"]["Fn::Sub"].replace(
+        "${PrefectDeploymentName}", template["Parameters"]["PrefectDeploymentName"]["Default"])
+    # CodePipeline: action configuration fields hold at most 1000 characters, variable
+    # syntax included (CodePipeline user guide, "Variables reference")
+    assert len(user_parameters) <= 1000
+    parameters = json.loads(user_parameters)
     prefect = yaml.safe_load((PROJECT / "deployments" / "prefect.yaml").read_text())
     names = {f"ml-pipeline/{d['name']}" for d in prefect["deployments"]}
-    assert parameters == {"deployment": "ml-pipeline/production"}
+    assert parameters == {"deployment": "ml-pipeline/production",
+                          "image": "#{Build.FLOW_IMAGE}", "code_hash": "#{Build.FLOW_CODE_HASH}"}
     assert parameters["deployment"] in names
 
-    tests = props(template, "TestsBuildProject")
-    assert (PROJECT / tests["Source"]["BuildSpec"]).is_file()
+    # every #{Build.X} is a variable the action with the namespace Build exports: its
+    # project's buildspec lists X under env/exported-variables (a CodeBuild action's output
+    # variables are its exported environment variables)
+    assert image["Namespace"] == "Build"
+    flow_project = props(template, "FlowImageBuildProject")
+    buildspec = yaml.safe_load((PROJECT / flow_project["Source"]["BuildSpec"]).read_text())
+    exported = set(buildspec["env"]["exported-variables"])
+    referenced = set(re.findall(r"#\{Build\.(\w+)\}", user_parameters))
+    assert referenced == {"FLOW_IMAGE", "FLOW_CODE_HASH"} and referenced <= exported
+    # and the trigger takes what they resolve to
+    resolved = user_parameters.replace("#{Build.FLOW_IMAGE}", "123456789012.dkr.ecr.us-east-1."
+                                       "amazonaws.com/sagepipe-flow@sha256:" + "ab" * 32
+                                       ).replace("#{Build.FLOW_CODE_HASH}", "c-" + "0" * 20)
+    asked = handler.parse_user_parameters(
+        {"actionConfiguration": {"configuration": {"UserParameters": resolved}}})
+    assert asked.image.endswith("@sha256:" + "ab" * 32) and asked.code_hash == "c-" + "0" * 20
+
+    tests_project = props(template, "TestsBuildProject")
+    assert (PROJECT / tests_project["Source"]["BuildSpec"]).is_file()
+    # the flow image: docker build in CodeBuild needs privileged mode; the commit's source
+    assert flow_project["Environment"]["PrivilegedMode"] is True
+    assert flow_project["Source"]["Type"] == "CODEPIPELINE"
+    assert flow_project["LogsConfig"]["CloudWatchLogs"]["GroupName"] == {
+        "Ref": "FlowImageBuildLogGroup"}
+    # the pipeline may start both Build actions' projects
+    run_tests = next(s for s in props(template, "PipelineRole")["Policies"][0][
+        "PolicyDocument"]["Statement"] if s["Sid"] == "RunTests")
+    assert run_tests["Resource"] == [{"Fn::GetAtt": ["TestsBuildProject", "Arn"]},
+                                     {"Fn::GetAtt": ["FlowImageBuildProject", "Arn"]}]
     images = props(template, "ImageBuildProject")
     assert images["Source"]["Type"] == "S3"  # the flow sends an S3 zip (tasks/images.py)
     assert images["Environment"]["PrivilegedMode"] is True  # docker build needs the daemon

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -221,6 +222,110 @@ def test_a_failing_flow_fails_the_job_with_its_message_and_a_link(
     assert result.returncode == 1, result.stdout + result.stderr
     assert run_id in result.stdout
     assert "ended Failed" in result.stderr and "no_such_column" in result.stderr
+
+
+BUILT_IMAGE = ("111122223333.dkr.ecr.us-east-1.amazonaws.com/sagepipe-flow@sha256:"
+               + "ab" * 32)  # what the Build stage exports as FLOW_IMAGE
+CODE_HASH = "c-0123456789abcdef0123"
+
+
+def test_a_push_runs_in_the_flow_image_its_build_stage_built(stack: Stack,
+                                                              aws: FakeAWS) -> None:
+    """UserParameters carry #{Build.FLOW_IMAGE} and #{Build.FLOW_CODE_HASH}, resolved by
+    CodePipeline: the run gets the image as its own job variable; the deployment keeps
+    its image for runs started by hand."""
+    job_id = new_job()
+    user = {"deployment": "ml-pipeline/production", "image": BUILT_IMAGE,
+            "code_hash": CODE_HASH}
+    aws.expect_secret(stack.settings())
+    aws.expect_continuation(job_id)
+    token = invoke(aws, job_event(user, job_id=job_id), "continue")["continuationToken"]
+    run_id = json.loads(token)["flow_run_id"]
+    try:
+        run = stack.flow_run(run_id)  # read back through the API
+        assert run["job_variables"] == {"image": BUILT_IMAGE}
+        assert run["parameters"]["commit"] == REVISION
+        assert run["parameters"]["trigger"] == {"kind": "push", "commit": REVISION,
+                                                "image": BUILT_IMAGE, "code_hash": CODE_HASH}
+        production = httpx.get(f"{stack.api_url}/deployments/name/ml-pipeline/production"
+                               ).json()
+        assert production["job_variables"] == {"image": FLOW_IMAGE}  # the fallback, as it was
+        # the ECS worker would start it with the deployment's variables under the run's
+        variables = {**production["job_variables"], **run["job_variables"]}
+        assert variables["image"] == BUILT_IMAGE
+        aws.done()
+
+        # `sagepipe trigger --image` does the same from any CI
+        started = stack.sagepipe("trigger", "ml-pipeline/production", "--commit", REVISION,
+                                 "--image", BUILT_IMAGE, "--code-hash", CODE_HASH,
+                                 "--no-follow")
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert f"in {BUILT_IMAGE}" in started.stdout
+        found = re.search(r"\(([0-9a-f-]{36})\)", started.stdout)
+        assert found, started.stdout
+        cli_run_id = found.group(1)
+        cli_run = stack.flow_run(cli_run_id)
+        assert cli_run["job_variables"] == {"image": BUILT_IMAGE}
+        assert cli_run["parameters"]["trigger"]["code_hash"] == CODE_HASH
+        httpx.delete(f"{stack.api_url}/flow_runs/{cli_run_id}", timeout=10)
+    finally:  # no ECS worker here: the runs would wait for ever
+        httpx.delete(f"{stack.api_url}/flow_runs/{run_id}", timeout=10)
+
+    # a process pool runs no image: --image there is refused before a run exists
+    refused = stack.sagepipe("trigger", "ml-pipeline/local", "--image", BUILT_IMAGE)
+    assert refused.returncode == 2
+    assert "take no image" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def run_in_image(stack: Stack, config: dict[str, Any], image_commit: str) -> dict[str, Any]:
+    """A run of ml-pipeline/local for REVISION whose environment is that of a flow image
+    built from ``image_commit`` (the flow image's Dockerfile bakes it in): the process
+    worker gives the run that environment, as ECS gives a container its image's."""
+    deployment = httpx.get(f"{stack.api_url}/deployments/name/ml-pipeline/local").json()
+    created = httpx.post(f"{stack.api_url}/deployments/{deployment['id']}/create_flow_run",
+                         timeout=30, json={
+                             "parameters": {"config": config, "commit": REVISION},
+                             "job_variables": {"image": BUILT_IMAGE, "env": {
+                                 "SAGEPIPE_COMMIT": image_commit,
+                                 "SAGEPIPE_CODE_HASH": CODE_HASH}}})
+    created.raise_for_status()
+    return stack.wait_final(created.json()["id"])
+
+
+def task_names(stack: Stack, run_id: str) -> list[str]:
+    tasks = httpx.post(f"{stack.api_url}/task_runs/filter", timeout=10, json={
+        "flow_runs": {"id": {"any_": [run_id]}}}).json()
+    return [t["name"] for t in tasks]
+
+
+def test_a_run_in_the_image_of_another_commit_fails_before_any_job(stack: Stack) -> None:
+    other = "feedbeef" * 5
+    run = run_in_image(stack, stack.config, image_commit=other)
+
+    assert run["state"]["type"] == "FAILED"
+    message = run["state"]["message"]
+    assert f"This run is for commit {REVISION}" in message
+    assert f"built from commit {other} (code hash {CODE_HASH})" in message
+    started = [name for name in task_names(stack, run["id"]) if name.startswith((
+        "pin-data", "build-images", "start-job", "run-job", "preprocess", "train", "evaluate",
+        "register-model", "deploy"))]
+    assert started == [], started  # nothing was pinned, built or run
+
+
+def test_the_run_record_states_the_image_its_digest_and_code_hash(stack: Stack) -> None:
+    # the image of this very commit passes the check; the bad label then fails the run
+    # at its first step, so the record is written without a job
+    config = {**stack.config, "label_column": "no_such_column"}
+    run = run_in_image(stack, config, image_commit=REVISION)
+    assert run["state"]["type"] == "FAILED"
+    assert "no label column 'no_such_column'" in run["state"]["message"]
+    [record] = httpx.post(f"{stack.api_url}/artifacts/filter", timeout=10, json={
+        "artifacts": {"flow_run_id": {"any_": [run["id"]]}, "key": {"like_": "-run-record"}}}
+    ).json()
+    digest = BUILT_IMAGE.split("@")[1]
+    assert (f"Flow image `{BUILT_IMAGE}`: digest `{digest}`, code hash `{CODE_HASH}`, built "
+            f"from commit `{REVISION}`; runs commit {REVISION}: the image was built from it."
+            ) in record["data"]
 
 
 def test_sagepipe_trigger_follows_a_run_to_its_end(stack: Stack) -> None:

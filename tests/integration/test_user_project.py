@@ -45,7 +45,9 @@ def test_the_wheel_claims_one_import_name_and_ships_the_step_code(wheel: Path) -
                  "sagepipe/containers/serve/serve.py", "sagepipe/deployments/settings/local.yaml",
                  "sagepipe/deployments/prefect.yaml", "sagepipe/buildspecs/build-images.yml",
                  "sagepipe/scaffold/sagepipe.yaml", "sagepipe/scaffold/gitignore",
-                 "sagepipe/scaffold/two_models.py",
+                 "sagepipe/scaffold/two_models.py", "sagepipe/scaffold/flow-image.Dockerfile",
+                 "sagepipe/scaffold/flow-image.exclude", "sagepipe/scaffold/tests.yml",
+                 "sagepipe/buildspecs/flow-image.yml",
                  "sagepipe/tasks/local/framework_image/Dockerfile",
                  "sagepipe/flows/cli.py", "sagepipe/tasks/local/jobs.py"):
         assert data in names, data

@@ -655,3 +655,27 @@ def test_every_command_that_reads_settings_takes_env_and_set_alike(env: Env) -> 
     result = env.cli("status", "--set", "project=elsewhere")
     assert result.exit_code == 0, result.output
     assert "Model versions (elsewhere)" in result.stdout
+
+
+def test_heartbeats_are_sent_by_a_cli_run_only_when_the_user_asks(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Prefect's default heartbeat thread costs ~0.5 s at every run's exit (joined in 1 s
+    sleeps); set by the user (environment or profile), it is honoured."""
+    from sagepipe.flows.runner import _heartbeats_asked_for
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
+    monkeypatch.delenv("PREFECT_PROFILE", raising=False)
+    monkeypatch.delenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", raising=False)
+    assert not _heartbeats_asked_for()
+    monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "60")
+    assert _heartbeats_asked_for()
+    monkeypatch.delenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY")
+    import prefect.context
+
+    active = prefect.context.get_settings_context().profile.name  # the one this process uses
+    (tmp_path / "profiles.toml").write_text(
+        f'active = "{active}"\n[profiles.{active}]\nPREFECT_FLOWS_HEARTBEAT_FREQUENCY = "90"\n')
+    from prefect.settings import PREFECT_PROFILES_PATH, temporary_settings
+
+    with temporary_settings(updates={PREFECT_PROFILES_PATH: tmp_path / "profiles.toml"}):
+        assert _heartbeats_asked_for()

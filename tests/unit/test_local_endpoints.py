@@ -24,9 +24,10 @@ from sagepipe.tasks.local.images import registry_host
 from sagepipe.tasks.local.supervisor import MAX_RESTARTS
 
 SERVE = r'''
-import json, os, pathlib, sys, threading
+import json, os, pathlib, sys, threading, time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 base = pathlib.Path(os.environ["SAGEMAKER_BASE_DIR"])
+time.sleep(float(os.environ.get("STARTUP_DELAY", "0")))  # a model that loads slowly
 if os.environ.get("BREAK"):
     print("model_fn failed: cannot load", flush=True)
     sys.exit(1)
@@ -124,9 +125,15 @@ def test_blue_green_update_moves_traffic_and_stops_blue(env: Any) -> None:
     sm.create_endpoint(EndpointName="ep", EndpointConfigName=env["config"]("a", "blue"))
     settle(sm, "ep")
     blue_pid = sm.state.get("endpoint", "ep")["current"]["pid"]
-    sm.update_endpoint(EndpointName="ep", EndpointConfigName=env["config"]("b", "green"))
-    # while green warms up, blue keeps serving
-    assert ask(rt, "ep")["answer"] in ("blue", "green")
+    sm.update_endpoint(EndpointName="ep",
+                       EndpointConfigName=env["config"]("b", "green", STARTUP_DELAY="3"))
+    # while green warms up (it opens its port 3 s after it starts), blue keeps serving
+    answers, window = [], time.monotonic() + 1.5
+    while time.monotonic() < window:
+        assert sm.describe_endpoint(EndpointName="ep")["EndpointStatus"] == "Updating"
+        answers.append(ask(rt, "ep")["answer"])
+    assert answers and set(answers) == {"blue"}, answers
+    assert pid_alive(blue_pid)
     described = settle(sm, "ep")
     assert described["EndpointStatus"] == "InService"
     assert described["EndpointConfigName"] == "c-b"

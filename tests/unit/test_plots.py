@@ -15,7 +15,13 @@ from PIL import Image
 from sagepipe.flows.config import build_config
 from sagepipe.flows.report import collect_plots, record_markdown
 from sagepipe.tasks.local import local_clients, teardown
-from sagepipe.tasks.plots import VersionPoint, data_uri, history_png, model_history
+from sagepipe.tasks.plots import (
+    VersionPoint,
+    data_uri,
+    history_figure,
+    history_png,
+    model_history,
+)
 from sagepipe.tasks.registry import ensure_group, register_package
 from sagepipe.tasks.runtime import Clients
 
@@ -79,9 +85,25 @@ def test_model_history_reads_versions_in_order_with_their_metric(clients: Client
 def test_history_png_draws_every_kind_of_version() -> None:
     points = [VersionPoint(version=v, arn=f"arn:{v}", approval=a, value=x) for v, a, x in
               ((1, "Approved", 0.95), (2, "Rejected", 0.93), (3, "Approved", None),
-               (4, "PendingManualApproval", 0.97))]
-    image = Image.open(io.BytesIO(history_png(points, metric="roc_auc", threshold=0.9,
-                                              live_arn="arn:1", current_arn="arn:4")))
+               (4, "PendingManualApproval", 0.97), (5, "Approved", 0.96))]
+    kwargs: dict[str, Any] = {"metric": "roc_auc", "threshold": 0.9, "live_arn": "arn:1",
+                              "current_arn": "arn:4"}
+    [ax] = history_figure(points, **kwargs).axes
+    drawn: dict[str, list[tuple[float, float]]] = {}
+    for line in ax.get_lines():
+        drawn[str(line.get_label())] = [(float(x), float(y)) for x, y in line.get_xydata()]
+    for collection in ax.collections:
+        drawn[str(collection.get_label())] = [(float(x), float(y))
+                                              for x, y in collection.get_offsets()]
+    # each kind where it belongs; version 3 has no value and is not drawn
+    assert drawn["approved (deployed)"] == [(1, 0.95), (5, 0.96)]
+    assert drawn["rejected / pending"] == [(2, 0.93), (4, 0.97)]
+    assert drawn["this run"] == [(4, 0.97)]
+    assert drawn["live now"] == [(1, 0.95)]
+    assert {y for _, y in drawn["gate threshold 0.9"]} == {0.9}
+    assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == sorted(drawn)
+    assert ax.get_ylabel() == "roc_auc"
+    image = Image.open(io.BytesIO(history_png(points, **kwargs)))
     assert image.format == "PNG" and image.width > 500
 
 

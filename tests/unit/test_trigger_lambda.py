@@ -83,6 +83,13 @@ def test_an_event_without_a_job_id_is_ignored_and_nothing_is_called(
     ({"deployment": "ml-pipeline/production", "paramters": {}}, "Unknown key(s)"),
     ({"deployment": "ml-pipeline"}, "'<flow>/<deployment>'"),
     ({"deployment": "ml-pipeline/production", "parameters": ["x"]}, "must be a JSON object"),
+    # a Build stage variable CodePipeline did not resolve, or no image at all
+    ({"deployment": "ml-pipeline/production", "image": "#{Build.FLOW_IMAGE}"},
+     "#{Build.FLOW_IMAGE}\": the Build stage's flow image action"),
+    ({"deployment": "ml-pipeline/production", "image": "my image"}, "must be an image URI"),
+    ({"deployment": "ml-pipeline/production", "image": 7}, "must be an image URI"),
+    ({"deployment": "ml-pipeline/production", "code_hash": "#{Build.FLOW_CODE_HASH}"},
+     "must be the Build stage's code hash"),
 ])
 def test_bad_user_parameters_fail_the_job_before_anything_else(
         aws: FakeAWS, user_parameters: Any, says: str) -> None:

@@ -71,9 +71,21 @@ def test_init_writes_a_project_that_validates_and_never_overwrites(
     assert result.kept == [Path("prefect.yaml")]
     assert (project / "prefect.yaml").read_text() == "# mine\n"
     assert sorted(map(str, result.written)) == [
-        ".gitignore", "sagepipe.aws.yaml", "sagepipe.yaml", "steps/serve/inference.py",
+        ".gitignore", "buildspecs/flow-image.yml", "buildspecs/tests.yml",
+        "deployments/flow-image/Dockerfile", "deployments/flow-image/exclude",
+        "sagepipe.aws.yaml", "sagepipe.yaml", "steps/serve/inference.py",
         "steps/serve/requirements.txt", "steps/train/hyperparameters.py",
         "steps/train/requirements.txt", "steps/train/train.py", "two_models.py"]
+    # the Build stage's files: sagepipe's flow image buildspec as it is, the Dockerfile with
+    # this sagepipe's version (tests/integration/test_flow_image.py builds it)
+    assert (project / "buildspecs/flow-image.yml").read_bytes() == \
+        (DEFAULT_CONTAINERS.parent / "buildspecs" / "flow-image.yml").read_bytes()
+    dockerfile = (project / "deployments/flow-image/Dockerfile").read_text()
+    assert 'ARG SAGEPIPE_REQUIREMENT="sagepipe==' in dockerfile
+    assert "FROM ${PYTHON_IMAGE}" in dockerfile and "$requirement" not in dockerfile
+    tests = yaml.safe_load((project / "buildspecs/tests.yml").read_text())
+    assert "sagepipe plan --env aws --no-last-run" in " ".join(tests["phases"]["build"][
+        "commands"])
     # the copied training script is the default one, so it runs as-is
     assert (project / "steps/train/train.py").read_bytes() == \
         (DEFAULT_CONTAINERS / "train/train.py").read_bytes()
