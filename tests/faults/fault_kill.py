@@ -58,14 +58,17 @@ class Trigger(threading.Thread):
         if anchor.actor != "start":
             call = self._wait_for_anchor()
             if call is None:
+                self.result.what = "the command ended before its anchor came"
                 return
             self.result.anchor_seen_at = round(call.t - self.started, 3)
-            wake = call.t + self.point.delay
+            wake = call.t + self.point.delay_now(call.t - self.started)
         else:
             wake = self.started + self.point.delay
         while not self.done.is_set() and time.time() < wake:
             time.sleep(min(_POLL, max(wake - time.time(), 0)))
         if self.done.is_set():
+            self.result.what = (f"the command ended {wake - time.time():.2f} s before the "
+                                "kill was due")
             return
         pids, what = self.resolve(call)
         self.result.at = round(time.time() - self.started, 3)

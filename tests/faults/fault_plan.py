@@ -79,8 +79,17 @@ class KillPoint:
     fraction: float  # of the anchor's span, as calibrated
     delay: float  # seconds after the anchor: fraction x span
     why: str  # "named by the issue: ..." or "seeded"
+    anchor_t: float = 0.0  # when the anchor came in the calibration run (seconds)
     lane: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def delay_now(self, anchor_seen: float) -> float:
+        """The delay on this run's clock: scaled by how much later (or sooner) the anchor
+        came than in the calibration run, so a busier machine (or a quieter one) still
+        kills at the same fraction of the step."""
+        if self.anchor_t < 1.0 or anchor_seen <= 0:
+            return self.delay
+        return self.delay * min(max(anchor_seen / self.anchor_t, 0.3), 3.0)
 
     def describe(self) -> str:
         at = str(self.anchor) + (f" +{self.delay:.2f}s ({self.fraction:.2f} of its span)"
@@ -167,7 +176,7 @@ def _point(kind: str, target: str, boundary: Boundary, fraction: float, why: str
     fraction = round(fraction, 3)
     return KillPoint(id="", kind=kind, target=target, anchor=boundary.anchor,
                      fraction=fraction, delay=round(fraction * boundary.span, 3),
-                     why=why, extra=extra)
+                     why=why, anchor_t=boundary.t, extra=extra)
 
 
 def named_points(timelines: dict[str, list[Boundary]]) -> list[KillPoint]:

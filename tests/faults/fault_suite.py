@@ -413,8 +413,7 @@ def failures(results: list[Outcome]) -> list[str]:
     out = []
     for r in results:
         if not r.killed.fired:
-            why = r.killed.what or "its anchor was not reached"
-            out.append(f"{r.point.id}: the kill did not fire ({why})")
+            out.append(f"{r.point.id}: the kill did not fire ({r.killed.what})")
         for name, (ok, detail) in r.checks.items():
             if not ok:
                 out.append(f"{r.point.id} {name}: {detail}")

@@ -100,3 +100,15 @@ def test_servers_are_only_killed_where_one_exists() -> None:
             assert create[str(point.anchor)] >= create["cli CreateEndpoint #1"]
         if point.target == "runner":
             assert point.anchor.actor == "runner" or point.anchor.op.startswith("Create")
+
+
+def test_a_delay_follows_this_runs_clock() -> None:
+    """A machine busier (or quieter) than in calibration reaches the anchor later (sooner):
+    the delay scales alike, so the kill lands at the same fraction of the step."""
+    point = named_points(TIMELINES)[1]  # UpdateEndpoint + 0.3 of its span
+    point.anchor_t, point.delay = 10.0, 2.0
+    assert point.delay_now(20.0) == pytest.approx(4.0)
+    assert point.delay_now(5.0) == pytest.approx(1.0)
+    assert point.delay_now(100.0) == pytest.approx(6.0)  # at most three times
+    point.anchor_t = 0.2  # an anchor at the very start: no clock to compare
+    assert point.delay_now(5.0) == 2.0
