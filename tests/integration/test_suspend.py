@@ -45,6 +45,19 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+
+
+def _api(method: str, url: str, **kwargs: Any) -> httpx.Response:
+    """One Prefect API call; a busy server's SQLite answers 503 now and then (seen in a
+    parallel `make test`): retried, then any error status raises."""
+    for attempt in range(6):
+        answer = httpx.request(method, url, **kwargs)
+        if answer.status_code != 503:
+            break
+        time.sleep(1 + attempt)
+    answer.raise_for_status()
+    return answer
+
 @dataclass
 class Stack:
     server: LocalServer
@@ -80,29 +93,29 @@ class Stack:
 
     def start(self, config: dict[str, Any] | None = None,
               deployment: str = "ml-pipeline/local") -> str:
-        found = httpx.get(f"{self.api}/deployments/name/{deployment}", timeout=30).json()
-        run = httpx.post(f"{self.api}/deployments/{found['id']}/create_flow_run",
+        found = _api("GET", f"{self.api}/deployments/name/{deployment}", timeout=30).json()
+        run = _api("POST", f"{self.api}/deployments/{found['id']}/create_flow_run",
                          json={"parameters": {"config": config} if config else {}},
                          timeout=30).json()
         return str(run["id"])
 
     def run(self, run_id: str) -> dict[str, Any]:
-        return dict(httpx.get(f"{self.api}/flow_runs/{run_id}", timeout=30).json())
+        return dict(_api("GET", f"{self.api}/flow_runs/{run_id}", timeout=30).json())
 
     def runs_of(self, deployment: str) -> list[dict[str, Any]]:
-        found = httpx.get(f"{self.api}/deployments/name/{deployment}", timeout=30).json()
-        return list(httpx.post(f"{self.api}/flow_runs/filter", timeout=30, json={
+        found = _api("GET", f"{self.api}/deployments/name/{deployment}", timeout=30).json()
+        return list(_api("POST", f"{self.api}/flow_runs/filter", timeout=30, json={
             "deployments": {"id": {"any_": [found["id"]]}}}).json())
 
     def states(self, run_id: str) -> list[dict[str, Any]]:
-        found = httpx.get(f"{self.api}/flow_run_states/", params={"flow_run_id": run_id},
+        found = _api("GET", f"{self.api}/flow_run_states/", params={"flow_run_id": run_id},
                           timeout=30).json()
         return sorted(found, key=lambda s: s["timestamp"])
 
     def wait_final(self, run_id: str, timeout: float = 400) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            run = httpx.get(f"{self.api}/flow_runs/{run_id}", timeout=30).json()
+            run = _api("GET", f"{self.api}/flow_runs/{run_id}", timeout=30).json()
             if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
                 return dict(run)
             time.sleep(0.5)
@@ -124,13 +137,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
         # the reconciler runs here when a test asks (or on its Cancelled-event trigger),
         # not on its 5-minute schedule
-        reconciler = httpx.get(f"{server.api_url}/deployments/name/sagepipe-reconcile/local",
+        reconciler = _api("GET", f"{server.api_url}/deployments/name/sagepipe-reconcile/local",
                                timeout=30).json()
         assert "schedules" in reconciler, (reconciler, deploy.stdout[-3000:])
         for schedule in reconciler["schedules"]:
             httpx.delete(f"{server.api_url}/deployments/{reconciler['id']}/schedules/"
                          f"{schedule['id']}", timeout=30).raise_for_status()
-        for run in httpx.post(f"{server.api_url}/flow_runs/filter", timeout=30, json={
+        for run in _api("POST", f"{server.api_url}/flow_runs/filter", timeout=30, json={
                 "deployments": {"id": {"any_": [reconciler["id"]]}}}).json():
             httpx.delete(f"{server.api_url}/flow_runs/{run['id']}", timeout=30)
         yield Stack(server, tmp)
@@ -248,7 +261,7 @@ def test_cancelling_a_suspended_run_stops_its_job(stack: Stack) -> None:
           lambda: stack.run(run_id)["state"]["name"] == "Suspended" and training(), 180)
     cancelled_at = time.monotonic()
     # what the UI's Cancel does; a suspended run has no process, Prefect cancels it at once
-    httpx.post(f"{stack.api}/flow_runs/{run_id}/set_state", timeout=30, json={
+    _api("POST", f"{stack.api}/flow_runs/{run_id}/set_state", timeout=30, json={
         "state": {"type": "CANCELLING", "message": "cancelled by the test"}}
     ).raise_for_status()
     assert stack.wait_final(run_id, timeout=30)["state"]["type"] == "CANCELLED"
