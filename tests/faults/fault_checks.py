@@ -23,7 +23,6 @@ files and ``/proc`` directly.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import re
 import sqlite3
@@ -32,6 +31,7 @@ from typing import Any
 
 from fault_kill import Proc, processes_of
 
+from sagepipe.tasks.local.servers import ping
 from sagepipe.tasks.runtime import Clients
 from sagepipe.tasks.storage import outputs_exist, read_json_if_any, sample_rows
 
@@ -154,17 +154,6 @@ def artifacts(clients: Clients, root: Path, record: dict[str, Any] | None,
         f"{len(named)} outputs, blobs whole")
 
 
-def _ping(port: int) -> bool:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-    try:
-        conn.request("GET", "/ping")
-        return conn.getresponse().status == 200
-    except OSError:
-        return False
-    finally:
-        conn.close()
-
-
 def truthful(clients: Clients, endpoint: str) -> tuple[bool, str]:
     """(ok, status): InService only with a server answering /ping."""
     sm = clients.sagemaker
@@ -179,8 +168,8 @@ def truthful(clients: Clients, endpoint: str) -> tuple[bool, str]:
     if current.get("serverless"):
         return True, status
     port = current.get("port")
-    return (bool(port) and _ping(int(port))), status + ("" if port and _ping(int(port))
-                                                        else " with nothing listening")
+    listening = bool(port) and ping(int(port), timeout=2)  # one ping: its answer, reported
+    return listening, status + ("" if listening else " with nothing listening")
 
 
 def endpoint_and_registry(clients: Clients, endpoint: str, group: str,
