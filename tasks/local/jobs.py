@@ -26,13 +26,12 @@ import sys
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .common import now, pid_alive
 from .containers import container_command, job_environment, remap
-from .events import API_ENV, prefect_api_url, publish_quietly
+from .events import API_ENV, prefect_api_url, publish_quietly, warm_up_publish
 from .images import resolve_image
 from .processes import kill_group
 from .pyenv import interpreter
@@ -125,6 +124,7 @@ class _Runner:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self.stopping = threading.Event()
         self.child: subprocess.Popen[bytes] | None = None
+        self.warming: threading.Thread | None = None
 
     def log(self, message: str) -> None:
         with open(self.log_file, "a") as fh:
@@ -172,7 +172,7 @@ class _Runner:
     def download_prefix(self, uri: str, target: Path) -> int:
         bucket, prefix = parse_s3_uri(uri)
         count = 0
-        for key in self._keys(bucket, prefix):
+        for key in self.s3.list_keys(bucket, prefix):
             rel = key[len(prefix):].lstrip("/") or key.rsplit("/", 1)[-1]
             dest = target / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -183,19 +183,6 @@ class _Runner:
                             "in input data source. Please ensure that the bucket exists in "
                             "the selected region, that objects exist under that S3 prefix.")
         return count
-
-    def _keys(self, bucket: str, prefix: str) -> Iterator[str]:
-        token: str | None = None
-        while True:
-            kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
-            if token:
-                kwargs["ContinuationToken"] = token
-            page = self.s3.list_objects_v2(**kwargs)
-            for item in page.get("Contents", []):
-                yield item["Key"]
-            token = page.get("NextContinuationToken")
-            if not page.get("IsTruncated"):
-                return
 
     def upload_dir(self, source: Path, uri: str) -> int:
         """Store every file under ``source``; the files move into the store (the workspace
@@ -258,13 +245,13 @@ class _Runner:
         archive = self.workspace / "model.tar.gz"
         _tar(self.base / "model", archive)
         bucket, key = parse_s3_uri(model_uri)
-        self.s3.upload_file(str(archive), bucket, key)
+        self.s3.move_file(str(archive), bucket, key)  # the archive is made for the store
         self.log(f"Uploaded model artifacts to {model_uri}")
         data_dir = self.base / "output" / "data"
         if any(data_dir.iterdir()):
             _tar(data_dir, self.workspace / "output.tar.gz")
             bucket, key = parse_s3_uri(f"{out}/{self.name}/output/output.tar.gz")
-            self.s3.upload_file(str(self.workspace / "output.tar.gz"), bucket, key)
+            self.s3.move_file(str(self.workspace / "output.tar.gz"), bucket, key)
         return {"ModelArtifacts": {"S3ModelArtifacts": model_uri}}
 
     def prepare_processing(self) -> tuple[list[str], dict[str, str]]:
@@ -341,13 +328,14 @@ class _Runner:
             self.set_status(status="Failed", secondary="Failed", reason=reason, ended=now())
             raise
         finally:
-            publish_quietly(self.root, self.kind, self.name)
+            publish_quietly(self.root, self.kind, self.name, self.warming)
 
     def execute(self, command: list[str], env: dict[str, str], max_runtime: int | None) -> int:
         self.log("Invoking: " + " ".join(command))
         self.child = subprocess.Popen(command, cwd=str(self.workspace), env=env,
                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT)
+        self.warming = warm_up_publish(self.kind)  # while the container runs
         timer = None
         if max_runtime:
             timer = threading.Timer(max_runtime, self._max_runtime_exceeded)

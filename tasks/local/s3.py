@@ -5,8 +5,12 @@ Object bytes live once per content in ``<root>/s3/blobs/<sha256>`` (streamed to 
 file, then renamed, so nobody sees half a blob); buckets, versions and delete markers are
 rows in the shared ``state.db``, so every process sees one store and each write is atomic.
 Requests are checked as boto3 checks them (its S3 parameter handlers, then botocore's
-model) before any work. Local extras, not AWS: ``LocalS3.path_of``, ``LocalS3.move_file``
-and ``parse_s3_uri``.
+model) before any work. Local extras, not AWS: ``LocalS3.path_of``, ``LocalS3.move_file``,
+``LocalS3.list_keys`` and ``parse_s3_uri``.
+
+boto3 and botocore are loaded on the first request checked or error raised: a job's runner
+stages and stores through the local extras only (its requests were checked when they came
+in), so it starts without them.
 """
 
 from __future__ import annotations
@@ -25,20 +29,17 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import unquote
-
-from boto3.exceptions import S3UploadFailedError
-from boto3.s3.transfer import S3Transfer
-from botocore.errorfactory import ClientExceptionsFactory
-from botocore.exceptions import ClientError
-from botocore.handlers import handle_copy_source_param, validate_bucket_name
-from botocore.response import StreamingBody
 
 from sagepipe.tasks.local.common import log_call
 from sagepipe.tasks.local.state import StateStore
 from sagepipe.tasks.local.validation import client_error, service_model, validate_request
+
+if TYPE_CHECKING:
+    from botocore.exceptions import ClientError
 
 __all__ = ["LocalS3", "parse_s3_uri"]
 
@@ -129,12 +130,17 @@ class LocalS3:
         self.blobs = Path(root) / "s3" / "blobs"
         self.blobs.mkdir(parents=True, exist_ok=True)
         self._state = state
-        # The classes of boto3.client("s3").exceptions, so `except s3.exceptions.NoSuchKey` works.
-        factory = ClientExceptionsFactory()
-        self.exceptions: Any = factory.create_client_exceptions(service_model("s3"))
         with state.transaction() as conn:
             for statement in _SCHEMA:
                 conn.execute(statement)
+
+    @cached_property
+    def exceptions(self) -> Any:
+        """The classes of boto3.client("s3").exceptions, so `except s3.exceptions.NoSuchKey`
+        works (made on first use: it loads S3's service model)."""
+        from botocore.errorfactory import ClientExceptionsFactory
+
+        return ClientExceptionsFactory().create_client_exceptions(service_model("s3"))
 
     # -- buckets ---------------------------------------------------------------------------
 
@@ -190,6 +196,8 @@ class LocalS3:
             "HeadObject", params["Bucket"], params["Key"], params.get("VersionId"), head=True))
 
     def get_object(self, **params: Any) -> dict[str, Any]:
+        from botocore.response import StreamingBody
+
         params = self._check("GetObject", params)
         version = self._resolve(
             "GetObject", params["Bucket"], params["Key"], params.get("VersionId"))
@@ -375,6 +383,10 @@ class LocalS3:
     def upload_file(self, Filename: str | os.PathLike[str], Bucket: str, Key: str,
                     ExtraArgs: dict[str, Any] | None = None,
                     Callback: Any = None) -> None:
+        from boto3.exceptions import S3UploadFailedError
+        from boto3.s3.transfer import S3Transfer
+        from botocore.exceptions import ClientError
+
         # boto3's transfer manager takes only these ExtraArgs, and says so with a ValueError
         unknown = sorted(set(ExtraArgs or {}) - set(S3Transfer.ALLOWED_UPLOAD_ARGS))
         if unknown:
@@ -403,13 +415,30 @@ class LocalS3:
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    # -- local extras for the local runtime's own processes: not API entry points --------
+    # The job runner stages and stores what a job's request names; that request was checked
+    # when it came in (CreateTrainingJob, CreateProcessingJob: botocore's model checks its S3
+    # URIs), so these check only what the store itself needs (the bucket exists) and load
+    # no botocore until an error is raised. Each is in the call log as the S3 operation it
+    # stands for, as before.
+
+    def list_keys(self, bucket: str, prefix: str) -> list[str]:
+        """Local extra: the keys under ``prefix`` (each key's latest version, not deleted),
+        in order: what a job's runner stages. NoSuchBucket as ListObjectsV2 raises it."""
+        log_call("s3", "ListObjectsV2", {"Bucket": bucket, "Prefix": prefix})
+        return [r.key for r in self._rows("ListObjectsV2", bucket, prefix)
+                if r.latest and not r.marker]
+
     def move_file(self, Filename: str | os.PathLike[str], Bucket: str, Key: str) -> None:
-        """Local extra: ``upload_file`` for a file nobody needs afterwards (job outputs).
+        """Local extra: ``upload_file`` for a file nobody needs afterwards (job outputs, the
+        model archive).
 
         The file itself becomes the blob (renamed, not copied), and its two hashes are
         computed side by side: a 1M-row job output is stored in about half the time.
         """
-        params = self._check("PutObject", {"Bucket": Bucket, "Key": Key})
+        if not Key:
+            raise ValueError("move_file: the key must not be empty")
+        log_call("s3", "PutObject", {"Bucket": Bucket, "Key": Key})
         self._require_bucket("PutObject", Bucket)
         sha256, md5, size = hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0
         with open(Filename, "rb") as source, ThreadPoolExecutor(1) as pool:
@@ -424,7 +453,7 @@ class LocalS3:
         except OSError:  # another file system: copy it after all
             self.upload_file(Filename, Bucket, Key)
             return
-        self._insert("PutObject", params["Bucket"], params["Key"], sha256=sha256.hexdigest(),
+        self._insert("PutObject", Bucket, Key, sha256=sha256.hexdigest(),
                      size=size, etag=f'"{md5.hexdigest()}"', content_type=_DEFAULT_TYPE)
 
     def path_of(self, bucket: str, key: str, version_id: str | None = None) -> Path:
@@ -438,6 +467,8 @@ class LocalS3:
 
         As in boto3, a dict CopySource becomes "bucket/quoted-key?versionId=..." first.
         """
+        from botocore.handlers import handle_copy_source_param, validate_bucket_name
+
         if isinstance(params.get("Bucket"), str):
             validate_bucket_name(params)
         if operation in ("CopyObject", "UploadPartCopy"):

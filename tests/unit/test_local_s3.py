@@ -321,6 +321,25 @@ def test_move_file_stores_the_file_itself_as_an_ordinary_version(s3: LocalS3,
     assert code(error) == "NoSuchBucket"
 
 
+def test_list_keys_names_what_list_objects_v2_lists_and_is_in_the_call_log(
+        s3: LocalS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job runner's listing (a local extra, no request checks): the same keys as
+    ListObjectsV2 over every page (latest versions, deleted keys left out), NoSuchBucket
+    as S3 says it, and a ListObjectsV2 line in the call log (the fault suite's anchor)."""
+    trail = tmp_path / "calls.log"
+    monkeypatch.setenv("SAGEPIPE_LOCAL_CALL_LOG", str(trail))
+    for key in ["in/b.csv", "in/a.csv", "in/a.csv", "in/gone.csv", "inx/c.csv", "out/d"]:
+        s3.put_object(Bucket="data", Key=key, Body=key.encode())
+    s3.delete_object(Bucket="data", Key="in/gone.csv")
+    listed = [o["Key"] for o in s3.list_objects_v2(Bucket="data", Prefix="in")["Contents"]]
+    assert s3.list_keys("data", "in") == listed == ["in/a.csv", "in/b.csv", "inx/c.csv"]
+    assert s3.list_keys("data", "in/") == ["in/a.csv", "in/b.csv"]
+    assert trail.read_text().splitlines()[-1].split("\t")[3:] == ["s3", "ListObjectsV2", "data"]
+    with pytest.raises(ClientError) as error:
+        s3.list_keys("nope", "in/")
+    assert code(error) == "NoSuchBucket"
+
+
 def test_put_object_streams_file_bodies_in_chunks(s3: LocalS3) -> None:
     class OnlyChunkedReads:
         """A body that fails the test if anyone reads it whole."""
