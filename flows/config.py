@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from sagepipe.tasks.costs import BudgetSettings
 from sagepipe.tasks.data import DataRules, DataSettings, Problem
 from sagepipe.tasks.datasets import DATASET_NAME, check_dataset_name, dataset_uri_for
-from sagepipe.tasks.endpoints import EndpointSettings
+from sagepipe.tasks.endpoints import LOCAL_POLL, EndpointSettings
 from sagepipe.tasks.errors import ConfigError
 from sagepipe.tasks.gate import (
     ALL_METRICS,
@@ -182,6 +182,29 @@ class PipelineConfig(BaseModel):
         if not isinstance(uri, str) or not uri.startswith("s3://"):
             return data  # the dataset_uri field reports it
         return {**data, "dataset_uri": dataset_uri_for(uri, name)}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _local_endpoint_polls(cls, data: Any) -> Any:
+        """On the local runtime, endpoint polls left unset are LOCAL_POLL's, not AWS's."""
+        if not isinstance(data, dict):
+            return data
+        runtime = data.get("runtime")
+        if isinstance(runtime, RuntimeSettings):
+            kind = runtime.kind
+        elif runtime is None or isinstance(runtime, dict):
+            kind = (runtime or {}).get("kind", RuntimeSettings.model_fields["kind"].default)
+        else:
+            return data  # not settings at all: the runtime field reports it
+        endpoint = data.get("endpoint")
+        if kind != "local":
+            return data
+        if isinstance(endpoint, EndpointSettings):
+            unset = {k: v for k, v in LOCAL_POLL.items() if k not in endpoint.model_fields_set}
+            return {**data, "endpoint": endpoint.model_copy(update=unset)} if unset else data
+        if endpoint is None or isinstance(endpoint, dict):
+            return {**data, "endpoint": {**LOCAL_POLL, **(endpoint or {})}}
+        return data  # not settings at all: the endpoint field reports it
 
     @model_validator(mode="after")
     def _checks(self) -> PipelineConfig:

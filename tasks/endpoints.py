@@ -96,6 +96,13 @@ class ServerlessSettings(BaseModel):
         return config
 
 
+LOCAL_POLL = {"poll_first_seconds": 0.05, "poll_max_seconds": 0.1}
+"""The endpoint settings' polls on the local runtime when a config does not set them: a
+Describe there is a read of this machine's state database, and the endpoint's supervisor
+looks at its starting server every 0.05 s, so a wait paced for AWS (1 s rising to 30 s)
+only adds up to a poll interval to every deploy (flows/config.py applies it)."""
+
+
 class EndpointSettings(BaseModel):
     """The production endpoint and how a new model reaches it."""
 
@@ -113,6 +120,7 @@ class EndpointSettings(BaseModel):
     alarms: list[str] = Field(default_factory=list, max_length=10,
                               description="CloudWatch alarms that roll a deployment back")
     timeout_seconds: float = Field(3600, gt=0)
+    # AWS's pace (an endpoint takes minutes there); unset on the local runtime: LOCAL_POLL
     poll_first_seconds: float = Field(1.0, gt=0, le=300)
     poll_max_seconds: float = Field(30.0, gt=0, le=600)
     staging_name: str | None = Field(
@@ -327,9 +335,10 @@ def _await_config(sm: Any, name: str, *, sleep: Callable[[float], None],
 
 def _wait_deleted(clients: Clients, name: str, *, timeout: float,
                   sleep: Callable[[float], None],
-                  log: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+                  log: logging.Logger | logging.LoggerAdapter[Any],
+                  first_poll: float = 1.0, max_poll: float = 30.0) -> None:
     """Until DescribeEndpoint says the endpoint no longer exists (bounded)."""
-    start, interval = time.monotonic(), 1.0
+    start, interval = time.monotonic(), first_poll
     while True:
         try:
             call_with_retry(clients.sagemaker.describe_endpoint, log=log, sleep=sleep,
@@ -342,7 +351,7 @@ def _wait_deleted(clients: Clients, name: str, *, timeout: float,
             raise DeployFailed(name, f"Endpoint {name} is still Deleting after {timeout:.0f} s; "
                                "run again once it is gone.")
         sleep(interval)
-        interval = min(interval * 1.5, 30.0)
+        interval = min(interval * 1.5, max_poll)
 
 
 def endpoint_status(clients: Clients, name: str) -> str | None:
@@ -543,7 +552,8 @@ def deploy_package(clients: Clients, *, endpoint: str, package_arn: str, role_ar
     previous: str | None = None
     if current is not None and current["EndpointStatus"] == "Deleting":
         log.info("Endpoint %s is being deleted; waiting until it is gone", endpoint)
-        _wait_deleted(clients, endpoint, timeout=timeout, sleep=sleep, log=log)
+        _wait_deleted(clients, endpoint, timeout=timeout, sleep=sleep, log=log,
+                      first_poll=first_poll, max_poll=max_poll)
         current = None
     if current is None:
         log.info("Creating endpoint %s with %s", endpoint, config_name)

@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 
 from sagepipe.flows.config import PipelineConfig, build_config, load_config
+from sagepipe.tasks.endpoints import EndpointSettings
 from sagepipe.tasks.errors import ConfigError
 from sagepipe.tasks.gate import decide
+from sagepipe.tasks.runtime import RuntimeSettings
 
 
 def test_settings_files_load() -> None:
@@ -150,3 +152,27 @@ def test_staging_has_its_own_alarms_or_none() -> None:
     watched = production.model_copy(update={"staging_alarms": ["stage-5xx"]}).for_staging()
     assert (watched.alarms, watched.strategy) == (["stage-5xx"], "canary")
     assert load_config("aws").endpoint.strategy == "all_at_once"  # the example can deploy
+
+
+def test_the_local_runtime_polls_its_endpoints_at_its_own_pace_and_aws_keeps_its_own(
+        ) -> None:
+    """A local Describe is a database read and the endpoint's supervisor looks every
+    0.05 s: unset endpoint polls on the local runtime are 0.05 s rising to 0.1 s (a 0.5 s
+    cap cost a deploy up to 0.5 s, issue 16); on AWS they stay 1 s rising to 30 s; a
+    value set is kept on either."""
+    def polls(config: PipelineConfig) -> tuple[float, float]:
+        return config.endpoint.poll_first_seconds, config.endpoint.poll_max_seconds
+
+    assert polls(PipelineConfig()) == (0.05, 0.1)
+    assert polls(load_config("local")) == (0.05, 0.1)
+    assert polls(PipelineConfig(endpoint={"name": "e"})) == (0.05, 0.1)
+    assert polls(PipelineConfig(endpoint={"poll_max_seconds": 2})) == (0.05, 2.0)
+    assert polls(PipelineConfig(runtime={"kind": "aws"})) == (1.0, 30.0)
+    assert polls(load_config("aws")) == (1.0, 30.0)
+    assert polls(PipelineConfig(runtime={"kind": "aws"}, endpoint={"name": "e"})) == (1.0, 30.0)
+    # settings objects: what a caller did not set is the runtime's
+    assert polls(PipelineConfig(endpoint=EndpointSettings(poll_first_seconds=0.3))) == (0.3, 0.1)
+    assert polls(PipelineConfig(runtime=RuntimeSettings(kind="aws"),
+                                endpoint=EndpointSettings())) == (1.0, 30.0)
+    again = PipelineConfig.model_validate(PipelineConfig().model_dump())  # as Prefect does
+    assert polls(again) == (0.05, 0.1)
