@@ -59,9 +59,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+# boto3 is imported by the Lambda part below when it is first called: the local runtime's
+# job runners call handle() at every job's end (with a ListTags of their own), the waiting
+# run wakes on it, and boto3's import would be ~0.14 s of that (issue 16)
 
 log = logging.getLogger("sagepipe.relay")
 log.setLevel(logging.INFO)
@@ -427,6 +427,9 @@ def _detail(exc: urllib.error.HTTPError) -> str:
 
 def aws(service: str) -> Any:
     """One boto3 client per service and container, with timeouts and standard retries."""
+    import boto3
+    from botocore.config import Config
+
     if service not in _AWS:
         config = Config(connect_timeout=2, read_timeout=5,
                         retries={"mode": "standard", "total_max_attempts": 2})
@@ -436,6 +439,8 @@ def aws(service: str) -> Any:
 
 def list_tags(arn: str) -> list[dict[str, Any]]:
     """SageMaker's ListTags, every page. A resource SageMaker no longer knows has none."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     tags: list[dict[str, Any]] = []
     kwargs: dict[str, Any] = {"ResourceArn": arn, "MaxResults": 100}
     try:
@@ -458,6 +463,8 @@ def list_tags(arn: str) -> list[dict[str, Any]]:
 
 def prefect_settings() -> tuple[str, str]:
     """(api_url, api_key) from the secret PREFECT_API_SECRET_ARN names, once per container."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     arn = os.environ.get("PREFECT_API_SECRET_ARN", "").strip()
     if not arn:
         raise RelayError('PREFECT_API_SECRET_ARN is not set: give the function the ARN of a '

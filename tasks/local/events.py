@@ -15,14 +15,13 @@ from __future__ import annotations
 import datetime as dt
 import os
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 __all__ = ["API_ENV", "announce_object", "object_created_event", "prefect_api_url", "publish",
-           "state_change_event", "warm_up_publish"]
+           "state_change_event"]
 
 API_ENV = "SAGEPIPE_PREFECT_API_URL"
 _DETAIL_TYPE = {"training": "SageMaker Training Job State Change",
@@ -71,56 +70,24 @@ def publish(root: Path, kind: str, name: str, *, region: str = "us-east-1") -> d
 
     from . import local_clients
 
+    # SageMaker's own view of its job, as it puts it in the event: no request, so nothing
+    # to check (and no botocore: the waiting run wakes on this, issue 16)
     sagemaker = local_clients(root, region=region)["sagemaker"]
     noun = "Training" if kind == "training" else "Processing"
-    described = getattr(sagemaker, f"describe_{kind}_job")(**{f"{noun}JobName": name})
-    tags = sagemaker.list_tags(ResourceArn=described[f"{noun}JobArn"])["Tags"]
+    described = sagemaker.job_description(kind, name)
+    tags = sagemaker.tags_of(described[f"{noun}JobArn"])
     event = state_change_event(kind, described, tags, region=region)
 
-    def list_tags(arn: str) -> list[dict[str, Any]]:
-        return list(sagemaker.list_tags(ResourceArn=arn)["Tags"])
+    def list_tags(arn: str) -> list[dict[str, Any]]:  # the relay's ListTags
+        return sagemaker.tags_of(arn)
 
     result: dict[str, Any] = handle(event, api_url=api, list_tags=list_tags, timeout=5.0,
                                     deadline=time.monotonic() + 20)
     return result
 
 
-def warm_up_publish(kind: str) -> threading.Thread | None:
-    """For the runner, while its container runs: load what :func:`publish` needs (the local
-    SageMaker client, botocore and its ``sagemaker`` model, the relay) in a background
-    thread. The waiting flow run wakes on the announcement, so these ~0.2 s of loading
-    would otherwise come between the job's end and the next step; the runner is idle
-    while its container runs. None when nothing will be announced (no API)."""
-    if not os.environ.get(API_ENV):
-        return None
-    thread = threading.Thread(target=_load_publish, args=(kind,), name="warm-up-publish",
-                              daemon=True)
-    thread.start()
-    return thread
-
-
-def _load_publish(kind: str) -> None:
-    noun = "Training" if kind == "training" else "Processing"
-    try:
-        import botocore.validate  # noqa: F401  (what validate_request imports)
-
-        import sagepipe.deployments.relay.relay  # noqa: F401
-
-        from .sagemaker import LocalSageMaker  # noqa: F401
-        from .validation import operation_model
-        for operation in (f"Describe{noun}Job", "ListTags"):
-            operation_model("sagemaker", operation)
-    except Exception as exc:  # publish meets the same failure, and reports it
-        print(f"could not load the announcement's code ahead: {type(exc).__name__}: {exc}",
-              file=sys.stderr, flush=True)
-
-
-def publish_quietly(root: Path, kind: str, name: str,
-                    warming: threading.Thread | None = None) -> None:
-    """For the runner: a failed announcement is written to its log, never raised.
-    ``warming``: the :func:`warm_up_publish` thread, waited for first (one importer)."""
-    if warming is not None:
-        warming.join()
+def publish_quietly(root: Path, kind: str, name: str) -> None:
+    """For the runner: a failed announcement is written to its log, never raised."""
     try:
         result = publish(root, kind, name)
     except Exception as exc:  # the job's outcome stands; the wait's safety poll sees it

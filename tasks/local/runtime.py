@@ -7,8 +7,6 @@ import io
 import threading
 from typing import Any
 
-from botocore.response import StreamingBody
-
 from .common import LocalClient, metadata
 from .endpoints import EndpointManager
 from .validation import client_error
@@ -64,6 +62,8 @@ class LocalSageMakerRuntime(LocalClient):
                 f"{self.endpoints.root / 'endpoints' / name}/ for more information.",
                 status=424,
                 extra={"OriginalStatusCode": status, "OriginalMessage": message})
+        from botocore.response import StreamingBody  # loaded with the first answer
+
         return {"Body": StreamingBody(io.BytesIO(reply), len(reply)),
                 "ContentType": content_type, "InvokedProductionVariant": variant, **metadata()}
 

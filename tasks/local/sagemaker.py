@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .common import LocalClient, arn, metadata, now, to_datetime
+from .common import LocalClient, arn, log_call, metadata, now, to_datetime
 from .endpoints import EndpointManager
 from .jobs import JOB_KINDS, reap_job_processes, runner_died, spawn_runner, stop_runner
 from .s3 import LocalS3
@@ -103,7 +103,22 @@ class LocalSageMaker(LocalClient):
 
     def describe_training_job(self, **params: Any) -> dict[str, Any]:
         self._validate("DescribeTrainingJob", params)
-        doc = self._job("training", params["TrainingJobName"], "DescribeTrainingJob")
+        return self.job_description("training", params["TrainingJobName"])
+
+    def describe_processing_job(self, **params: Any) -> dict[str, Any]:
+        self._validate("DescribeProcessingJob", params)
+        return self.job_description("processing", params["ProcessingJobName"])
+
+    def job_description(self, kind: str, name: str) -> dict[str, Any]:
+        """Local extra: Describe{Training,Processing}Job's answer without a request, for the
+        local runtime's own use: what SageMaker puts in the job's state-change event, which
+        the job's runner announces (:mod:`.events`). Not an API entry point: no request to
+        check (the runner loads no botocore), nothing in the call log."""
+        noun = "Training" if kind == "training" else "Processing"
+        doc = self._job(kind, name, f"Describe{noun}Job")
+        return self._training(doc) if kind == "training" else self._processing(doc)
+
+    def _training(self, doc: dict[str, Any]) -> dict[str, Any]:
         req = doc["request"]
         out: dict[str, Any] = {
             "TrainingJobName": doc["name"], "TrainingJobArn": doc["arn"],
@@ -129,9 +144,7 @@ class LocalSageMaker(LocalClient):
             out["WarmPoolStatus"] = pool
         return self._job_times(doc, out, "Training")
 
-    def describe_processing_job(self, **params: Any) -> dict[str, Any]:
-        self._validate("DescribeProcessingJob", params)
-        doc = self._job("processing", params["ProcessingJobName"], "DescribeProcessingJob")
+    def _processing(self, doc: dict[str, Any]) -> dict[str, Any]:
         req = doc["request"]
         out: dict[str, Any] = {
             "ProcessingJobName": doc["name"], "ProcessingJobArn": doc["arn"],
@@ -477,9 +490,19 @@ class LocalSageMaker(LocalClient):
 
     def list_tags(self, **params: Any) -> dict[str, Any]:
         self._validate("ListTags", params)
-        kind, name = self._arn_resource(params["ResourceArn"], "ListTags")
+        return {"Tags": self._tags(params["ResourceArn"]), **metadata()}
+
+    def tags_of(self, resource_arn: str) -> list[dict[str, str]]:
+        """Local extra: ListTags' answer for an ARN the local runtime made itself (the
+        relay's ListTags, run by a job's runner for its own job): no request check, in the
+        call log as ListTags (on AWS the relay's Lambda makes that call)."""
+        log_call(self.service, "ListTags", {"ResourceArn": resource_arn})
+        return self._tags(resource_arn)
+
+    def _tags(self, resource_arn: str) -> list[dict[str, str]]:
+        kind, name = self._arn_resource(resource_arn, "ListTags")
         doc = self.state.get(kind, name) or {}
-        return {"Tags": doc.get("tags", []), **metadata()}
+        return list(doc.get("tags", []))
 
     def _arn_resource(self, resource_arn: str, operation: str) -> tuple[str, str]:
         resource = resource_arn.split(":", 5)[-1]

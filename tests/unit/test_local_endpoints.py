@@ -120,6 +120,27 @@ def test_create_then_invoke(env: Any) -> None:
     assert ask(rt, "ep") == {"answer": "blue", "echo": "1,2"}
 
 
+def test_the_supervisor_works_without_botocore(env: Any,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """An endpoint's supervisor serves no requests (CreateEndpoint and UpdateEndpoint were
+    checked by their callers): through a create and a blue/green update it loads no
+    botocore or boto3, which was most of its start (~0.13 s of a local CreateEndpoint ->
+    InService, issue 16). Its real process's own import profile (PYTHONPROFILEIMPORTTIME,
+    inherited into supervisor.log) says what it loaded."""
+    monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")
+    sm, rt = env["sm"], env["rt"]
+    sm.create_endpoint(EndpointName="ep", EndpointConfigName=env["config"]("a", "blue"))
+    assert settle(sm, "ep")["EndpointStatus"] == "InService"
+    sm.update_endpoint(EndpointName="ep", EndpointConfigName=env["config"]("b", "green"))
+    assert settle(sm, "ep")["EndpointConfigName"] == "c-b"
+    assert ask(rt, "ep")["answer"] == "green"
+    profile = (env["root"] / "endpoints" / "ep" / "supervisor.log").read_text()
+    loaded = [line.rsplit("|", 1)[-1].strip() for line in profile.splitlines()
+              if line.startswith("import time:")]
+    assert "sagepipe.tasks.local.supervisor" in loaded  # the profile is there
+    assert [m for m in loaded if m.split(".")[0] in ("botocore", "boto3")] == []
+
+
 def test_blue_green_update_moves_traffic_and_stops_blue(env: Any) -> None:
     sm, rt = env["sm"], env["rt"]
     sm.create_endpoint(EndpointName="ep", EndpointConfigName=env["config"]("a", "blue"))
