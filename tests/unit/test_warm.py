@@ -271,3 +271,34 @@ def test_an_edited_module_makes_it_stale(tmp_path: Path,
         assert warm.changed(files) == str(module)
     finally:
         sys.modules.pop("spw_edited_module", None)
+
+
+def test_finish_exits_as_the_interpreter_would(tmp_path: Path) -> None:
+    """`finish` skips only the module teardown: a non-daemon thread is waited for, atexit
+    handlers run (logging.shutdown flushes a file handler), buffered output is written,
+    the exit status is the command's."""
+    script = tmp_path / "probe.py"
+    script.write_text(f'''
+import atexit, logging, sys, threading, time
+from sagepipe.warm import finish
+out = {str(tmp_path)!r}
+logging.basicConfig(filename=out + "/log.txt", level=logging.INFO)
+logging.info("logged")
+def late():
+    time.sleep(0.3)
+    open(out + "/thread.txt", "w").write("joined")
+threading.Thread(target=late).start()
+atexit.register(lambda: open(out + "/atexit.txt", "w").write("ran"))
+sys.stdout.write("buffered, no newline")
+finish(3)
+''')
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 3
+    assert done.stdout == "buffered, no newline"
+    assert (tmp_path / "thread.txt").read_text() == "joined"
+    assert (tmp_path / "atexit.txt").read_text() == "ran"
+    assert "logged" in (tmp_path / "log.txt").read_text()
+    message = subprocess.run([sys.executable, "-c", "from sagepipe.warm import finish; "
+                              "finish('a message')"], capture_output=True, text=True, timeout=60)
+    assert (message.returncode, message.stderr) == (1, "a message\n")
