@@ -11,8 +11,8 @@ the standard library:
   command's terminal (its stdin, stdout and stderr are handed over the socket), its
   working directory, environment, umask and arguments, re-reads Prefect's settings and
   logging set-up from them, and runs the command exactly as a new process would.
-- This command (the client) forwards Ctrl-C, SIGTERM, SIGHUP and SIGWINCH to the child
-  and exits with the child's exit status. If the client dies, the child is killed at
+- This command (the client) forwards Ctrl-C, SIGTERM, SIGHUP and SIGWINCH to the child,
+  stops it on Ctrl-Z and resumes it on ``fg``, and exits with the child's exit status. If the client dies, the child is killed at
   once (SIGKILL), as the command itself would have died: a killed ``sagepipe run`` is
   the same on both paths (its jobs' runners survive and a new run re-attaches).
 - When no warm process answers, the command runs in this process as before (a *cold*
@@ -51,7 +51,8 @@ __all__ = ["main", "stop_all", "wanted"]
 
 OFF = ("0", "off", "false", "no")
 ON = ("1", "on", "true", "yes")
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGWINCH)
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGWINCH, signal.SIGTSTP,
+             signal.SIGCONT)
 IDLE_SECONDS = 1800.0
 # imported before the first fork: what a `sagepipe run` imports on its way to the first
 # job (measured with -X importtime); any that fails to import is skipped
@@ -184,13 +185,25 @@ def _run_warm(argv: list[str]) -> int | None:
         if not target:
             pending.append(signum)
             return
+        # Ctrl-Z: the run stops, then this command (the shell's job); `fg` sends SIGCONT to
+        # this command, which passes it on. SIGSTOP, not SIGTSTP: the run leads a session
+        # of its own, and the kernel drops SIGTSTP to an orphaned process group
         with contextlib.suppress(ProcessLookupError):
-            os.kill(target[0], signum)
+            os.kill(target[0], signal.SIGSTOP if signum == signal.SIGTSTP else signum)
+        if signum == signal.SIGTSTP:
+            signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTSTP)
+            signal.signal(signal.SIGTSTP, forward)
 
+    try:
+        cwd = os.getcwd()
+    except OSError:  # the folder is gone: the command itself says so
+        conn.close()
+        return None
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
     with conn:
         fds, opened = _std_fds()
-        request = {"argv": [sys.argv[0], *argv], "cwd": os.getcwd(), "env": dict(os.environ),
+        request = {"argv": [sys.argv[0], *argv], "cwd": cwd, "env": dict(os.environ),
                    "umask": _umask(), "encodings": _encodings()}
         try:
             socket.send_fds(conn, [json.dumps(request).encode() + b"\n"], fds)
@@ -203,8 +216,10 @@ def _run_warm(argv: list[str]) -> int | None:
         if not reply or "pid" not in reply:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            if pending and pending[0] != signal.SIGWINCH:
-                return 128 + pending[0]  # interrupted before anything ran
+            stops = [sig for sig in pending if sig in (signal.SIGINT, signal.SIGTERM,
+                                                       signal.SIGHUP)]
+            if stops:
+                return 128 + stops[0]  # interrupted before anything ran
             if reply and reply.get("refused") == "stale":
                 _spawn(folder, name, wait_for_old=True)
             return None  # nothing ran: run it here
@@ -276,7 +291,10 @@ def _spawn(folder: Path, name: str, *, wait_for_old: bool = False) -> None:
         with contextlib.suppress(OSError):
             notice.touch()
     try:
-        with open(folder / f"{name}.log", "ab") as log:
+        log_path = folder / f"{name}.log"
+        if log_path.exists() and log_path.stat().st_size > 1 << 20:  # 2 lines a run
+            log_path.replace(log_path.with_suffix(".log.1"))
+        with open(log_path, "ab") as log:
             subprocess.Popen([sys.executable, "-m", "sagepipe.warm", "--serve"],
                              stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                              start_new_session=True, close_fds=True,

@@ -176,6 +176,37 @@ def test_ctrl_c_reaches_the_run(folder: Path, server: dict[str, Any], project: P
     assert re.search(rf"run {pid} ended: 130", _log(folder))
 
 
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def _until(check: Any, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_ctrl_z_stops_the_run_and_fg_resumes_it(folder: Path, server: dict[str, Any],
+                                                project: Path) -> None:
+    """Ctrl-Z (SIGTSTP) stops the run and then the command, as the shell expects of a job;
+    `fg` (SIGCONT to the command) resumes both."""
+    client, silent, pid = _start_hanging_run(folder, server, project)
+    try:
+        client.send_signal(signal.SIGTSTP)
+        assert _until(lambda: _state(pid) == "T" and _state(client.pid) == "T"), \
+            (_state(pid), _state(client.pid))
+        client.send_signal(signal.SIGCONT)
+        assert _until(lambda: _state(pid) != "T" and _state(client.pid) != "T")
+        client.send_signal(signal.SIGINT)
+        _, err = client.communicate(timeout=4)
+    finally:
+        silent.close()
+    assert client.returncode == 130, err
+
+
 def test_a_killed_command_takes_its_run_with_it(folder: Path, server: dict[str, Any],
                                                 project: Path) -> None:
     """As a cold `sagepipe run` killed with SIGKILL: the flow's process is gone too (its
