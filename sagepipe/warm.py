@@ -12,9 +12,10 @@ the standard library:
   working directory, environment, umask and arguments, re-reads Prefect's settings and
   logging set-up from them, and runs the command exactly as a new process would.
 - This command (the client) forwards Ctrl-C, SIGTERM, SIGHUP and SIGWINCH to the child,
-  stops it on Ctrl-Z and resumes it on ``fg``, and exits with the child's exit status. If the client dies, the child is killed at
-  once (SIGKILL), as the command itself would have died: a killed ``sagepipe run`` is
-  the same on both paths (its jobs' runners survive and a new run re-attaches).
+  stops it on Ctrl-Z and resumes it on ``fg``, and exits with the child's exit status.
+  If the client dies, the child is killed at once (SIGKILL), as the command itself
+  would have died: a killed ``sagepipe run`` is the same on both paths (its jobs'
+  runners survive and a new run re-attaches).
 - When no warm process answers, the command runs in this process as before (a *cold*
   run) and starts one in the background for the next run. It stops by itself after
   ``SAGEPIPE_WARM_IDLE`` seconds (default 1800) without a run, when any file of a module
