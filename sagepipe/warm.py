@@ -296,8 +296,10 @@ def _spawn(folder: Path, name: str, *, wait_for_old: bool = False) -> None:
         if log_path.exists() and log_path.stat().st_size > 1 << 20:  # 2 lines a run
             log_path.replace(log_path.with_suffix(".log.1"))
         with open(log_path, "ab") as log:
-            subprocess.Popen([sys.executable, "-m", "sagepipe.warm", "--serve"],
-                             stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            # -P and cwd /: the folder of the run that started it is neither on its
+            # sys.path (a user's yaml.py would shadow a library) nor kept busy by it
+            subprocess.Popen([sys.executable, "-P", "-m", "sagepipe.warm", "--serve"],
+                             stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/",
                              start_new_session=True, close_fds=True,
                              env={**os.environ, "SAGEPIPE_WARM_WAIT": "1" if wait_for_old
                                   else ""})

@@ -49,8 +49,9 @@ def server(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
     env = _env(folder, home, PREFECT_API_URL="http://127.0.0.1:9/api")
     name = _key(env)
     with open(folder / f"{name}.log", "ab") as log:  # where `sagepipe run` sends its log
-        process = subprocess.Popen([sys.executable, "-m", "sagepipe.warm", "--serve"],
-                                   env=env, stdout=log, stderr=log, start_new_session=True)
+        process = subprocess.Popen([sys.executable, "-P", "-m", "sagepipe.warm", "--serve"],
+                                   env=env, stdout=log, stderr=log, start_new_session=True,
+                                   cwd="/")
     sock = folder / f"{name}.sock"
     deadline = time.monotonic() + 120
     while not sock.exists():
@@ -333,3 +334,27 @@ finish(3)
     message = subprocess.run([sys.executable, "-c", "from sagepipe.warm import finish; "
                               "finish('a message')"], capture_output=True, text=True, timeout=60)
     assert (message.returncode, message.stderr) == (1, "a message\n")
+
+
+def test_a_cold_run_starts_one_for_the_next_run(server: dict[str, Any], project: Path) -> None:
+    """No warm process yet: the command runs in its own process (as before) and starts one
+    in the background, saying so the first time only."""
+    folder = Path(tempfile.mkdtemp(prefix="spw-"))
+    try:
+        env = _env(folder, server["home"], PREFECT_API_URL=f"http://127.0.0.1:{_closed_port()}/api")
+        first = subprocess.run([SAGEPIPE, "run", "--set=runtime.state_dir=state"], cwd=project,
+                               env=env, capture_output=True, text=True, timeout=120)
+        assert first.returncode == 4, first.stderr
+        assert "starting a warm process" in first.stderr
+        assert _until(lambda: any(folder.glob("*.sock")), timeout=60), _log(folder)
+        second = subprocess.run([SAGEPIPE, "run", "--set=runtime.state_dir=state"],
+                                cwd=project, env=env, capture_output=True, text=True,
+                                timeout=120)
+        assert second.returncode == 4, second.stderr
+        assert "starting a warm process" not in second.stderr
+        assert re.search(rf"run \d+: run .* in {re.escape(str(project))}", _log(folder))
+    finally:
+        told = warm.stop_all(folder)
+        assert len(told) == 1
+        assert _until(lambda: not _alive(told[0]), timeout=10)
+        shutil.rmtree(folder, ignore_errors=True)
