@@ -364,13 +364,64 @@ def _preload() -> None:
             service_model(service)
     except Exception as exc:
         _log(f"service models not preloaded: {type(exc).__name__}: {exc}")
+    _premake_tls()
+
+
+# TLS contexts, made before the fork. Each Prefect client of a run makes its own verified
+# context from certifi's CA bundle (its flow-run client, the log worker's, the events
+# worker's and its version check): parsing the bundle is ~35-60 ms each, ~0.2 s of every
+# run's start on this machine (py-spy, issue 16), and it is the same work every time.
+TLS_PREMADE = 6
+_tls: dict[str, Any] = {"cafile": None, "contexts": []}
+
+
+def _premake_tls() -> None:
+    try:
+        import ssl
+
+        import certifi
+
+        cafile = certifi.where()
+        _tls["cafile"] = cafile
+        _tls["contexts"] = [ssl.create_default_context(cafile=cafile)
+                            for _ in range(TLS_PREMADE)]
+    except Exception as exc:  # no certifi: each run makes its own, as a cold one does
+        _log(f"TLS contexts not premade: {type(exc).__name__}: {exc}")
+
+
+def use_premade_tls() -> None:
+    """In a run: ``ssl.create_default_context(cafile=<certifi's bundle>)`` hands out one of
+    the contexts made before the fork, each once: the same call with the same arguments,
+    made earlier, never shared between clients (they set options on their own). Any other
+    call, or one after the premade are used up, makes a new context as always. The
+    bundle's file is watched like a module's (``snapshot``): changed, the warm process
+    stops before the next run."""
+    import ssl
+
+    original = ssl.create_default_context
+    if getattr(original, "_sagepipe_premade", False):
+        return
+
+    def create_default_context(purpose: Any = ssl.Purpose.SERVER_AUTH, *,
+                               cafile: Any = None, capath: Any = None,
+                               cadata: Any = None) -> ssl.SSLContext:
+        premade = _tls["contexts"]
+        if (premade and purpose == ssl.Purpose.SERVER_AUTH and cafile is not None
+                and cafile == _tls["cafile"] and capath is None and cadata is None):
+            context: ssl.SSLContext = premade.pop()
+            return context
+        return original(purpose, cafile=cafile, capath=capath, cadata=cadata)
+
+    create_default_context._sagepipe_premade = True  # type: ignore[attr-defined]
+    ssl.create_default_context = create_default_context  # type: ignore[assignment]
 
 
 def snapshot() -> dict[str, int]:
-    """Every imported module's file and its modification time."""
+    """Every imported module's file (and the premade TLS contexts' CA bundle) and its
+    modification time."""
     files: dict[str, int] = {}
-    for module in list(sys.modules.values()):
-        path = getattr(module, "__file__", None)
+    paths = [getattr(module, "__file__", None) for module in list(sys.modules.values())]
+    for path in [*paths, _tls["cafile"]]:
         if path and path not in files:
             try:
                 files[path] = os.stat(path).st_mtime_ns
@@ -606,6 +657,7 @@ def _child(request: dict[str, Any], conn: socket.socket, close: list[socket.sock
         os.environ.update(request["env"])
         sys.argv = list(request["argv"])
         _refresh_prefect()
+        use_premade_tls()
     except BaseException as exc:  # could not become the command: say so, exit 70
         os.write(2, f"sagepipe: the warm process could not start this run ({exc}); "
                     f"SAGEPIPE_WARM=off runs without it.\n".encode())

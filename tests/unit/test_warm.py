@@ -358,3 +358,31 @@ def test_a_cold_run_starts_one_for_the_next_run(server: dict[str, Any], project:
         assert len(told) == 1
         assert _until(lambda: not _alive(told[0]), timeout=10)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_premade_tls_contexts_are_each_handed_out_once() -> None:
+    """The contexts made before the fork go to the calls Prefect's clients make, one each;
+    other calls, and calls after they are used up, make new ones (in a process of its own:
+    the patch is for a warm run, not for pytest)."""
+    probe = '''
+import ssl, certifi
+from sagepipe import warm
+warm._premake_tls()
+made = list(warm._tls["contexts"])
+warm.use_premade_tls()
+warm.use_premade_tls()  # twice: still one layer
+first = ssl.create_default_context(cafile=certifi.where())
+second = ssl.create_default_context(cafile=certifi.where())
+assert first is made[-1] and second is made[-2], "premade, in turn"
+assert first.verify_mode == ssl.CERT_REQUIRED and first.check_hostname
+assert all(ssl.create_default_context() is not m for m in made), "no cafile: a new one"
+assert all(ssl.create_default_context(cafile=certifi.where(), capath="/etc/ssl/certs")
+           is not m for m in made), "other arguments: a new one"
+rest = [ssl.create_default_context(cafile=certifi.where()) for _ in range(len(made) + 2)]
+assert sum(any(r is m for m in made) for r in rest) == len(made) - 2, "each once"
+assert len({id(r) for r in rest}) == len(rest)
+print("ok")
+'''
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.strip() == "ok", done.stderr
