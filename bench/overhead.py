@@ -12,6 +12,11 @@ run of the benchmark.
   kept (``<state_dir>/prefect/``). The state directory is kept across this variant's runs
   for that server; everything else in it is cleared before each run, so nothing is a
   cache hit. The server is started once before the first timed run.
+* ``cold``: the ``server`` variant without the warm process (``SAGEPIPE_WARM=off``): each
+  run imports Prefect and the flow itself, as every run did before the warm start.
+  ``server`` and ``managed`` runs use the warm process (``sagepipe/warm.py``) that the
+  warm-up round started, as a user's second and later runs do; the benchmark gives it a
+  folder of its own and stops it at the end.
 * ``ephemeral``: ``sagepipe run --no-server``: a temporary Prefect server is started
   for the run and stopped at its end (without ``--no-server`` sagepipe keeps a local
   server between runs, which is the ``server`` case after the first run).
@@ -44,8 +49,8 @@ from .proc import median, run_timed
 __all__ = ["Bench", "measure_overhead", "run_pipeline", "stop_managed"]
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("server", "managed", "ephemeral", "bare", "metaflow")
-PIPELINES = ("server", "managed", "ephemeral")
+VARIANTS = ("server", "cold", "managed", "ephemeral", "bare", "metaflow")
+PIPELINES = ("server", "cold", "managed", "ephemeral")
 _STAMP = re.compile(r"(\d\d):(\d\d):(\d\d\.\d+) \| ")
 
 
@@ -65,9 +70,10 @@ class Bench:
         env = {k: v for k, v in self.env.items() if k != "PREFECT_API_URL"}
         env.update(PREFECT_HOME=str(home),
                    PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(self.work / "prefect-results"))
-        if variant == "server":
+        if variant in ("server", "cold"):
             assert self.server_url, "the server variant needs a running Prefect server"
             env["PREFECT_API_URL"] = self.server_url
+        env["SAGEPIPE_WARM"] = "off" if variant == "cold" else "on"
         return env
 
 

@@ -82,6 +82,7 @@ def run(quick: bool, work: Path, parts: tuple[str, ...], *, live_waits: bool = F
         _say(f"! {METAFLOW_PYTHON} is missing (make bench creates it): no Metaflow peer")
     bench = Bench(work=work, python_bin=Path(sys.executable).parent, metaflow_python=metaflow,
                   env=environment(), log=_say)
+    bench.env["SAGEPIPE_WARM_DIR"] = str(work / "warm")  # its own warm process, stopped below
     results: dict[str, Any] = {"meta": {
         "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "quick": quick,
         "parts": list(parts), "cpus": os.cpu_count(), "load_average_before": os.getloadavg(),
@@ -111,7 +112,7 @@ def run(quick: bool, work: Path, parts: tuple[str, ...], *, live_waits: bool = F
             bench.server_url = url
             if "overhead" in parts:
                 assert big_csv is not None
-                variants = ("server", "managed", "ephemeral", "bare") + (
+                variants = ("server", "cold", "managed", "ephemeral", "bare") + (
                     ("metaflow",) if metaflow else ())
                 if plan["warm_up"]:  # first runs pay one-time costs: DB migrations, caches
                     _say("warm-up round (not counted)")
@@ -120,7 +121,7 @@ def run(quick: bool, work: Path, parts: tuple[str, ...], *, live_waits: bool = F
                 _say(f"1-3. orchestration, {big}")
                 results["orchestration"][big] = measure_overhead(
                     bench, "big", big_csv, plan["rounds_big"],
-                    variants=tuple(v for v in variants if v != "managed"))
+                    variants=tuple(v for v in variants if v not in ("managed", "cold")))
                 _say("1-3. orchestration, default dataset")
                 results["orchestration"]["default dataset"] = measure_overhead(
                     bench, "default", default_csv, plan["rounds_default"], variants=variants,
@@ -187,6 +188,9 @@ def main() -> int:
     try:
         results = run(quick, work, tuple(only) or PARTS[:-1], live_waits=bool(only))
     finally:
+        from sagepipe.warm import stop_all
+
+        stop_all(work / "warm")
         if keep:
             _say(f"kept {work}")
         else:

@@ -426,6 +426,12 @@ def down(env: str | None = EnvOption, set_: list[str] = SetOption) -> None:
     if left:
         said.append(f"Stopped {len(left)} temporary Prefect server(s) of interrupted "
                     "`--no-server` runs.")
+    from sagepipe.warm import stop_all
+
+    warm = stop_all()
+    if warm:
+        said.append(f"Stopped the warm process that starts `sagepipe run` faster (pid "
+                    f"{', '.join(map(str, warm))}; the next run starts a new one).")
     typer.echo("\n".join(said) if said else "Nothing is running.")
 
 

@@ -11,6 +11,10 @@ from typing import Any
 import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# `sagepipe run` in a test runs in its own process, not in a warm process (sagepipe/warm.py)
+# that would outlive the test; tests/unit/test_warm.py turns it on where it is the subject
+os.environ["SAGEPIPE_WARM"] = "off"
+os.environ["SAGEPIPE_WARM_DIR"] = tempfile.mkdtemp(prefix="spw-")  # `sagepipe down` looks here
 # Cached task results of one test session must not leak into the next (moto's account
 # ids and regions repeat, so cache keys would too): a fresh result store per session.
 os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = tempfile.mkdtemp(prefix="sagepipe-results-")

@@ -98,7 +98,10 @@ class Suite:
         self.env = {**os.environ, "PREFECT_API_URL": self.api,
                     "PREFECT_HOME": str(work / "prefect-home"),
                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "NO_COLOR": "1",
-                    "PYTHONUNBUFFERED": "1"}
+                    "PYTHONUNBUFFERED": "1",
+                    # the CLI is the process killed: no warm process in between (a killed
+                    # warm client takes its run with it: tests/unit/test_warm.py)
+                    "SAGEPIPE_WARM": "off"}
         self.env.pop("SAGEPIPE_PREFECT_SERVER", None)
         self.example = self._example()
         self.big = self._big_variant()
