@@ -31,7 +31,7 @@ from typing import Any
 
 from .common import now, pid_alive
 from .containers import container_command, job_environment, remap
-from .events import API_ENV, prefect_api_url, publish_quietly
+from .events import API_ENV, prefect_api_url, preload_publish, publish_quietly
 from .images import resolve_image
 from .processes import kill_group
 from .pyenv import interpreter
@@ -124,6 +124,7 @@ class _Runner:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self.stopping = threading.Event()
         self.child: subprocess.Popen[bytes] | None = None
+        self.preloading: threading.Thread | None = None
 
     def log(self, message: str) -> None:
         with open(self.log_file, "a") as fh:
@@ -327,13 +328,14 @@ class _Runner:
             self.set_status(status="Failed", secondary="Failed", reason=reason, ended=now())
             raise
         finally:
-            publish_quietly(self.root, self.kind, self.name)
+            publish_quietly(self.root, self.kind, self.name, self.preloading)
 
     def execute(self, command: list[str], env: dict[str, str], max_runtime: int | None) -> int:
         self.log("Invoking: " + " ".join(command))
         self.child = subprocess.Popen(command, cwd=str(self.workspace), env=env,
                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT)
+        self.preloading = preload_publish()  # while the container runs
         timer = None
         if max_runtime:
             timer = threading.Timer(max_runtime, self._max_runtime_exceeded)

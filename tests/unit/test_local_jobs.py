@@ -6,7 +6,10 @@ import hashlib
 import io
 import json
 import math
+import subprocess
+import sys
 import tarfile
+import textwrap
 import time
 from typing import Any
 
@@ -87,6 +90,28 @@ def test_the_runner_starts_and_announces_without_botocore(
     described = sm.job_description("training", "lean-1")
     assert {k: v for k, v in described.items() if k != "ResponseMetadata"} == {
         k: v for k, v in final.items() if k != "ResponseMetadata"}
+
+
+def test_announcing_a_jobs_end_is_imported_while_its_container_runs(tmp_path: Any) -> None:
+    """The flow run waiting for a job wakes on the runner's announcement: what announcing
+    needs (the local clients, the relay; no botocore) is imported in the background while
+    the container runs, not after it ends; nothing when there is no API to announce to."""
+    probe = textwrap.dedent("""
+        import os, sys
+        from sagepipe.tasks.local.events import API_ENV, preload_publish
+        wanted = ("sagepipe.tasks.local.sagemaker", "sagepipe.deployments.relay.relay")
+        os.environ.pop(API_ENV, None)
+        assert preload_publish() is None
+        assert not [m for m in wanted if m in sys.modules], "imported without an API"
+        os.environ[API_ENV] = "http://127.0.0.1:9/api"
+        preload_publish().join(60)
+        print([m for m in wanted if m in sys.modules], "botocore" in sys.modules)
+    """)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ("['sagepipe.tasks.local.sagemaker', "
+                                   "'sagepipe.deployments.relay.relay'] False")
 
 
 def test_training_job_runs_to_completion_and_uploads_the_model(env: dict[str, Any]) -> None:
