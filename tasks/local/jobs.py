@@ -125,6 +125,7 @@ class _Runner:
         self.stopping = threading.Event()
         self.child: subprocess.Popen[bytes] | None = None
         self.preloading: threading.Thread | None = None
+        self.moved: list[str] = []  # the blobs of stored outputs, their ETags pending
 
     def log(self, message: str) -> None:
         with open(self.log_file, "a") as fh:
@@ -191,7 +192,7 @@ class _Runner:
         count = 0
         for path in sorted(p for p in source.rglob("*") if p.is_file()):
             key = f"{prefix.rstrip('/')}/{path.relative_to(source).as_posix()}"
-            self.s3.move_file(str(path), bucket, key)
+            self.moved.append(self.s3.move_file(str(path), bucket, key))
             count += 1
         return count
 
@@ -245,13 +246,14 @@ class _Runner:
         archive = self.workspace / "model.tar.gz"
         _tar(self.base / "model", archive)
         bucket, key = parse_s3_uri(model_uri)
-        self.s3.move_file(str(archive), bucket, key)  # the archive is made for the store
+        self.moved.append(self.s3.move_file(str(archive), bucket, key))  # made for the store
         self.log(f"Uploaded model artifacts to {model_uri}")
         data_dir = self.base / "output" / "data"
         if any(data_dir.iterdir()):
             _tar(data_dir, self.workspace / "output.tar.gz")
             bucket, key = parse_s3_uri(f"{out}/{self.name}/output/output.tar.gz")
-            self.s3.move_file(str(self.workspace / "output.tar.gz"), bucket, key)
+            self.moved.append(self.s3.move_file(str(self.workspace / "output.tar.gz"), bucket,
+                                                key))
         return {"ModelArtifacts": {"S3ModelArtifacts": model_uri}}
 
     def prepare_processing(self) -> tuple[list[str], dict[str, str]]:
@@ -329,6 +331,17 @@ class _Runner:
             raise
         finally:
             publish_quietly(self.root, self.kind, self.name, self.preloading)
+            self.fill_etags()
+
+    def fill_etags(self) -> None:
+        """The outputs' ETags (MD5s), after the job's end is announced: the waiting run
+        need not wait for them. One not filled here (this runner killed first) is computed
+        by whoever reads it first."""
+        try:
+            self.s3.fill_etags(self.moved)
+        except Exception as exc:
+            print(f"could not compute the outputs' ETags: {type(exc).__name__}: {exc}",
+                  file=sys.stderr, flush=True)
 
     def execute(self, command: list[str], env: dict[str, str], max_runtime: int | None) -> int:
         self.log("Invoking: " + " ".join(command))

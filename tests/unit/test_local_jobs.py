@@ -17,6 +17,7 @@ import pytest
 from botocore.exceptions import ClientError, ParamValidationError
 
 from sagepipe.tasks.local import local_clients
+from sagepipe.tasks.local.common import pid_alive
 
 
 @pytest.fixture()
@@ -80,12 +81,18 @@ def test_the_runner_starts_and_announces_without_botocore(
     assert "sagepipe.tasks.local.jobs" in loaded  # the profile is there
     assert "sagepipe.deployments.relay.relay" in loaded  # and the announcement's part
     assert [m for m in loaded if m.split(".")[0] in ("botocore", "boto3")] == []
-    # what it stored is what S3 returns: the model archive (moved into the store, not
-    # copied) has its MD5 as ETag and its bytes
+    # what it stored is what S3 returns: the model archive, moved into the store (not
+    # copied); its ETag (MD5) is computed by the runner after the announcement, before
+    # anything here reads it
     key = "models/lean-1/output/model.tar.gz"
-    got = env["s3"].get_object(Bucket="bkt", Key=key)
-    assert got["ETag"] == f'"{hashlib.md5(got["Body"].read()).hexdigest()}"'
     assert not (env["root"] / "jobs" / "lean-1" / "model.tar.gz").exists()
+    pid = sm.state.get("training-job", "lean-1")["pid"]
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with sm.state.transaction() as conn:
+        etag = conn.execute("SELECT etag FROM s3_versions WHERE key=?", (key,)).fetchone()[0]
+    got = env["s3"].get_object(Bucket="bkt", Key=key)
+    assert got["ETag"] == etag == f'"{hashlib.md5(got["Body"].read()).hexdigest()}"'
     # the announcement's Describe is the API's, field for field
     described = sm.job_description("training", "lean-1")
     assert {k: v for k, v in described.items() if k != "ResponseMetadata"} == {

@@ -321,6 +321,49 @@ def test_move_file_stores_the_file_itself_as_an_ordinary_version(s3: LocalS3,
     assert code(error) == "NoSuchBucket"
 
 
+def test_move_file_defers_the_etag_and_every_answer_still_carries_it(s3: LocalS3,
+                                                                    tmp_path: Path) -> None:
+    """A moved file's MD5 (its ETag) is not computed on the way in, where a job's end waits
+    for it (the slower of its two hashes); it is computed by fill_etags (the job's runner,
+    after the end is announced), or by the first answer that carries it - never missing
+    from one: HeadObject, GetObject, ListObjectsV2, ListObjectVersions, CopyObject."""
+    store = StateStore(tmp_path)
+
+    def stored(key: str) -> list[str]:
+        with store.transaction() as conn:
+            return [r[0] for r in conn.execute(
+                "SELECT etag FROM s3_versions WHERE key=? ORDER BY seq", (key,))]
+
+    def moved(key: str, payload: bytes) -> tuple[str, str]:
+        source = tmp_path / "part"
+        source.write_bytes(payload)
+        blob = s3.move_file(str(source), "data", key)
+        assert blob == hashlib.sha256(payload).hexdigest()
+        assert stored(key)[-1] == ""  # not computed on the way in
+        return blob, '"' + hashlib.md5(payload).hexdigest() + '"'
+
+    _, etag = moved("a", b"a" * (5 << 20))
+    assert s3.list_objects_v2(Bucket="data", Prefix="a")["Contents"][0]["ETag"] == etag
+    assert stored("a") == [etag]  # computed once, then kept
+    _, etag = moved("b", b"b" * 1000)
+    assert s3.head_object(Bucket="data", Key="b")["ETag"] == etag
+    _, etag = moved("c", b"c" * 1000)
+    assert s3.get_object(Bucket="data", Key="c")["ETag"] == etag
+    _, etag = moved("d", b"d" * 1000)
+    assert s3.list_object_versions(Bucket="data", Prefix="d")["Versions"][0]["ETag"] == etag
+    _, etag = moved("e", b"e" * 1000)
+    copied = s3.copy_object(Bucket="data", Key="e2", CopySource={"Bucket": "data", "Key": "e"})
+    assert copied["CopyObjectResult"]["ETag"] == etag and stored("e2") == [etag]
+    s3.delete_object(Bucket="data", Key="e")  # a delete marker has no ETag, and gets none
+    assert s3.list_object_versions(Bucket="data", Prefix="e")["DeleteMarkers"]
+    assert stored("e") == [etag, ""]
+    # the runner's fill: every pending version of the blob, with nothing read
+    blob, etag = moved("f", b"f" * 1000)
+    moved("g", b"f" * 1000)
+    s3.fill_etags([blob, blob])
+    assert stored("f") == stored("g") == [etag]
+
+
 def test_list_keys_names_what_list_objects_v2_lists_and_is_in_the_call_log(
         s3: LocalS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The job runner's listing (a local extra, no request checks): the same keys as
