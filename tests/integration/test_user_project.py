@@ -49,11 +49,12 @@ def test_the_wheel_claims_one_import_name_and_ships_the_step_code(wheel: Path) -
                  "sagepipe/scaffold/flow-image.exclude", "sagepipe/scaffold/tests.yml",
                  "sagepipe/buildspecs/flow-image.yml",
                  "sagepipe/tasks/local/framework_image/Dockerfile",
-                 "sagepipe/flows/cli.py", "sagepipe/tasks/local/jobs.py"):
+                 "sagepipe/flows/cli.py", "sagepipe/tasks/local/jobs.py", "sagepipe/warm.py"):
         assert data in names, data
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "sagepipe = sagepipe.flows.cli:main" in zipfile.ZipFile(wheel).read(
+    # the console script: a stdlib-only client of the warm process, else the CLI itself
+    assert "sagepipe = sagepipe.warm:main" in zipfile.ZipFile(wheel).read(
         entry_points).decode()
 
 
