@@ -191,10 +191,9 @@ def _run_warm(argv: list[str]) -> int | None:
         # of its own, and the kernel drops SIGTSTP to an orphaned process group
         with contextlib.suppress(ProcessLookupError):
             os.kill(target[0], signal.SIGSTOP if signum == signal.SIGTSTP else signum)
-        if signum == signal.SIGTSTP:
-            signal.signal(signal.SIGTSTP, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTSTP)
-            signal.signal(signal.SIGTSTP, forward)
+        if signum == signal.SIGTSTP:  # (SIGSTOP here too: a command started in an
+            os.kill(os.getpid(), signal.SIGSTOP)  # orphaned group would ignore SIGTSTP and
+            # wait on its stopped run forever)
 
     try:
         cwd = os.getcwd()
@@ -611,9 +610,9 @@ def _reap(children: dict[int, socket.socket]) -> None:
             continue
         code = os.waitstatus_to_exitcode(status)
         code = 128 - code if code < 0 else code  # killed by a signal: as a shell says it
+        _log(f"run {pid} ended: {code}")
         _send(conn, {"exit": code})
         conn.close()
-        _log(f"run {pid} ended: {code}")
 
 
 def _child(request: dict[str, Any], conn: socket.socket, close: list[socket.socket],

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -81,9 +82,17 @@ def test_terminating_a_flow_run_stops_its_training_job(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-c", script, json.dumps(config.model_dump())],
                             env=env, cwd=str(PROJECT), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(
+        line.decode(errors="replace") for line in proc.stdout or ()), daemon=True)
+    reader.start()
     try:
-        wait_for(lambda: any(j["TrainingJobStatus"] == "InProgress"
-                             for j in training_jobs(config)), 120, "the training job to start")
+        # the flow is waiting on the job once it copies the job's log lines (that happens
+        # inside the wait): a SIGTERM before lands between CreateTrainingJob and the wait,
+        # where the crash hook alone stops the job (a runner that registers in 0.15 s made
+        # that window reachable)
+        wait_for(lambda: any("training slowly" in line for line in list(lines)), 120,
+                 "the flow to wait on its training job")
         proc.send_signal(signal.SIGTERM)  # what a worker does to a cancelled flow run
         proc.wait(timeout=60)
         wait_for(lambda: all(j["TrainingJobStatus"] == "Stopped"
@@ -92,7 +101,8 @@ def test_terminating_a_flow_run_stops_its_training_job(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
         teardown(Path(config.runtime.state_dir))
-    output = proc.stdout.read().decode() if proc.stdout else ""
+    reader.join(timeout=10)
+    output = "".join(lines)
     assert "because its wait was interrupted" in output, output[-2000:]
     assert "Crashed" in output or "Cancelled" in output
     assert len(training_jobs(config)) == 1

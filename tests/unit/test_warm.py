@@ -5,6 +5,7 @@ settings, preflight, the Prefect API check."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -161,14 +162,32 @@ def _start_hanging_run(folder: Path, server: dict[str, Any], project: Path
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     pid = _run_pid(folder, project, before)
     assert silent.accepted.wait(30), "the run never reached the Prefect API check"
+    _STARTED.append((client, pid))
     return client, silent, pid
+
+
+_STARTED: list[tuple[subprocess.Popen[str], int]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_run_left() -> Iterator[None]:
+    """A failed test leaves no stopped or waiting run behind (the warm process waits for
+    its runs before it stops: the next tests would wait too)."""
+    yield
+    while _STARTED:
+        client, pid = _STARTED.pop()
+        for target in (pid, client.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(target, signal.SIGKILL)
+        client.wait(timeout=10)
 
 
 def test_ctrl_c_reaches_the_run(folder: Path, server: dict[str, Any], project: Path) -> None:
     client, silent, pid = _start_hanging_run(folder, server, project)
     try:
         client.send_signal(signal.SIGINT)
-        _, err = client.communicate(timeout=4)  # the API check alone would take 5 s
+        # 130, not 4: the run ended by the signal, not by the API check's 5 s timeout
+        _, err = client.communicate(timeout=30)
     finally:
         silent.close()
     # the command's own Ctrl-C handling (flows/cli.py): "Interrupted.", 128 + SIGINT
@@ -202,7 +221,7 @@ def test_ctrl_z_stops_the_run_and_fg_resumes_it(folder: Path, server: dict[str, 
         client.send_signal(signal.SIGCONT)
         assert _until(lambda: _state(pid) != "T" and _state(client.pid) != "T")
         client.send_signal(signal.SIGINT)
-        _, err = client.communicate(timeout=4)
+        _, err = client.communicate(timeout=30)
     finally:
         silent.close()
     assert client.returncode == 130, err
