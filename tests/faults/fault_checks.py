@@ -26,6 +26,7 @@ import hashlib
 import json
 import re
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -247,9 +248,24 @@ def _pgrp(pid: int) -> int | None:
         return None
 
 
-def leftover_processes(sm: Any, root: Path) -> Check:
+def leftover_processes(sm: Any, root: Path, *, settle: float = 15.0) -> Check:
     """After the re-run: only what keeps the endpoints up (their supervisors, the serving
-    process groups of their current deployments, a serverless idle watcher)."""
+    process groups of their current deployments, a serverless idle watcher).
+
+    The blue fleet of a blue/green update goes *after* the endpoint is InService again
+    (its supervisor stops it once traffic has moved, letting in-flight requests finish, as
+    AWS retires the old instances after the switch): a re-run that sees InService at
+    once can end while the old server is still shutting down. So a stray has ``settle``
+    seconds to go before it counts."""
+    deadline = time.monotonic() + settle
+    while True:
+        ok, said = _leftover_processes(sm, root)
+        if ok or time.monotonic() >= deadline:
+            return ok, said
+        time.sleep(0.5)
+
+
+def _leftover_processes(sm: Any, root: Path) -> Check:
     allowed_pids: set[int] = set()
     allowed_groups: set[int] = set()
     for doc in sm.state.list("endpoint"):
