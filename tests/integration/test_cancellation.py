@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import prefect_http
 import pytest
 from prefect.settings import get_current_settings
 from sklearn.datasets import load_breast_cancer
@@ -150,16 +151,9 @@ def test_the_cancellation_hook_stops_only_this_runs_jobs(tmp_path: Path) -> None
 
 def pipeline_run(config: PipelineConfig, state: dict[str, Any]) -> str:
     """A flow run of an ml-pipeline deployment with ``config``, put in ``state``."""
-    import httpx
-
-    with httpx.Client(base_url=str(get_current_settings().api.url).rstrip("/"),
-                      timeout=30) as api:
+    with prefect_http.client(str(get_current_settings().api.url).rstrip("/")) as api:
         def post(path: str, body: dict[str, Any]) -> Any:
-            for attempt in range(6):  # a busy server's SQLite answers 503 now and then
-                answer = api.post(path, json=body)
-                if answer.status_code != 503:
-                    break
-                time.sleep(1 + attempt)
+            answer = api.post(path, json=body)
             answer.raise_for_status()
             return answer.json()
 
@@ -175,10 +169,8 @@ def pipeline_run(config: PipelineConfig, state: dict[str, Any]) -> str:
 
 
 def run_state(run_id: str) -> dict[str, Any]:
-    import httpx
-
     url = f"{str(get_current_settings().api.url).rstrip('/')}/flow_runs/{run_id}"
-    return dict(httpx.get(url, timeout=30).json()["state"])
+    return dict(prefect_http.get(url, timeout=30).json()["state"])
 
 
 def test_the_reconciler_resumes_a_run_whose_job_ended_and_stops_a_cancelled_runs_job(

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+import prefect_http
 import pytest
 
 from sagepipe.flows.config import load_config
@@ -137,7 +137,7 @@ def alive(pids: set[int], timeout: float = 10.0) -> set[int]:
 
 
 def flow_run_state(ui_url: str, run_id: str) -> dict[str, Any]:
-    state = httpx.get(f"{ui_url}/api/flow_runs/{run_id}", timeout=10).json()["state"]
+    state = prefect_http.get(f"{ui_url}/api/flow_runs/{run_id}", timeout=10).json()["state"]
     return dict(state)
 
 

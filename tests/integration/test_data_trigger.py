@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+import prefect_http
 import pytest
 import yaml
 from sklearn.datasets import load_breast_cancer
@@ -69,21 +69,17 @@ class Stack:
     def aim(self, settings: dict[str, Any], pool: str) -> None:
         """The pipeline deployment's settings (what the arrivals flow reads) and pool."""
         deployment = self.deployment("ml-pipeline/local")
-        for attempt in range(5):  # a busy server's SQLite answers 503 now and then
-            answer = httpx.patch(f"{self.api}/deployments/{deployment['id']}", timeout=30,
-                                 json={"parameters": {"config": build_config(
-                                     settings).model_dump(mode="json")},
-                                     "work_pool_name": pool})
-            if answer.status_code != 503:
-                break
-            time.sleep(1 + attempt)
+        answer = prefect_http.patch(f"{self.api}/deployments/{deployment['id']}", timeout=30,
+                                    json={"parameters": {"config": build_config(
+                                        settings).model_dump(mode="json")},
+                                        "work_pool_name": pool})
         answer.raise_for_status()
 
     def deployment(self, name: str) -> dict[str, Any]:
-        return dict(httpx.get(f"{self.api}/deployments/name/{name}", timeout=30).json())
+        return dict(prefect_http.get(f"{self.api}/deployments/name/{name}", timeout=30).json())
 
     def runs(self, name: str) -> list[dict[str, Any]]:
-        return list(httpx.post(f"{self.api}/flow_runs/filter", timeout=30, json={
+        return list(prefect_http.post(f"{self.api}/flow_runs/filter", timeout=30, json={
             "deployments": {"id": {"any_": [self.deployment(name)["id"]]}},
             "sort": "EXPECTED_START_TIME_ASC"}).json())
 
@@ -121,7 +117,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
              "--no-prompt"],
             env=env, cwd=PROJECT, text=True, capture_output=True, timeout=300)
         assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
-        httpx.post(f"{server.api_url}/work_pools/", timeout=30, json={
+        prefect_http.post(f"{server.api_url}/work_pools/", timeout=30, json={
             "name": "sagepipe-hold", "type": "process"}).raise_for_status()
         ensure_local_resources(build_config({"runtime": {
             "kind": "local", "state_dir": str(state)}}).runtime, BUCKET, "arrive-events")
@@ -154,7 +150,7 @@ def test_a_push_starts_one_run_on_the_pushed_version(stack: Stack) -> None:
     deadline = time.monotonic() + 180
     first: dict[str, Any] | None = None
     while first is None and time.monotonic() < deadline:
-        tasks = httpx.post(f"{stack.api}/task_runs/filter", timeout=30, json={
+        tasks = prefect_http.post(f"{stack.api}/task_runs/filter", timeout=30, json={
             "flow_runs": {"id": {"any_": [run["id"]]}}}).json()
         started = [t for t in tasks if t.get("start_time")]
         first = min(started, key=lambda t: t["start_time"]) if started else None
@@ -165,7 +161,7 @@ def test_a_push_starts_one_run_on_the_pushed_version(stack: Stack) -> None:
     began = datetime.fromisoformat(first["start_time"]).timestamp()
     print(f"data push -> the run's first step ({first['name']}): {began - pushed_at:.1f} s "
           f"(quiet period {settings['triggers']['quiet_seconds']} s)")
-    httpx.post(f"{stack.api}/flow_runs/{run['id']}/set_state", timeout=30, json={
+    prefect_http.post(f"{stack.api}/flow_runs/{run['id']}/set_state", timeout=30, json={
         "state": {"type": "CANCELLING"}}).raise_for_status()
     stack.aim(settings, "sagepipe-hold")  # from here on: started runs are only looked at
 
@@ -191,7 +187,7 @@ def test_three_files_pushed_together_start_one_run_and_again_none(stack: Stack) 
     assert len(stack.runs("sagepipe-data-arrived/local")) == arrivals
     # a late look at the same versions (a retried arrivals run): nothing new starts
     deployment = stack.deployment("sagepipe-data-arrived/local")
-    httpx.post(f"{stack.api}/deployments/{deployment['id']}/create_flow_run", timeout=30,
+    prefect_http.post(f"{stack.api}/deployments/{deployment['id']}/create_flow_run", timeout=30,
                json={"parameters": {"bucket": BUCKET, "key": key,
                                     "version_id": versions[key]}}).raise_for_status()
     [late] = stack.settled(arrivals)[arrivals:]

@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Any
 
-import httpx
+import prefect_http
 import pytest
 from prefect.settings import get_current_settings
 
@@ -32,7 +32,7 @@ def post_state_change(name: str, status: str) -> None:
              "resource": {"prefect.resource.id": resource_id("training", name),
                           "prefect.resource.name": name, "sagemaker.status": status},
              "related": [], "payload": {}}
-    response = httpx.post(f"{api()}/events", json=[event], timeout=10)
+    response = prefect_http.post(f"{api()}/events", json=[event], timeout=10)
     assert response.status_code == 204, response.text
 
 
@@ -56,7 +56,7 @@ def stored(name: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     wanted = {"filter": {"resource": {"id": [resource_id("training", name)]}}}
     while time.monotonic() < deadline:
-        found = httpx.post(f"{api()}/events/filter", json=wanted, timeout=10).json()
+        found = prefect_http.post(f"{api()}/events/filter", json=wanted, timeout=10).json()
         if found["events"]:
             return
         time.sleep(0.5)

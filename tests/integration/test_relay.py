@@ -41,6 +41,7 @@ from typing import Any, ClassVar
 
 import boto3
 import httpx
+import prefect_http
 import pytest
 from botocore.stub import Stubber
 from prefect.settings import PREFECT_API_URL
@@ -149,7 +150,7 @@ def processing_event(status: str = "Completed", **detail: Any) -> dict[str, Any]
 
 @pytest.fixture()
 def api(prefect_server: None) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=str(PREFECT_API_URL.value()).rstrip("/"), timeout=30) as client:
+    with prefect_http.client(str(PREFECT_API_URL.value()).rstrip("/")) as client:
         yield client
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import prefect_http
 import pytest
 from sklearn.datasets import load_breast_cancer
 
@@ -48,13 +49,8 @@ def free_port() -> int:
 
 
 def _api(method: str, url: str, **kwargs: Any) -> httpx.Response:
-    """One Prefect API call; a busy server's SQLite answers 503 now and then (seen in a
-    parallel `make test`): retried, then any error status raises."""
-    for attempt in range(6):
-        answer = httpx.request(method, url, **kwargs)
-        if answer.status_code != 503:
-            break
-        time.sleep(1 + attempt)
+    """One Prefect API call (retried while the server is busy); an error status raises."""
+    answer = prefect_http.request(method, url, **kwargs)
     answer.raise_for_status()
     return answer
 
@@ -141,11 +137,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                                timeout=30).json()
         assert "schedules" in reconciler, (reconciler, deploy.stdout[-3000:])
         for schedule in reconciler["schedules"]:
-            httpx.delete(f"{server.api_url}/deployments/{reconciler['id']}/schedules/"
+            prefect_http.delete(f"{server.api_url}/deployments/{reconciler['id']}/schedules/"
                          f"{schedule['id']}", timeout=30).raise_for_status()
         for run in _api("POST", f"{server.api_url}/flow_runs/filter", timeout=30, json={
                 "deployments": {"id": {"any_": [reconciler["id"]]}}}).json():
-            httpx.delete(f"{server.api_url}/flow_runs/{run['id']}", timeout=30)
+            prefect_http.delete(f"{server.api_url}/flow_runs/{run['id']}", timeout=30)
         yield Stack(server, tmp)
     finally:
         for state in tmp.glob("*/state"):
