@@ -161,7 +161,13 @@ def _me() -> str:
     found = shutil.which("sagepipe")
     if found and Path(found).resolve() == Path(sys.argv[0]).resolve():
         return "sagepipe"
-    return os.path.relpath(sys.argv[0])
+    absolute = os.path.abspath(sys.argv[0])
+    try:
+        relative = os.path.relpath(absolute)
+    except ValueError:  # another drive (Windows)
+        return absolute
+    # .venv/bin/sagepipe from the project; /abs/path rather than ../../../abs/path
+    return relative if len(relative) <= len(absolute) else absolute
 
 
 @app.command()

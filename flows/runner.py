@@ -359,8 +359,13 @@ def _report(config: PipelineConfig, record: dict[str, Any], view: RunView, me: s
             _echo(f"Try: {me} invoke {endpoint} - <<< '{rows.splitlines()[0]}'")
     if outcome == "rejected":
         package = (record.get("model_package") or {}).get("arn", "")
-        _echo(f"Nothing was deployed. To deploy this model anyway: {me} approve "
-              f"{package.rsplit('/', 1)[-1] or 'VERSION'} then {me} deploy VERSION "
-              f"(`{me} models` lists the versions).", colour="yellow")
+        version = package.rsplit("/", 1)[-1]
+        if version.isdigit():
+            _echo(f"Nothing was deployed. To deploy this model anyway: {me} approve "
+                  f"{version}, then {me} deploy {version}.", colour="yellow")
+        else:
+            _echo(f"Nothing was deployed. To deploy a model anyway: {me} approve VERSION, "
+                  f"then {me} deploy VERSION (`{me} models` lists the versions).",
+                  colour="yellow")
         return 5
     return 0

@@ -140,6 +140,8 @@ def life(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
         rejected = project("run", "--commit", "bbb222", *WEAK)
         assert rejected.returncode == 5, rejected.stderr  # rejected by the gate
         assert "rejected" in rejected.stdout
+        # the commands that put it live anyway, with its version (2)
+        assert " approve 2, then " in rejected.stdout and " deploy 2." in rejected.stdout
         yield project
     finally:
         teardown(project.state.resolve())

@@ -679,3 +679,18 @@ def test_heartbeats_are_sent_by_a_cli_run_only_when_the_user_asks(
 
     with temporary_settings(updates={PREFECT_PROFILES_PATH: tmp_path / "profiles.toml"}):
         assert _heartbeats_asked_for()
+
+
+@pytest.mark.parametrize(("argv0", "cwd", "shown"), [
+    ("/opt/p/.venv/bin/sagepipe", "/opt/p", ".venv/bin/sagepipe"),  # from the project
+    ("/opt/p/.venv/bin/sagepipe", "/tmp/x/y/z", "/opt/p/.venv/bin/sagepipe"),  # not ../../..
+    ("bin/sagepipe", "/opt/p", "bin/sagepipe"),
+])
+def test_the_command_to_call_again_is_the_shorter_path_when_not_on_path(
+        monkeypatch: pytest.MonkeyPatch, argv0: str, cwd: str, shown: str) -> None:
+    from sagepipe.flows import cli
+
+    monkeypatch.setattr(sys, "argv", [argv0, "run"])
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr(os, "getcwd", lambda: cwd)
+    assert cli._me() == shown
