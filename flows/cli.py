@@ -817,7 +817,9 @@ def main() -> None:
     signal.signal(signal.SIGINT, _interrupted)  # `run` installs its own while it runs
     try:
         with temporary_settings(updates=updates):
-            app()
+            # the name usage lines show: click would say `python -m sagepipe.warm` in a
+            # run started by the warm process (its __main__ is a module)
+            app(prog_name="sagepipe")
     except Exception as exc:
         sys.exit(_unexpected(exc))
 

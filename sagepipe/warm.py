@@ -91,6 +91,12 @@ def _run_command() -> None:
     finish(0)
 
 
+def _exit_now(signum: int, _frame: Any) -> None:
+    with contextlib.suppress(OSError):
+        os.write(2, b"\nInterrupted.\n")
+    os._exit(128 + signum)
+
+
 def finish(code: int | str | None) -> None:
     """Exit as the interpreter does — non-daemon threads joined, ``atexit`` handlers run
     (Prefect's log and event workers drain, ``logging.shutdown``, ``weakref.finalize``),
@@ -103,6 +109,11 @@ def finish(code: int | str | None) -> None:
     if isinstance(code, str):
         sys.stderr.write(code + "\n")
         code = 1
+    if threading.current_thread() is threading.main_thread():
+        # Ctrl-C (or SIGTERM) while the command winds down (Prefect's log workers drain
+        # for up to 5 s): the person wants out now, not a traceback from an atexit handler
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _exit_now)
     for thread in threading.enumerate():
         if thread is not threading.main_thread() and not thread.daemon:
             thread.join()

@@ -146,6 +146,20 @@ def test_a_run_takes_this_commands_environment_folder_and_terminal(
     assert re.search(rf"run {pid} ended: 4", _log(folder))
 
 
+def test_a_usage_error_in_a_warm_run_names_the_command(
+        folder: Path, server: dict[str, Any], project: Path) -> None:
+    """click names the program after ``__main__``; in the warm process that is a module,
+    so it said ``Usage: python -m sagepipe...``."""
+    before = _log(folder)
+    done = subprocess.run([SAGEPIPE, "run", "--sett", "x=1"], cwd=project,
+                          env=_env(folder, server["home"]), capture_output=True, text=True,
+                          timeout=60)
+    _run_pid(folder, project, before)  # the warm process took it
+    assert done.returncode == 2, done.stderr
+    assert "Usage: sagepipe run [OPTIONS]" in done.stderr, done.stderr
+    assert "No such option: --sett" in done.stderr and "python -m" not in done.stderr
+
+
 def _closed_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
@@ -353,6 +367,30 @@ finish(3)
     message = subprocess.run([sys.executable, "-c", "from sagepipe.warm import finish; "
                               "finish('a message')"], capture_output=True, text=True, timeout=60)
     assert (message.returncode, message.stderr) == (1, "a message\n")
+
+
+def test_ctrl_c_while_the_command_winds_down_exits_at_once_without_a_traceback(
+        tmp_path: Path) -> None:
+    """A second Ctrl-C while Prefect's log workers drain (an atexit handler, up to 5 s):
+    the CLI's SIGINT handler raised SystemExit inside it, and Python printed "Exception
+    ignored in atexit callback" with a traceback."""
+    script = tmp_path / "probe.py"
+    script.write_text('''
+import atexit, os, signal, sys, time
+from sagepipe.warm import finish
+def interrupted(signum, frame):  # what sagepipe.flows.cli installs
+    sys.exit(128 + signum)
+signal.signal(signal.SIGINT, interrupted)
+def draining():
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(60)
+atexit.register(draining)
+finish(0)
+''')
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 130
+    assert done.stderr == "\nInterrupted.\n"
 
 
 def test_a_cold_run_starts_one_for_the_next_run(server: dict[str, Any], project: Path) -> None:
