@@ -205,14 +205,14 @@ class LocalCodeBuild(LocalClient):
                 for item in env.get("IMAGES", "").split():
                     folder, _, ref = item.partition("=")
                     repository, _, tag = ref.partition(":")
+                    # what the Dockerfile's pip install bakes into the image, before the
+                    # push: a requirement pip cannot install fails the build, no image
+                    python = interpreter(Path(tmp) / folder, self.root)
+                    if python != sys.executable:
+                        lines.append(f"{folder}: requirements.txt installed into {python}")
                     digest = self.ecr.push(repository, tag, Path(tmp) / folder, self.root)
                     lines.append(f"pushed {registry_host(self.region)}/{repository}:{tag} "
                                  f"digest: {digest}")
-                    # what the Dockerfile's pip install bakes into the image
-                    image = self.state.get("image", f"{repository}@{digest}") or {}
-                    python = interpreter(Path(image["path"]), self.root)
-                    if python != sys.executable:
-                        lines.append(f"{folder}: requirements.txt installed into {python}")
         except Exception as exc:  # a failed build is a FAILED status, as in CodeBuild
             status, reason = "FAILED", f"{type(exc).__name__}: {exc}"
             lines.append(f"build failed: {reason}")

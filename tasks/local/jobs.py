@@ -34,7 +34,7 @@ from .containers import container_command, job_environment, remap
 from .events import API_ENV, prefect_api_url, preload_publish, publish_quietly
 from .images import resolve_image
 from .processes import kill_group
-from .pyenv import interpreter
+from .pyenv import RequirementsError, interpreter
 from .s3 import LocalS3, parse_s3_uri
 from .state import StateStore
 
@@ -297,7 +297,10 @@ class _Runner:
             if not self.register():
                 return
             prepare = self.prepare_training if self.kind == "training" else self.prepare_processing
-            command, extra_env = prepare()
+            try:
+                command, extra_env = prepare()
+            except RequirementsError as exc:  # the image cannot run: the job's input, not ours
+                raise _JobError(f"ClientError: the image cannot start: {exc}") from None
             if self.stopping.is_set():
                 raise _Stopped()
             self.set_status(secondary="Training" if self.kind == "training" else "InProgress",

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from sagepipe.tasks.errors import ImageBuildFailed
 from sagepipe.tasks.images import ensure_images
 from sagepipe.tasks.local.pyenv import RequirementsError, interpreter, unmet_requirements
 from sagepipe.tasks.runtime import Clients
@@ -95,3 +96,50 @@ def test_a_local_build_bakes_the_venv_and_the_job_runs_on_it(
     clients["sagemaker"].create_training_job(**request)
     final = wait_training(clients["sagemaker"], "needs-tomli-w")
     assert final["TrainingJobStatus"] == "Completed", final.get("FailureReason")
+
+
+def test_a_requirement_pip_cannot_install_fails_the_build_and_pushes_nothing(
+        fake_runtime: dict[str, Any], tmp_path: Path) -> None:
+    """As `docker build` stops at a failing `RUN pip install`: no image, so no job starts
+    on it (the local build used to push first and fail after: the run then used the
+    pushed image, and each training attempt failed on the same pip error)."""
+    clients, root = fake_runtime["clients"], fake_runtime["root"]
+    folder = tmp_path / "src" / "train"
+    folder.mkdir(parents=True)
+    (folder / "Dockerfile").write_text("FROM python:3.11-slim\nENV SAGEMAKER_PROGRAM train.py\n")
+    (folder / "requirements.txt").write_text("pandas==99.0\n")
+    (folder / "train.py").write_text("print('never runs')\n")
+    build = {"folders": {"train": folder}, "repository_prefix": "t", "build_project": "p",
+             "artifacts_bucket": "bkt", "artifacts_prefix": "pipeline",
+             "log": logging.getLogger("test")}
+    with pytest.raises(ImageBuildFailed, match=r"ended FAILED: .*pandas==99\.0"):
+        ensure_images(clients_of(clients, root), **build)
+    assert clients["ecr"].describe_images(repositoryName="t-train")["imageDetails"] == []
+    with pytest.raises(ImageBuildFailed):  # the next run builds again and fails again
+        ensure_images(clients_of(clients, root), **build)
+
+
+def test_a_job_on_an_image_whose_requirements_cannot_be_installed_fails_once_as_a_client_error(
+        fake_runtime: dict[str, Any], tmp_path: Path) -> None:
+    """An image already in the registry (pushed by an older local build) whose
+    requirements pip cannot install fails the same way every time: a ClientError, not an
+    InternalServerError. AWS retries a job only "when a training job fails due to an
+    InternalServerError" (RetryStrategy, docs.aws.amazon.com/sagemaker/latest/APIReference/
+    API_RetryStrategy.html), and so does the pipeline (tasks.runtime.retry_transient): the
+    InternalServerError this said made it start the job three times."""
+    clients, root = fake_runtime["clients"], fake_runtime["root"]
+    folder = tmp_path / "old" / "train"
+    folder.mkdir(parents=True)
+    (folder / "Dockerfile").write_text("FROM python:3.11-slim\nENV SAGEMAKER_PROGRAM train.py\n")
+    (folder / "requirements.txt").write_text("pandas==99.0\n")
+    (folder / "train.py").write_text("print('never runs')\n")
+    digest = clients["ecr"].push("t-old", "v1", folder, root)
+    request = fake_runtime["training_request"]("unstartable")
+    request["AlgorithmSpecification"]["TrainingImage"] = (
+        fake_runtime["images"]["train"].split("/", 1)[0] + f"/t-old@{digest}")
+    clients["sagemaker"].create_training_job(**request)
+    final = wait_training(clients["sagemaker"], "unstartable")
+    assert final["TrainingJobStatus"] == "Failed"
+    assert final["FailureReason"].startswith("ClientError: the image cannot start: pip could "
+                                             "not install requirements.txt"), final
+    assert "pandas==99.0" in final["FailureReason"]
