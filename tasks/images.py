@@ -191,7 +191,8 @@ def ensure_images(clients: Clients, *, folders: Mapping[str, Path], repository_p
         if build["buildStatus"] != "SUCCEEDED":
             if missing:
                 raise ImageBuildFailed(f"Image build {build_id} ended {build['buildStatus']}: "
-                                       f"{_failure_reason(build)}. The build's log is above.")
+                                       f"{_failure_reason(build)}. The build's log is in the flow "
+                                       "run's logs.")
             # An earlier attempt's build, left running when its waiter failed, pushed the
             # same tags first; immutable tags then fail this push. The content is the same.
             log.warning("Image build %s ended %s, but every image it was to push is in the "

@@ -207,7 +207,7 @@ class LocalCodeBuild(LocalClient):
                     repository, _, tag = ref.partition(":")
                     # what the Dockerfile's pip install bakes into the image, before the
                     # push: a requirement pip cannot install fails the build, no image
-                    python = interpreter(Path(tmp) / folder, self.root)
+                    python = interpreter(Path(tmp) / folder, self.root, name=folder)
                     if python != sys.executable:
                         lines.append(f"{folder}: requirements.txt installed into {python}")
                     digest = self.ecr.push(repository, tag, Path(tmp) / folder, self.root)

@@ -63,8 +63,9 @@ def unmet_requirements(text: str) -> list[str]:
     return unmet
 
 
-def interpreter(folder: Path, root: Path) -> str:
-    """The Python for the image snapshot in ``folder`` (building its venv if needed)."""
+def interpreter(folder: Path, root: Path, name: str | None = None) -> str:
+    """The Python for the image snapshot in ``folder`` (building its venv if needed);
+    ``name``: the image's, for a message (else the folder's path)."""
     requirements = folder / "requirements.txt"
     if not requirements.is_file():
         return sys.executable
@@ -80,11 +81,11 @@ def interpreter(folder: Path, root: Path) -> str:
     with open(venv.parent / f"{digest}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one build per venv; the others wait and reuse it
         if not (venv / ".complete").exists():
-            _build(venv, requirements)
+            _build(venv, requirements, name)
     return str(python)
 
 
-def _build(venv: Path, requirements: Path) -> None:
+def _build(venv: Path, requirements: Path, name: str | None) -> None:
     shutil.rmtree(venv, ignore_errors=True)  # a build that died half-way
     staging = Path(tempfile.mkdtemp(prefix=f".{venv.name}-", dir=venv.parent))
     try:
@@ -101,8 +102,9 @@ def _build(venv: Path, requirements: Path) -> None:
             capture_output=True, text=True, timeout=1800)
         if done.returncode != 0:
             tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-6:])
-            raise RequirementsError(f"pip could not install {requirements.name} of the image "
-                                    f"({requirements}): {tail}")
+            raise RequirementsError(f"pip could not install requirements.txt of the "
+                                    f"{name + ' image' if name else f'image ({requirements})'}: "
+                                    f"{tail}")
         staging.rename(venv)
         (venv / ".complete").write_text("")
     finally:

@@ -112,7 +112,8 @@ def test_a_requirement_pip_cannot_install_fails_the_build_and_pushes_nothing(
     build = {"folders": {"train": folder}, "repository_prefix": "t", "build_project": "p",
              "artifacts_bucket": "bkt", "artifacts_prefix": "pipeline",
              "log": logging.getLogger("test")}
-    with pytest.raises(ImageBuildFailed, match=r"ended FAILED: .*pandas==99\.0"):
+    with pytest.raises(ImageBuildFailed, match=r"ended FAILED: .*pip could not install "
+                       r"requirements.txt of the train image: .*pandas==99\.0"):
         ensure_images(clients_of(clients, root), **build)
     assert clients["ecr"].describe_images(repositoryName="t-train")["imageDetails"] == []
     with pytest.raises(ImageBuildFailed):  # the next run builds again and fails again
