@@ -20,7 +20,8 @@ import signal
 import socket
 import sys
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -95,6 +96,22 @@ def prefect_api(config: PipelineConfig, *, temporary: bool) -> PrefectApi:
     how = f"local server (started in {time.monotonic() - started:.1f} s)" if new else \
         "local server"
     return PrefectApi(server.api_url, server.ui_url, how)
+
+
+@contextmanager
+def project_prefect_api(config: PipelineConfig) -> Iterator[PrefectApi]:
+    """The Prefect API ``sagepipe run`` uses, for a flow of your own started with
+    ``python``: PREFECT_API_URL when set, else this project's kept local server (started
+    if needed). Within, Prefect talks to it: the run is in the project's UI, and the local
+    runtime's job events reach it. Raises NoApi if PREFECT_API_URL does not answer."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+
+    api = prefect_api(config, temporary=False)
+    updates: dict[Any, Any] = {PREFECT_API_URL: api.url}
+    if api.ui_url:
+        updates[PREFECT_UI_URL] = api.ui_url
+    with temporary_settings(updates=updates):
+        yield api
 
 
 def temporary_servers(state_dir: Path) -> list[Path]:

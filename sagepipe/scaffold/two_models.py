@@ -7,6 +7,9 @@ deterministic name (a retried task re-attaches to its job), its log streamed int
 Prefect log, caching on content (run it twice: the second run trains nothing).
 
     python two_models.py                       # settings from ./sagepipe.yaml
+
+It runs on the Prefect server ``sagepipe run`` uses (PREFECT_API_URL, else the project's
+kept local server): its runs are in the same UI, and a job's end wakes it at once.
 """
 
 from __future__ import annotations
@@ -121,4 +124,15 @@ def two_models(config: PipelineConfig | None = None,
 
 
 if __name__ == "__main__":
-    print(two_models())
+    import sys
+
+    from sagepipe.flows.runner import project_prefect_api
+    from sagepipe.tasks import PipelineError
+
+    try:
+        settings = load_config()
+        with project_prefect_api(settings) as api:
+            print(f"Prefect UI: {api.ui_url or api.url}", file=sys.stderr)
+            print(two_models(settings))
+    except PipelineError as exc:  # bad settings or data, no Prefect API, a failed job
+        sys.exit(f"{type(exc).__name__}: {exc}")

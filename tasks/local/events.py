@@ -37,13 +37,24 @@ _DETAIL_TYPE = {"training": "SageMaker Training Job State Change",
 
 
 def prefect_api_url() -> str | None:
-    """The Prefect API of the current settings (what the creating flow run talks to)."""
+    """The Prefect API the creating flow run talks to: the current settings' URL, else
+    the temporary server Prefect started in this process (a flow run with ``python`` and
+    no PREFECT_API_URL: without it, no job event would reach the run, and each wait would
+    sit out its jobs.safety_poll_seconds)."""
     try:
         from prefect.settings import get_current_settings
     except ImportError:
         return None
     url = get_current_settings().api.url
-    return str(url) if url else None
+    if url:
+        return str(url)
+    server = sys.modules.get("prefect.server.api.server")  # imported only if one started
+    if server is None:
+        return None
+    for instance in list(getattr(server.SubprocessASGIServer, "_instances", {}).values()):
+        if getattr(instance, "running", False) and getattr(instance, "port", None):
+            return str(instance.api_url)
+    return None
 
 
 def _jsonable(value: Any) -> Any:
