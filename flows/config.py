@@ -317,8 +317,10 @@ def settings_path(env: str | None = None) -> Path:
                       if (d / PROJECT_SETTINGS).is_file()), None)
         if above is not None:  # not the example's settings by surprise, in a subfolder
             raise ConfigError(f"This folder is inside the sagepipe project {above}: run "
-                              f"sagepipe there (its settings' relative paths resolve there), "
-                              "or name settings with --env.")
+                              f"sagepipe there (cd {above}). Its settings' relative paths "
+                              "(runtime.state_dir, steps.<step>.source) mean folders in "
+                              "the folder sagepipe runs in, so from here they would find "
+                              "no runs, endpoints or code.")
         return SETTINGS_DIR / "local.yaml"
     own = Path(f"sagepipe.{env}.yaml")
     return own if own.is_file() else SETTINGS_DIR / f"{env}.yaml"

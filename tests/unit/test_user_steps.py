@@ -58,7 +58,10 @@ def test_the_settings_of_the_project_folder_are_found_by_themselves(
     inside = subprocess.run([sys.executable, "-m", "sagepipe.flows.cli", "status"],
                             capture_output=True, text=True, timeout=120)
     assert inside.returncode == 2, inside.stderr
-    assert f"inside the sagepipe project {tmp_path}" in inside.stderr
+    assert f"inside the sagepipe project {tmp_path}: run sagepipe there (cd {tmp_path})" \
+        in inside.stderr
+    assert "--env" not in inside.stderr  # its relative state_dir would mean a new, empty one
+    assert not (tmp_path / "steps" / ".sagepipe").exists()
     assert "Traceback" not in inside.stderr
 
 
