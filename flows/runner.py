@@ -35,7 +35,7 @@ from sagepipe.flows.console import RunView, explain, save_report
 from sagepipe.flows.estimate import measured_text
 from sagepipe.flows.server import down, ensure_server
 from sagepipe.tasks.costs import usd
-from sagepipe.tasks.errors import PipelineError
+from sagepipe.tasks.errors import EndpointMissing, PipelineError
 
 __all__ = ["PrefectApi", "prefect_api", "run_pipeline", "temporary_servers"]
 
@@ -213,7 +213,7 @@ def run_pipeline(config: PipelineConfig, *, commit: str | None, force: bool, ver
             except Exception as exc:
                 failure = exc
         if isinstance(failure, KeyboardInterrupt | TerminationSignal):
-            return _interrupted(config, view, api, interrupts.signal or signal.SIGINT)
+            return _interrupted(config, view, api, interrupts.signal or signal.SIGINT, me)
         if failure is not None:
             return _failed(config, view, failure, debug)
     assert record is not None
@@ -264,7 +264,8 @@ def _failed(config: PipelineConfig, view: RunView, exc: BaseException, debug: bo
     return 70
 
 
-def _interrupted(config: PipelineConfig, view: RunView, api: PrefectApi, signum: int) -> int:
+def _interrupted(config: PipelineConfig, view: RunView, api: PrefectApi, signum: int,
+                 me: str = "sagepipe") -> int:
     """Stop the run's jobs, record and notify it as cancelled, set the flow run Cancelled."""
     from sagepipe.flows import pipeline
 
@@ -285,11 +286,39 @@ def _interrupted(config: PipelineConfig, view: RunView, api: PrefectApi, signum:
         problems += _set_cancelled(run_id, reason)
     lines = [f"Interrupted ({what}). " + (f"Stopped {', '.join(stopped)}." if stopped
                                           else "No job was running.")]
+    lines += [f"Endpoint {name} is {status}: that carries on without this run (as SageMaker "
+              f"goes on with a request it has taken); `{me} status` shows where "
+              "it ends." for name, status in endpoints_changing(config)]
     if view.flow_run_url:
         lines.append(f"Flow run {view.flow_run_name} marked Cancelled: {view.flow_run_url}")
     lines += [f"  ! {p}" for p in problems]
     _echo("\n".join(lines), err=True, colour="yellow")
     return 128 + signum
+
+
+CHANGING = ("Creating", "Updating", "SystemUpdating", "RollingBack")
+
+
+def endpoints_changing(config: PipelineConfig) -> list[tuple[str, str]]:
+    """The run's endpoints (staging, production) that are being created or updated:
+    interrupting the run does not stop that. Best effort: a failed read says nothing."""
+    from sagepipe.tasks.runtime import get_clients
+
+    found = []
+    try:
+        sagemaker = get_clients(config.runtime).sagemaker
+        for name in (config.endpoint.staging_name, config.endpoint.name):
+            if not name:
+                continue
+            try:
+                status = sagemaker.describe_endpoint(EndpointName=name)["EndpointStatus"]
+            except Exception:  # no such endpoint (or unreadable): nothing changing to tell
+                continue
+            if status in CHANGING:
+                found.append((name, status))
+    except Exception:
+        return found
+    return found
 
 
 def _record_cancelled(config: PipelineConfig, run_id: str, view: RunView,
@@ -368,6 +397,9 @@ def _report(config: PipelineConfig, record: dict[str, Any], view: RunView, me: s
             if rows is None:
                 raise LookupError("no run has produced a test split yet")
             answer = invoke_endpoint(clients, endpoint, rows)
+        except EndpointMissing:
+            _echo(f"Endpoint {endpoint}: none yet (no model of this project has been "
+                  "deployed to it)")
         except (PipelineError, LookupError) as exc:
             _echo(f"Endpoint {endpoint}: not answering ({exc})")
         else:

@@ -23,7 +23,7 @@ from botocore.exceptions import ClientError
 from prefect import get_run_logger, task
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .errors import ConfigError, DeployFailed, DeployRolledBack, EndpointError
+from .errors import ConfigError, DeployFailed, DeployRolledBack, EndpointError, EndpointMissing
 from .runtime import (
     Clients,
     RuntimeSettings,
@@ -670,8 +670,8 @@ def invoke(clients: Clients, endpoint: str, body: bytes | str, *,
         error = exc.response.get("Error", {})
         code, message = error.get("Code"), error.get("Message", str(exc))
         if code == "ValidationError" and "not found" in message:
-            raise EndpointError(endpoint, f"No endpoint named {endpoint!r}. `sagepipe status` "
-                                "lists the endpoints.") from exc
+            raise EndpointMissing(endpoint, f"No endpoint named {endpoint!r}. `sagepipe "
+                                  "status` lists the endpoints.", code=code) from exc
         status: Any = exc.response.get("OriginalStatusCode")
         if code == "ModelError" and status:
             original = _container_message(str(exc.response.get("OriginalMessage", message)))

@@ -26,6 +26,7 @@ __all__ = [
     "DeployFailed",
     "DeployRolledBack",
     "EndpointError",
+    "EndpointMissing",
     "GateRejected",
     "ImageBuildFailed",
     "JobFailed",
@@ -109,3 +110,7 @@ class EndpointError(PipelineError):
                  code: str | None = None) -> None:
         self.endpoint, self.status, self.code = endpoint, status, code  # code: AWS's error
         super().__init__(message)
+
+
+class EndpointMissing(EndpointError):
+    """There is no endpoint of that name."""

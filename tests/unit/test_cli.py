@@ -694,3 +694,30 @@ def test_the_command_to_call_again_is_the_shorter_path_when_not_on_path(
     monkeypatch.setenv("PATH", "/nonexistent")
     monkeypatch.setattr(os, "getcwd", lambda: cwd)
     assert cli._me() == shown
+
+
+def test_a_rejected_first_run_says_there_is_no_endpoint_yet_not_that_it_is_not_answering(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The first run of a project, rejected by the gate: nothing was ever deployed."""
+    from sagepipe.flows import runner
+    from sagepipe.flows.console import RunView
+    from sagepipe.tasks import storage
+
+    config = load_config("local", overrides={"runtime": {"state_dir": str(tmp_path / "s")},
+                                             "endpoint": {"name": "never-deployed"}})
+    monkeypatch.setattr(storage, "latest_sample_rows", lambda *a, **k: "1.0,2.0\n")
+    record = {"outcome": "rejected", "run_name": "first", "run_id": "r1",
+              "summary": "reject: roc_auc 0.71 misses the threshold (at least 0.9)",
+              "record_uri": "s3://sagepipe-local/pipeline/runs/r1/record.json",
+              "model_package": {"arn": "arn:aws:sagemaker:us-east-1:0:model-package/p/1"}}
+    try:
+        code = runner._report(config, record, RunView("plain"), "sagepipe")
+    finally:
+        teardown(tmp_path / "s")
+    out = capsys.readouterr().out
+    assert code == 5
+    assert "Endpoint never-deployed: none yet (no model of this project has been deployed" \
+        in out
+    assert "not answering" not in out
+    assert "sagepipe approve 1, then sagepipe deploy 1." in out

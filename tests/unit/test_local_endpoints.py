@@ -441,3 +441,22 @@ def test_a_run_calls_its_model_live_only_once_the_deploy_under_way_took(env: Any
                                                                              BREAK="1"))
     with pytest.raises(DeployFailed, match="cannot load"):
         settle_endpoint(clients, settings("bad"))
+
+
+def test_an_interrupted_run_names_the_endpoints_still_being_created(env: Any) -> None:
+    """Ctrl-C during deploy: the run is cancelled, but the endpoint's creation carries on
+    (it said only "No job was running", and the endpoint went InService after)."""
+    from sagepipe.flows.config import load_config
+    from sagepipe.flows.runner import endpoints_changing
+
+    config = load_config("local", overrides={
+        "runtime": {"state_dir": str(env["root"])},
+        "endpoint": {"name": "ep", "staging_name": "ep-staging"}})
+    assert endpoints_changing(config) == []  # neither exists
+    env["sm"].create_endpoint(EndpointName="ep", EndpointConfigName=env["config"](
+        "slow", "blue", STARTUP_DELAY="30"))
+    assert endpoints_changing(config) == [("ep", "Creating")]
+    env["sm"].delete_endpoint(EndpointName="ep")
+    env["sm"].create_endpoint(EndpointName="ep", EndpointConfigName=env["config"]("a", "blue"))
+    assert settle(env["sm"], "ep")["EndpointStatus"] == "InService"
+    assert endpoints_changing(config) == []
