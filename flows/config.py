@@ -376,7 +376,10 @@ def load_config(env_or_path: str | None = None, overrides: dict[str, Any] | None
     if not path.exists():
         known = sorted(p.stem for p in SETTINGS_DIR.glob("*.yaml"))
         own = sorted(p.name for p in Path.cwd().glob("sagepipe*.yaml"))
-        raise ConfigError(f"No settings file {path}. Examples shipped with sagepipe: "
+        named = env_or_path is not None and path.parent == SETTINGS_DIR
+        what = (f"No settings named {env_or_path!r}: no ./sagepipe.{env_or_path}.yaml here, "
+                f"and no example of that name" if named else f"No settings file {path}")
+        raise ConfigError(f"{what}. Examples shipped with sagepipe: "
                           f"{', '.join(known)}"
                           + (f"; this project's: {', '.join(own)}" if own else
                              f"; no {PROJECT_SETTINGS} here (`sagepipe init` writes one)")

@@ -443,8 +443,11 @@ def _waited_for() -> dict[str, str]:
 
 def _ask_for_approval(config: PipelineConfig, decision: GateDecision, package_arn: str) -> str:
     log = get_run_logger()
-    log.info("Waiting up to %d s for approval of %s in the Prefect UI (%s)",
-             config.gate.approval_timeout_seconds, package_arn, decision.summary)
+    version = package_arn.rsplit("/", 1)[-1]
+    log.info("Waiting up to %d s for approval of %s (%s); answer with `sagepipe approve %s` "
+             "or `sagepipe reject %s` (--note says why), or in the Prefect UI",
+             config.gate.approval_timeout_seconds, package_arn, decision.summary, version,
+             version)
     answer = pause_flow_run(wait_for_input=Approval,
                             timeout=config.gate.approval_timeout_seconds, poll_interval=2)
     approval = "approved" if answer.approve else "rejected"

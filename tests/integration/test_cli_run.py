@@ -269,7 +269,10 @@ def test_approve_answers_a_run_paused_on_the_server_sagepipe_keeps(project: Proj
     other = ["--set", "project=paused-demo", "--set", "endpoint.name=paused-demo"]
     run = project.start("run", *other, "--set", "gate.approval=manual",
                         "--set", "gate.approval_timeout_seconds=300")
-    package = run.wait_for(r"Waiting up to \d+ s for approval of (\S+)").group(1)
+    waiting = run.wait_for(r"Waiting up to \d+ s for approval of (\S+) .*answer with "
+                           r"`sagepipe approve (\d+)`")
+    package = waiting.group(1)
+    assert package.endswith(f"/{waiting.group(2)}")
     said = project.sagepipe("approve", package.rsplit("/", 1)[1], "--note", "plots look right",
                             *other)
     assert said.returncode == 0, said.stderr

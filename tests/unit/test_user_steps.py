@@ -51,6 +51,11 @@ def test_the_settings_of_the_project_folder_are_found_by_themselves(
     assert load_config("iris").project == load_config(str(SETTINGS_DIR / "iris.yaml")).project
     with pytest.raises(ConfigError, match=r"this project's: sagepipe\.aws\.yaml, sagepipe\.yaml"):
         load_config("staging")
+    with pytest.raises(ConfigError, match=r"^No settings named 'staging': no "
+                       r"\./sagepipe\.staging\.yaml here, and no example of that name\. "):
+        load_config("staging")  # not the path of a file inside sagepipe's installation
+    with pytest.raises(ConfigError, match=r"^No settings file nowhere/x\.yaml\. "):
+        load_config("nowhere/x.yaml")
     result = CliRunner().invoke(app, ["config"])
     assert result.exit_code == 0 and '"project": "churn-model"' in result.output
     (tmp_path / "steps").mkdir()
