@@ -177,11 +177,13 @@ def resolve(given: dict[str, Any], problem: str | None = None) -> dict[str, Any]
 def unknown(name: str, model: str) -> str:
     allowed = [*MODELS[model], *COMMON]
     elsewhere = [m for m, ps in MODELS.items() if name in ps and m != model]
-    guess = difflib.get_close_matches(name, allowed + [p for ps in MODELS.values() for p in ps],
-                                      n=1)
     text = f"{name} is not a parameter of {model}"
     if elsewhere:
         text += f" (it belongs to {', '.join(elsewhere)})"
-    elif guess:
+    elif guess := difflib.get_close_matches(name, allowed, n=1):
         text += f" (did you mean {guess[0]!r}?)"
+    elif guess := difflib.get_close_matches(
+            name, sorted({p for ps in MODELS.values() for p in ps} - set(allowed)), n=1):
+        owners = [m for m, ps in MODELS.items() if guess[0] in ps]
+        text += f" (did you mean {guess[0]!r}? that is a parameter of {', '.join(owners)})"
     return text + f"; {model} takes {', '.join(allowed)}"

@@ -89,6 +89,10 @@ def test_train_without_a_schema_channel_needs_the_problem(splits: Path, tmp_path
     [
         ({"learning_rat": "0.1"}, ["learning_rat is not a parameter of hist_gradient_boosting",
                                    "did you mean 'learning_rate'?", "max_iter"]),
+        ({"model": "linear", "learning_rat": "0.1"},
+         ["learning_rat is not a parameter of linear", "did you mean 'learning_rate'? that is "
+          "a parameter of hist_gradient_boosting, xgboost)", "linear takes C"]),
+        ({"model": "linear", "max_itr": "5"}, ["did you mean 'max_iter'?)"]),
         ({"model": "linear", "C": "-1"}, ["C must be a number > 0", "-1"]),
         ({"model": "linear", "alpha": "1"}, ["alpha does not apply to linear for a binary "
                                              "problem", "use C, max_iter"]),
@@ -98,8 +102,8 @@ def test_train_without_a_schema_channel_needs_the_problem(splits: Path, tmp_path
           "hist_gradient_boosting, xgboost"]),
         ({"label_column": "diagnosis"}, ["schema is for label 'target'", "'diagnosis'"]),
     ],
-    ids=["unknown", "negative-C", "wrong-problem", "unknown-model", "other-models-param",
-         "missing-label"],
+    ids=["unknown", "unknown-elsewhere", "unknown-here", "negative-C", "wrong-problem",
+         "unknown-model", "other-models-param", "missing-label"],
 )
 def test_train_fails_clearly_on_bad_hyperparameters(
     splits: Path, tmp_path: Path, hps: dict[str, str], expected: list[str]
