@@ -369,6 +369,30 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+class _SettingsLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML itself keeps
+    the last silently: a second ``gate:`` block would drop the first's settings)."""
+
+
+def _unique_mapping(loader: _SettingsLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` merges, not repeats
+            continue
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                f"in the mapping starting on line {node.start_mark.line + 1}", None,
+                f"the key {key!r} is given twice (lines {seen[key]} and "
+                f"{key_node.start_mark.line + 1}): the second would replace the first; "
+                "merge them into one", key_node.start_mark)
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node)
+
+
+_SettingsLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def load_config(env_or_path: str | None = None, overrides: dict[str, Any] | None = None
                 ) -> PipelineConfig:
     """Settings file (see :func:`settings_path`) plus overrides."""
@@ -385,7 +409,7 @@ def load_config(env_or_path: str | None = None, overrides: dict[str, Any] | None
                              f"; no {PROJECT_SETTINGS} here (`sagepipe init` writes one)")
                           + "; or give the path of a YAML file.")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_SettingsLoader) or {}  # a SafeLoader
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):

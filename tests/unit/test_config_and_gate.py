@@ -56,6 +56,22 @@ def test_bad_yaml_and_missing_env_are_clear(tmp_path: Path) -> None:
         load_config("staging")
 
 
+def test_a_key_given_twice_is_refused_not_silently_replaced(tmp_path: Path) -> None:
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("project: p\ngate:\n  margin: 0.01\nruntime:\n  kind: local\n"
+                     "gate:\n  threshold: 0.8\n")
+    with pytest.raises(ConfigError, match=r"the key 'gate' is given twice \(lines 2 and 6\)"):
+        load_config(str(twice))
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("gate:\n  margin: 0.01\n  margin: 0.02\n")
+    with pytest.raises(ConfigError, match=r"the key 'margin' is given twice \(lines 2 and 3\)"):
+        load_config(str(nested))
+    merged = tmp_path / "merged.yaml"  # a YAML merge key is not a repeat
+    merged.write_text("base: &b {margin: 0.01}\ngate:\n  <<: *b\n  threshold: 0.8\n")
+    with pytest.raises(ConfigError, match="unknown key 'base'"):  # parsed; then validated
+        load_config(str(merged))
+
+
 def test_overrides_merge_into_the_settings_file() -> None:
     config = load_config("local", {"gate": {"margin": 0.05}})
     assert config.gate.margin == 0.05
