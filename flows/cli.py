@@ -214,7 +214,11 @@ def invoke(endpoint: str, source: str = typer.Argument(..., help="a file, or - f
         typer.echo(invoke_endpoint(get_clients(config.runtime), endpoint, body,
                                    content_type=content_type, accept=accept).rstrip())
     except PipelineError as exc:
-        _fail(str(exc))
+        hint = ""
+        if content_type == "text/csv" and body.lstrip()[:1] in (b"{", b"["):
+            hint = (" The payload looks like JSON but was sent as text/csv (the default): "
+                    "add -t application/json.")
+        _fail(str(exc) + hint)
 
 
 @app.command()

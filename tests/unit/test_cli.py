@@ -522,6 +522,19 @@ def test_invoke_shows_the_containers_refusal_and_the_endpoint_keeps_serving(
     assert_answers(live, model_dir, sample_row, tmp_path)
 
 
+def test_json_sent_as_csv_is_told_to_add_the_content_type(live: Env, sample_row: str,
+                                                         tmp_path: Path) -> None:
+    payload = tmp_path / "payload.json"
+    payload.write_text(json.dumps({"instances": [sample_row.strip().split(",")]}))
+    result = live.cli("invoke", live.endpoint, str(payload))  # -t defaults to text/csv
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith(f"{live.endpoint} refused the request (400): ")
+    assert "looks like JSON but was sent as text/csv (the default): add -t " \
+        "application/json." in " ".join(result.stderr.split())
+    as_json = live.cli("invoke", live.endpoint, str(payload), "-t", "application/json")
+    assert as_json.exit_code == 0, as_json.output
+
+
 @pytest.mark.parametrize(("make", "content_type", "status", "message"), BAD_REQUESTS)
 def test_invoke_task_raises_endpoint_error_with_the_status(
         live: Env, model_dir: Path, sample_row: str, make: Any, content_type: str,
