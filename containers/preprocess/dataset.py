@@ -142,6 +142,20 @@ class LabelProfile:
         return dict(sorted(merged.items(), key=lambda kv: (str(type(kv[0])), kv[0])))
 
 
+def label_variants(label: LabelProfile, column: str) -> list[str]:
+    """Warnings for text classes that differ only in case or surrounding spaces ("yes",
+    "Yes", " YES"): almost always one class written several ways, trained as several."""
+    if label.numeric:
+        return []
+    groups: dict[str, list[str]] = {}
+    for text in label.counts:
+        groups.setdefault(text.strip().casefold(), []).append(text)
+    return [f"label '{column}' has classes that differ only in case or spaces "
+            f"({', '.join(repr(t) for t in sorted(texts))}): they are learnt as "
+            f"{len(texts)} different classes. If they mean one, write them one way in the data"
+            for texts in groups.values() if len(texts) > 1]
+
+
 def as_number(text: str) -> float | None:
     try:
         return float(text)

@@ -56,6 +56,7 @@ from dataset import (
     check_label_column,
     check_problem,
     detect_delimiter,
+    label_variants,
     missing_set,
     parse_header,
     sniff,
@@ -594,6 +595,7 @@ def summarise(args: argparse.Namespace, state: Run, fmt: FileFormat, header: lis
     else:
         problem, source = check_problem(state.labels, label, args.problem, "The dataset",
                                         complete=True)
+        warnings += label_variants(state.labels, label)
         if problem == "regression":  # the first rows looked like classes, the rest did not
             raise DataError(f"Label '{label}' looked like classes in the first rows but holds "
                             f"{len(state.labels.counts)} distinct numbers in all; set problem: "

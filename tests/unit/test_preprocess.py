@@ -192,6 +192,23 @@ def test_missing_values_text_columns_and_useless_columns(tmp_path: Path) -> None
                "a number ('unknown')" in w for w in schema["warnings"])
 
 
+def test_classes_written_several_ways_are_warned_about(tmp_path: Path) -> None:
+    """"yes", "Yes" and "YES" are three classes to a model: said, with the texts."""
+    n = 300
+    labels = ["yes", "Yes", "YES", "no"]
+    frame = pd.DataFrame({"x": range(n), "churned": [labels[i % 4] for i in range(n)]})
+    folder = given(tmp_path, {"d.csv": frame.to_csv(index=False)})
+    schema = ok(tmp_path, folder, "--label-column", "churned")
+    assert schema["problem"] == "multiclass"
+    assert ("label 'churned' has classes that differ only in case or spaces ('YES', 'Yes', "
+            "'yes'): they are learnt as 3 different classes. If they mean one, write them one "
+            "way in the data") in schema["warnings"]
+    clean = pd.DataFrame({"x": range(n), "churned": [labels[i % 2 * 3] for i in range(n)]})
+    schema = ok(tmp_path / "clean", given(tmp_path / "c", {"d.csv": clean.to_csv(index=False)}),
+                "--label-column", "churned")
+    assert not any("differ only" in w for w in schema["warnings"])
+
+
 def test_problem_may_be_configured_and_auto_infers_it(tmp_path: Path) -> None:
     frame = pd.DataFrame({"x": range(200), "y": [i % 4 for i in range(200)]})
     folder = given(tmp_path, {"d.csv": frame.to_csv(index=False)})
