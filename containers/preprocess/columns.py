@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from dataset import DATES_NOTE, is_date
 
 DISTINCT_CAP = 10_000  # distinct values remembered per text column
 EXAMPLES = 5  # non-numeric values quoted in a warning
@@ -120,6 +121,11 @@ class ColumnProfile:
     def kind(self) -> str:
         return "numeric" if self.non_numeric == 0 else "categorical"
 
+    @property
+    def dates(self) -> bool:
+        """Every value quoted so far is a date (the examples: up to EXAMPLES of them)."""
+        return bool(self.examples) and all(is_date(e) for e in self.examples)
+
     def drop_reason(self) -> str | None:
         """Why a model cannot use this column, or None."""
         if self.values == 0:
@@ -134,6 +140,8 @@ class ColumnProfile:
         mostly_text = self.non_numeric * 2 >= self.values  # numbers with a stray word: not an ID
         if (whole and mostly_text and self.unique_while_tracked and self.values > 1
                 and self.nulls == 0):
+            if self.dates:
+                return f"a different date on every row; {DATES_NOTE}"
             if self.distinct is None:
                 return f"text unique on every row of the first {DISTINCT_CAP:,} (an ID?)"
             return "text unique on every row (an ID?)"
@@ -141,6 +149,9 @@ class ColumnProfile:
 
     def warnings(self) -> list[str]:
         notes = []
+        if self.kind == "categorical" and self.dates and self.drop_reason() is None:
+            notes.append(f"column '{self.name}' holds dates and is used as categories (each "
+                         f"date one); {DATES_NOTE}")
         if self.kind == "categorical" and 0 < self.non_numeric <= 0.05 * self.values:
             shown = ", ".join(f"'{e}'" for e in self.examples)
             verb = "is not a number" if self.non_numeric == 1 else "are not numbers"

@@ -13,6 +13,7 @@ one line that says what the file looks like.
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import math
 import zlib
@@ -154,6 +155,32 @@ def label_variants(label: LabelProfile, column: str) -> list[str]:
             f"({', '.join(repr(t) for t in sorted(texts))}): they are learnt as "
             f"{len(texts)} different classes. If they mean one, write them one way in the data"
             for texts in groups.values() if len(texts) > 1]
+
+
+DATE_FORMATS = ("%m/%d/%Y", "%d/%m/%Y", "%d.%m.%Y", "%Y/%m/%d", "%d-%m-%Y", "%m-%d-%Y",
+                "%d %b %Y", "%b %d %Y", "%d %B %Y", "%B %d %Y", "%b %d, %Y", "%B %d, %Y")
+DATES_NOTE = ("the default preprocess makes no features of dates: derive them (day of week, "
+              "days since an event) in your own preprocess step, or drop the column")
+
+
+def is_date(text: str) -> bool:
+    """ISO 8601 (with or without a time) or a common day/month/year spelling."""
+    text = text.strip()
+    if not 6 <= len(text) <= 40 or not any(c.isdigit() for c in text):
+        return False
+    try:
+        dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return True
+    except ValueError:
+        pass
+    day = text.split(" ", 1)[0] if text[:1].isdigit() and ":" in text else text
+    for form in DATE_FORMATS:
+        try:
+            dt.datetime.strptime(day, form)
+            return True
+        except ValueError:
+            continue
+    return False
 
 
 def as_number(text: str) -> float | None:
@@ -424,7 +451,10 @@ def inspect_rows(header: list[str], rows: list[list[str | None]], *, fmt: FileFo
             unusable[column] = "constant"
         elif (len(values) == len(rows) > 1 and len(set(values)) == len(values)
               and any(as_number(v) is None for v in values)):
-            unusable[column] = "unique text per row (an ID?)"
+            dates = all(is_date(v) for v in values[:5])
+            unusable[column] = ("a different date on every row (dates make no feature in "
+                                "the default preprocess)") if dates else \
+                "unique text per row (an ID?)"
         else:
             features.append(column)
     if not features and complete:  # in a partial read, a column may vary further on

@@ -124,6 +124,15 @@ def test_missing_values_and_text_features_are_accepted(tmp_path: Path) -> None:
     assert report.unusable == {"id": "unique text per row (an ID?)"}
 
 
+def test_a_date_column_is_named_as_dates_at_data_push(tmp_path: Path) -> None:
+    content = "day,x,target\n" + "".join(
+        f"2024-{1 + i // 28:02d}-{1 + i % 28:02d},{i},{i % 2}\n" for i in range(40))
+    report = inspect_file(write(tmp_path, content), "target")
+    assert report is not None and report.features == ["x"]
+    assert report.unusable == {"day": "a different date on every row (dates make no feature "
+                                      "in the default preprocess)"}
+
+
 # -- what is refused, and how ----------------------------------------------------------------
 
 BAD_FILES: list[tuple[str, bytes, list[str]]] = [

@@ -209,6 +209,29 @@ def test_classes_written_several_ways_are_warned_about(tmp_path: Path) -> None:
     assert not any("differ only" in w for w in schema["warnings"])
 
 
+def test_date_columns_are_named_as_dates_not_ids(tmp_path: Path) -> None:
+    """A date on every row was dropped as "unique text per row (an ID?)"; repeated dates
+    became categories without a word."""
+    n = 200
+    day = pd.Timestamp("2024-01-01")
+    frame = pd.DataFrame({
+        "x": range(n),
+        "signup": [(day + pd.Timedelta(days=i)).strftime("%Y-%m-%d") for i in range(n)],
+        "last_seen": [(day + pd.Timedelta(days=i % 7)).strftime("%m/%d/%Y") for i in range(n)],
+        "customer": [f"C{i}" for i in range(n)],
+        "y": [i % 2 for i in range(n)],
+    })
+    folder = given(tmp_path, {"d.csv": frame.to_csv(index=False)})
+    schema = ok(tmp_path, folder, "--label-column", "y")
+    assert schema["dropped_columns"]["signup"].startswith(
+        "a different date on every row; the default preprocess makes no features of dates: "
+        "derive them")
+    assert schema["dropped_columns"]["customer"] == "text unique on every row (an ID?)"
+    assert any(w.startswith("column 'last_seen' holds dates and is used as categories")
+               for w in schema["warnings"]), schema["warnings"]
+    assert not any("'customer'" in w and "dates" in w for w in schema["warnings"])
+
+
 def test_problem_may_be_configured_and_auto_infers_it(tmp_path: Path) -> None:
     frame = pd.DataFrame({"x": range(200), "y": [i % 4 for i in range(200)]})
     folder = given(tmp_path, {"d.csv": frame.to_csv(index=False)})
