@@ -315,6 +315,14 @@ def settings_path(env: str | None = None) -> Path:
             return own
         above = next((d for d in Path.cwd().resolve().parents
                       if (d / PROJECT_SETTINGS).is_file()), None)
+        signs = [name for name in ("steps/train", *sorted(p.name for p in Path.cwd().glob(
+                     "sagepipe.*.yaml"))) if Path(name).exists()]
+        if signs:  # a project (sagepipe init's files) whose settings are gone
+            raise ConfigError(f"This folder has no {PROJECT_SETTINGS}, but it looks like a "
+                              f"sagepipe project ({', '.join(signs)}): restore it (`sagepipe "
+                              f"init` writes a new one and overwrites nothing), or name "
+                              "settings with --env. Without it, sagepipe would use its example "
+                              "settings, another project's.")
         if above is not None:  # not the example's settings by surprise, in a subfolder
             raise ConfigError(f"This folder is inside the sagepipe project {above}: run "
                               f"sagepipe there (cd {above}). Its settings' relative paths "

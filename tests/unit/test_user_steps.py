@@ -67,6 +67,16 @@ def test_the_settings_of_the_project_folder_are_found_by_themselves(
         in inside.stderr
     assert "--env" not in inside.stderr  # its relative state_dir would mean a new, empty one
     assert not (tmp_path / "steps" / ".sagepipe").exists()
+    # the project's settings gone (renamed, deleted): not the example's by surprise
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sagepipe.yaml").rename(tmp_path / "kept.yaml")
+    with pytest.raises(ConfigError, match=r"no sagepipe\.yaml, but it looks like a sagepipe "
+                       r"project \(sagepipe\.aws\.yaml\): restore it"):
+        load_config()
+    assert load_config("kept.yaml").project == "churn-model"  # --env still names any file
+    (tmp_path / "steps" / "train").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"\(steps/train, sagepipe\.aws\.yaml\)"):
+        load_config()
     assert "Traceback" not in inside.stderr
 
 
