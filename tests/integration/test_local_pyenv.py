@@ -98,17 +98,23 @@ def test_a_local_build_bakes_the_venv_and_the_job_runs_on_it(
     assert final["TrainingJobStatus"] == "Completed", final.get("FailureReason")
 
 
+def unbuildable_train(parent: Path) -> Path:
+    """A train step whose requirements.txt pins a version pip cannot find."""
+    folder = parent / "train"
+    folder.mkdir(parents=True)
+    (folder / "Dockerfile").write_text("FROM python:3.11-slim\nENV SAGEMAKER_PROGRAM train.py\n")
+    (folder / "requirements.txt").write_text("pandas==99.0\n")
+    (folder / "train.py").write_text("print('never runs')\n")
+    return folder
+
+
 def test_a_requirement_pip_cannot_install_fails_the_build_and_pushes_nothing(
         fake_runtime: dict[str, Any], tmp_path: Path) -> None:
     """As `docker build` stops at a failing `RUN pip install`: no image, so no job starts
     on it (the local build used to push first and fail after: the run then used the
     pushed image, and each training attempt failed on the same pip error)."""
     clients, root = fake_runtime["clients"], fake_runtime["root"]
-    folder = tmp_path / "src" / "train"
-    folder.mkdir(parents=True)
-    (folder / "Dockerfile").write_text("FROM python:3.11-slim\nENV SAGEMAKER_PROGRAM train.py\n")
-    (folder / "requirements.txt").write_text("pandas==99.0\n")
-    (folder / "train.py").write_text("print('never runs')\n")
+    folder = unbuildable_train(tmp_path / "src")
     build = {"folders": {"train": folder}, "repository_prefix": "t", "build_project": "p",
              "artifacts_bucket": "bkt", "artifacts_prefix": "pipeline",
              "log": logging.getLogger("test")}
@@ -129,11 +135,7 @@ def test_a_job_on_an_image_whose_requirements_cannot_be_installed_fails_once_as_
     API_RetryStrategy.html), and so does the pipeline (tasks.runtime.retry_transient): the
     InternalServerError this said made it start the job three times."""
     clients, root = fake_runtime["clients"], fake_runtime["root"]
-    folder = tmp_path / "old" / "train"
-    folder.mkdir(parents=True)
-    (folder / "Dockerfile").write_text("FROM python:3.11-slim\nENV SAGEMAKER_PROGRAM train.py\n")
-    (folder / "requirements.txt").write_text("pandas==99.0\n")
-    (folder / "train.py").write_text("print('never runs')\n")
+    folder = unbuildable_train(tmp_path / "old")
     digest = clients["ecr"].push("t-old", "v1", folder, root)
     request = fake_runtime["training_request"]("unstartable")
     request["AlgorithmSpecification"]["TrainingImage"] = (
