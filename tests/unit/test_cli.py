@@ -241,7 +241,8 @@ def test_run_refuses_bad_overrides_before_anything_runs(
 @pytest.mark.parametrize(("overrides", "message", "needs_data"), [
     pytest.param(["--set", "hyperparameters.learning_rat=0.1"],
                  "Invalid hyperparameters: learning_rat is not a parameter of linear (did you "
-                 "mean 'learning_rate'?); linear takes C, alpha, max_iter", False, id="typo"),
+                 "mean 'learning_rate'? that is a parameter of hist_gradient_boosting, "
+                 "xgboost); linear takes C, alpha, max_iter", False, id="typo"),
     pytest.param(["--set", "hyperparameters.model=xgboost", "--set",
                   "hyperparameters.max_depth=500"],
                  "max_depth must be a whole number >= 1 and <= 100; got 500", False, id="range"),
