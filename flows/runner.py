@@ -104,14 +104,21 @@ def project_prefect_api(config: PipelineConfig) -> Iterator[PrefectApi]:
     ``python``: PREFECT_API_URL when set, else this project's kept local server (started
     if needed). Within, Prefect talks to it: the run is in the project's UI, and the local
     runtime's job events reach it. Raises NoApi if PREFECT_API_URL does not answer."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+    from prefect.settings import temporary_settings
 
     api = prefect_api(config, temporary=False)
+    with temporary_settings(updates=_pointing_at(api)):
+        yield api
+
+
+def _pointing_at(api: PrefectApi) -> dict[Any, Any]:
+    """The Prefect settings that make this process talk to ``api``."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
     updates: dict[Any, Any] = {PREFECT_API_URL: api.url}
     if api.ui_url:
         updates[PREFECT_UI_URL] = api.ui_url
-    with temporary_settings(updates=updates):
-        yield api
+    return updates
 
 
 def temporary_servers(state_dir: Path) -> list[Path]:
@@ -172,9 +179,7 @@ def run_pipeline(config: PipelineConfig, *, commit: str | None, force: bool, ver
     """Run the flow in this process; returns the exit code."""
     from prefect.exceptions import TerminationSignal
     from prefect.settings import (
-        PREFECT_API_URL,
         PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
-        PREFECT_UI_URL,
         temporary_settings,
     )
 
@@ -190,9 +195,7 @@ def run_pipeline(config: PipelineConfig, *, commit: str | None, force: bool, ver
     mode: Literal["live", "plain", "stream"] = "stream" if verbose else (
         "live" if sys.stderr.isatty() and os.environ.get("TERM") != "dumb" else "plain")
     view = RunView(mode, debug=debug, ui_url=api.ui_url)
-    updates: dict[Any, Any] = {PREFECT_API_URL: api.url}
-    if api.ui_url:
-        updates[PREFECT_UI_URL] = api.ui_url
+    updates = _pointing_at(api)
     if not _heartbeats_asked_for():
         updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
     interrupts = Interrupts()
@@ -265,7 +268,7 @@ def _failed(config: PipelineConfig, view: RunView, exc: BaseException, debug: bo
 
 
 def _interrupted(config: PipelineConfig, view: RunView, api: PrefectApi, signum: int,
-                 me: str = "sagepipe") -> int:
+                 me: str) -> int:
     """Stop the run's jobs, record and notify it as cancelled, set the flow run Cancelled."""
     from sagepipe.flows import pipeline
 
@@ -296,28 +299,21 @@ def _interrupted(config: PipelineConfig, view: RunView, api: PrefectApi, signum:
     return 128 + signum
 
 
-CHANGING = ("Creating", "Updating", "SystemUpdating", "RollingBack")
-
-
 def endpoints_changing(config: PipelineConfig) -> list[tuple[str, str]]:
     """The run's endpoints (staging, production) that are being created or updated:
     interrupting the run does not stop that. Best effort: a failed read says nothing."""
+    from sagepipe.tasks.endpoints import TRANSITIONAL
     from sagepipe.tasks.runtime import get_clients
 
     found = []
-    try:
-        sagemaker = get_clients(config.runtime).sagemaker
-        for name in (config.endpoint.staging_name, config.endpoint.name):
-            if not name:
-                continue
-            try:
-                status = sagemaker.describe_endpoint(EndpointName=name)["EndpointStatus"]
-            except Exception:  # no such endpoint (or unreadable): nothing changing to tell
-                continue
-            if status in CHANGING:
-                found.append((name, status))
-    except Exception:
-        return found
+    for name in filter(None, (config.endpoint.staging_name, config.endpoint.name)):
+        try:
+            status = get_clients(config.runtime).sagemaker.describe_endpoint(
+                EndpointName=name)["EndpointStatus"]
+        except Exception:  # no such endpoint (or unreadable): nothing changing to tell
+            continue
+        if status in TRANSITIONAL:
+            found.append((name, status))
     return found
 
 

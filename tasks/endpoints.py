@@ -39,7 +39,8 @@ __all__ = ["DeployResult", "EndpointSettings", "ServerlessSettings", "StagingRet
            "deployment_config", "endpoint_status", "invoke", "out_of_service",
            "retire_staging", "retire_staging_endpoint", "settle_endpoint"]
 
-_TRANSITIONAL = ("Creating", "Updating", "SystemUpdating", "RollingBack")
+# an endpoint in one of these is being changed (a request SageMaker has taken)
+TRANSITIONAL = ("Creating", "Updating", "SystemUpdating", "RollingBack")
 _LOG = logging.getLogger(__name__)
 Strategy = Literal["all_at_once", "canary", "linear"]
 # ProductionVariantServerlessConfig.MemorySizeInMB (SageMaker API reference): "Valid values
@@ -374,7 +375,7 @@ def wait_endpoint(clients: Clients, name: str, *, timeout: float,
     while True:
         described: dict[str, Any] = call_with_retry(
             clients.sagemaker.describe_endpoint, log=log, sleep=sleep, EndpointName=name)
-        if described["EndpointStatus"] not in _TRANSITIONAL:
+        if described["EndpointStatus"] not in TRANSITIONAL:
             return described
         if time.monotonic() - start > timeout:
             raise DeployFailed(name, f"Endpoint {name} still {described['EndpointStatus']} "
@@ -434,7 +435,7 @@ def settle_endpoint(clients: Clients, settings: EndpointSettings, *,
         if is_not_found(exc):
             return False
         raise
-    waited = described["EndpointStatus"] in _TRANSITIONAL
+    waited = described["EndpointStatus"] in TRANSITIONAL
     if waited:
         log.info("Endpoint %s is %s: waiting for that to end", settings.name,
                  described["EndpointStatus"])
@@ -560,7 +561,7 @@ def deploy_package(clients: Clients, *, endpoint: str, package_arn: str, role_ar
         sm.create_endpoint(EndpointName=endpoint, EndpointConfigName=config_name, Tags=tags or [])
         action: Literal["created", "updated", "unchanged"] = "created"
     else:
-        if current["EndpointStatus"] in _TRANSITIONAL:  # a retry, or somebody else's update
+        if current["EndpointStatus"] in TRANSITIONAL:  # a retry, or somebody else's update
             current = wait_endpoint(clients, endpoint, timeout=timeout, sleep=sleep, log=log,
                           first_poll=first_poll, max_poll=max_poll)
         previous = current["EndpointConfigName"]

@@ -159,6 +159,7 @@ def label_variants(label: LabelProfile, column: str) -> list[str]:
 
 DATE_FORMATS = ("%m/%d/%Y", "%d/%m/%Y", "%d.%m.%Y", "%Y/%m/%d", "%d-%m-%Y", "%m-%d-%Y",
                 "%d %b %Y", "%b %d %Y", "%d %B %Y", "%B %d %Y", "%b %d, %Y", "%B %d, %Y")
+DATE_SAMPLE = 5  # values a column's dates are judged by (columns.py: its EXAMPLES)
 DATES_NOTE = ("the default preprocess makes no features of dates: derive them (day of week, "
               "days since an event) in your own preprocess step, or drop the column")
 
@@ -451,7 +452,7 @@ def inspect_rows(header: list[str], rows: list[list[str | None]], *, fmt: FileFo
             unusable[column] = "constant"
         elif (len(values) == len(rows) > 1 and len(set(values)) == len(values)
               and any(as_number(v) is None for v in values)):
-            dates = all(is_date(v) for v in values[:5])
+            dates = all(is_date(v) for v in values[:DATE_SAMPLE])
             unusable[column] = ("a different date on every row (dates make no feature in "
                                 "the default preprocess)") if dates else \
                 "unique text per row (an ID?)"
